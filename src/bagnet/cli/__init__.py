@@ -1,0 +1,1 @@
+"""The ``bagnet`` command line: one module per sub-command, shared argument groups in ``_common``."""

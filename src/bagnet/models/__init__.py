@@ -1,0 +1,21 @@
+"""The BagNet family, its registry and weight loading."""
+
+from . import bagnet as _bagnet  # noqa: F401  (registers the models)
+from ._factory import create_model, load_model
+from ._registry import list_models, register_model
+from ._weights import CheckpointMismatchError, clean_state_dict, load_state_dict_strict, save_model_file
+from .bagnet import BagNet, Bottleneck, kernel3_for
+
+__all__ = [
+    "BagNet",
+    "Bottleneck",
+    "CheckpointMismatchError",
+    "clean_state_dict",
+    "create_model",
+    "kernel3_for",
+    "list_models",
+    "load_model",
+    "load_state_dict_strict",
+    "register_model",
+    "save_model_file",
+]

@@ -1,0 +1,125 @@
+import hashlib
+
+import pytest
+import torch
+
+import bagnet
+from bagnet.models import CheckpointMismatchError, load_state_dict_strict, save_model_file
+from bagnet.models import _weights
+
+from .naive import random_state_dict
+
+
+def _hashed_file(tmp_path, obj, stem):
+    raw = tmp_path / "raw.tmp"
+    torch.save(obj, raw)
+    digest = hashlib.sha256(raw.read_bytes()).hexdigest()
+    path = tmp_path / f"{stem}-{digest[:8]}.pth.tar"
+    raw.rename(path)
+    return path
+
+
+@pytest.fixture
+def hub_dir(tmp_path, monkeypatch):
+    d = tmp_path / "hub"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(d))
+    return d
+
+
+def test_pretrained_true_downloads_published_format_and_checks_hash(tmp_path, hub_dir, monkeypatch):
+    sd = random_state_dict("bagnet9", seed=3)
+    # published files predate BatchNorm's batch counter
+    sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    path = _hashed_file(tmp_path, sd, "bagnet8")
+    cfg = _weights.PretrainedCfg(url=path.as_uri())
+    monkeypatch.setitem(_weights._PRETRAINED, ("bagnet9", "imagenet"), cfg)
+    model = bagnet.create_model("bagnet9", pretrained=True)
+    torch.testing.assert_close(model.fc.weight, sd["fc.weight"])
+    assert (hub_dir / "checkpoints" / path.name).is_file()  # cached under torch hub
+    assert model.pretrained_cfg["classes"][0] == "tench" and len(model.pretrained_cfg["classes"]) == 1000
+    assert model.pretrained_cfg["mean"] == [0.485, 0.456, 0.406]
+
+
+def test_hash_mismatch_is_refused(tmp_path, hub_dir, monkeypatch):
+    sd = random_state_dict("bagnet9", seed=3)
+    path = tmp_path / "bagnet8-00000000.pth.tar"
+    torch.save(sd, path)
+    monkeypatch.setitem(_weights._PRETRAINED, ("bagnet9", "imagenet"), _weights.PretrainedCfg(url=path.as_uri()))
+    with pytest.raises(ValueError, match="hash"):
+        bagnet.create_model("bagnet9", pretrained="imagenet")
+    assert not (hub_dir / "checkpoints" / path.name).exists()
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda sd: sd,
+        lambda sd: {"state_dict": sd, "epoch": 3},
+        lambda sd: {"model": {"module." + k: v for k, v in sd.items()}},
+        lambda sd: {"_orig_mod.module." + k: v for k, v in sd.items()},
+    ],
+    ids=["plain", "state_dict", "model+module", "compile+ddp"],
+)
+def test_wrapped_checkpoints_load(tmp_path, wrap):
+    sd = random_state_dict("bagnet17", num_classes=5, seed=4)
+    path = tmp_path / "ckpt.pth"
+    torch.save(wrap(sd), path)
+    model = bagnet.create_model("bagnet17", pretrained=str(path), num_classes=5)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, sd[k])
+
+
+def test_mismatch_lists_keys_and_loads_nothing(tmp_path):
+    sd = random_state_dict("bagnet17", num_classes=5, seed=4)
+    sd["extra.weight"] = torch.zeros(1)
+    del sd["layer2.0.conv1.weight"]
+    sd["layer4.0.conv2.weight"] = torch.zeros(512, 512, 3, 3)  # bagnet17 has 1x1 here
+    model = bagnet.create_model("bagnet17", num_classes=5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_state_dict_strict(model, sd)
+    msg = str(err.value)
+    assert "missing keys: layer2.0.conv1.weight" in msg
+    assert "unexpected keys: extra.weight" in msg
+    assert "layer4.0.conv2.weight: checkpoint (512, 512, 3, 3) vs model (512, 512, 1, 1)" in msg
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} was changed by a failed load"
+
+
+def test_wrong_number_of_classes_is_clear(tmp_path):
+    path = tmp_path / "c.pth"
+    torch.save(random_state_dict("bagnet9", num_classes=5), path)
+    with pytest.raises(ValueError, match=r"fc.weight: checkpoint \(5, 2048\) vs model \(1000, 2048\)"):
+        bagnet.create_model("bagnet9", pretrained=str(path))
+
+
+def test_model_file_roundtrip_carries_metadata(tmp_path):
+    model = bagnet.create_model("bagnet_tiny", num_classes=3)
+    classes = ["a", "b", "c"]
+    path = save_model_file(tmp_path / "m.pt", model, {"classes": classes, "img_size": 64, "metrics": {"top1": 50.0}})
+    loaded = bagnet.create_model("bagnet_tiny", pretrained=str(path))  # num_classes comes from the file
+    assert loaded.num_classes == 3 and loaded.pretrained_cfg["classes"] == classes
+    assert loaded.pretrained_cfg["img_size"] == 64 and loaded.pretrained_cfg["metrics"] == {"top1": 50.0}
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
+    assert bagnet.load_model(path).model_name == "bagnet_tiny"
+    with pytest.raises(ValueError, match="holds a 'bagnet_tiny' model"):
+        bagnet.create_model("bagnet9_slim", pretrained=str(path))
+
+
+def test_bad_files_are_clear_errors(tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+        bagnet.create_model("bagnet9", pretrained=str(junk))
+    with pytest.raises(FileNotFoundError):
+        bagnet.create_model("bagnet9", pretrained=str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match="no published weights"):
+        bagnet.create_model("bagnet9_slim", pretrained=True)
+
+
+def test_imagenet_classes_ship():
+    from bagnet.data.imagenet import imagenet_classes
+
+    names = imagenet_classes()
+    assert len(names) == 1000 and names[0] == "tench" and names[217] == "English springer"
