@@ -1,0 +1,14 @@
+"""The demo report and the web explorer built on :mod:`bagnet.explain`.
+
+* :class:`Explorer` / :class:`Analysis`: one image's predictions and evidence maps,
+  computed once, looked at class by class.
+* :func:`make_server`: the ``bagnet serve`` web page (standard library HTTP server).
+* :func:`build_report` / :func:`write_report`: the ``bagnet demo`` HTML report.
+* :func:`sample_image`: the sample photos that ship with scikit-image.
+"""
+
+from .explorer import Analysis, Explorer
+from .samples import SAMPLE_NAMES, sample_image
+from .server import ExplorerServer, make_server
+
+__all__ = ["Analysis", "Explorer", "ExplorerServer", "SAMPLE_NAMES", "make_server", "sample_image"]

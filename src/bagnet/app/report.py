@@ -1,0 +1,284 @@
+"""``bagnet demo``'s report: one self-contained HTML file (every image inlined).
+
+For each image it shows the predictions, the evidence maps of the top classes with the
+most predictive patches outlined, and those patches cut out. With labels it adds the
+accuracy, per-class accuracy and every misclassified image beside the evidence for the
+class it should have been.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .. import __version__
+from .explorer import Analysis, Explorer, png_data_url
+
+__all__ = ["DemoItem", "Report", "build_report", "write_report"]
+
+
+@dataclass
+class DemoItem:
+    """One image for the report.
+
+    Args:
+        name: shown as its title (e.g. a file name relative to the data folder).
+        image: RGB image (any size; the explorer resizes it).
+        label: the model output of its true class, if known.
+    """
+
+    name: str
+    image: Image.Image
+    label: int | None = None
+
+
+@dataclass
+class Report:
+    """The HTML text and the numbers it shows."""
+
+    html: str
+    num_images: int
+    accuracy: dict[str, float] = field(default_factory=dict)  # top1/top5 in %, labelled images only
+    misclassified: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def build_report(
+    explorer: Explorer,
+    items: Sequence[DemoItem],
+    *,
+    title: str = "bagnet demo",
+    source: str = "",
+    top: int = 3,
+    show: int = 6,
+    res: str = "full",
+    label_outputs: Sequence[int] | None = None,
+    notes: Sequence[str] = (),
+) -> Report:
+    """Classify ``items``, explain the first ``show`` of them, and lay it all out as HTML.
+
+    Args:
+        explorer: the model.
+        items: images, with or without labels.
+        title: page title.
+        source: where the images come from (shown under the title).
+        top: classes per image whose evidence maps are drawn.
+        show: images explained in detail (and at most this many misclassified ones).
+        res: ``"full"`` or ``"native"`` resolution of the drawn maps.
+        label_outputs: the model outputs the labels can take; a labelled image's
+            prediction is the best of these (e.g. the 10 Imagenette classes of an ImageNet
+            model, as ``bagnet eval --class-map`` scores them). ``None``: all outputs.
+        notes: extra lines for the header (e.g. why labels were ignored).
+
+    Raises:
+        ValueError: no images, or ``top``/``show`` below 1.
+    """
+    if not items:
+        raise ValueError("no images to report on")
+    if top < 1 or show < 1:
+        raise ValueError("top and show must be at least 1")
+    timing: dict[str, float] = {}
+
+    start = time.perf_counter()
+    logits = [explorer.logits(item.image) for item in items]
+    timing["classify"] = time.perf_counter() - start
+
+    allowed = torch.as_tensor(list(label_outputs)) if label_outputs is not None else None
+    labelled = [(i, item) for i, item in enumerate(items) if item.label is not None]
+    accuracy, wrong, preds = {}, [], {}
+    per_class: dict[int, list[int]] = {}
+    if labelled:
+        hits1 = hits5 = 0
+        for i, item in labelled:
+            scores = logits[i] if allowed is None else logits[i][allowed]
+            ranked = torch.argsort(scores, descending=True)
+            ranked = ranked if allowed is None else allowed[ranked]
+            preds[i] = pred = int(ranked[0])
+            hits1 += pred == item.label
+            hits5 += item.label in ranked[:5].tolist()
+            per_class.setdefault(item.label, []).append(int(pred == item.label))
+            if pred != item.label:
+                wrong.append((i, pred))
+        accuracy["top1"] = 100.0 * hits1 / len(labelled)
+        if (len(allowed) if allowed is not None else explorer.num_classes) > 5:
+            accuracy["top5"] = 100.0 * hits5 / len(labelled)
+
+    start = time.perf_counter()
+    analyses: dict[int, Analysis] = {}
+
+    def analysis(i: int) -> Analysis:
+        if i not in analyses:
+            analyses[i] = explorer.analyse(items[i].image, items[i].name)
+        return analyses[i]
+
+    cards = [_image_card(explorer, items[i], analysis(i), preds.get(i), top, res) for i in range(min(show, len(items)))]
+    mistakes = [_mistake_row(explorer, items[i], analysis(i), pred, res) for i, pred in wrong[:show]]
+    timing["explain"] = time.perf_counter() - start
+
+    body = [_header(explorer, title, source, len(items), res, notes)]
+    if labelled:
+        body.append(_accuracy_section(explorer, accuracy, per_class, len(labelled), len(wrong)))
+    body.append(f"<h2>Explanations</h2><p class=note>{_EXPLAIN_NOTE}</p>" + "".join(cards))
+    if labelled:
+        shown = f" (the first {len(mistakes)})" if len(wrong) > len(mistakes) else ""
+        body.append(
+            f"<h2>Misclassified images{shown}</h2>"
+            "<p class=note>Left: the image. Middle: evidence for the predicted class. Right: evidence "
+            "for the true class. Patches outlined in yellow are the most predictive ones.</p>"
+            + ("".join(mistakes) or "<p>None: every image was classified correctly.</p>")
+        )
+    timing["total"] = timing["classify"] + timing["explain"]
+    body.append(
+        f"<footer>bagnet {__version__}: classified {len(items)} images in {timing['classify']:.1f} s, "
+        f"explained {len(cards) + len(mistakes)} in {timing['explain']:.1f} s "
+        f"({res} resolution, device {html.escape(str(explorer.device))}).</footer>"
+    )
+    page = _PAGE.format(title=html.escape(title), style=_STYLE, body="\n".join(body))
+    return Report(page, len(items), accuracy, [items[i].name for i, _ in wrong], timing)
+
+
+def write_report(report: Report | str, path: str | os.PathLike) -> Path:
+    """Write the HTML atomically (a reader never sees half a report)."""
+    text = report.html if isinstance(report, Report) else report
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# -- HTML pieces -----------------------------------------------------------------------
+
+_EXPLAIN_NOTE = (
+    "Each map shows the class evidence (patch logit) of the patch centred on every pixel: red "
+    "speaks for the class, blue against it, on a scale symmetric about zero. The image logit is "
+    "the average of the patch logits. Yellow boxes outline the most predictive patches, cut out "
+    "on the right."
+)
+
+
+def _img(image: Image.Image, alt: str, fmt: str = "JPEG") -> str:
+    return f'<img src="{png_data_url(image, fmt)}" alt="{html.escape(alt)}">'
+
+
+def _display_scale(image: Image.Image) -> int:
+    """Integer upscaling that makes small model inputs readable (at least ~200 px)."""
+    return max(1, -(-200 // max(1, min(image.size))))
+
+
+def _header(explorer: Explorer, title: str, source: str, n: int, res: str, notes: Sequence[str]) -> str:
+    ex = explorer
+    lines = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p class=meta>{html.escape(source)}<br>model <b>{html.escape(ex.model_name)}</b>: "
+        f"{ex.num_classes} classes, {ex.receptive_field}&times;{ex.receptive_field} px patches every "
+        f"{ex.patch_stride} px; images resized so their short side is {ex.img_size} px; {n} images; "
+        f"maps at {res} resolution.</p>",
+    ]
+    lines += [f"<p class=warn>{html.escape(note)}</p>" for note in notes]
+    return "\n".join(lines)
+
+
+def _accuracy_section(explorer: Explorer, accuracy: dict, per_class: dict, n: int, n_wrong: int) -> str:
+    parts = [f"top-1 accuracy <b>{accuracy['top1']:.1f}%</b>"]
+    if "top5" in accuracy:
+        parts.append(f"top-5 accuracy <b>{accuracy['top5']:.1f}%</b>")
+    rows = "".join(
+        f"<tr><td>{html.escape(explorer.classes[c])}</td><td>{len(v)}</td><td>{100.0 * sum(v) / len(v):.0f}%</td></tr>"
+        for c, v in sorted(per_class.items())
+    )
+    return (
+        f"<h2>Accuracy</h2><p>{', '.join(parts)} on {n} labelled images ({n_wrong} misclassified).</p>"
+        f"<table><tr><th>class</th><th>images</th><th>top-1</th></tr>{rows}</table>"
+    )
+
+
+def _predictions_table(analysis: Analysis, label: int | None, n: int = 5) -> str:
+    rows = []
+    for p in analysis.predictions(n):
+        mark = " &#10003;" if label is not None and p["index"] == label else ""
+        rows.append(
+            f"<tr><td>{html.escape(p['name'])}{mark}</td><td>{100 * p['prob']:.1f}%</td>"
+            f"<td>{p['logit']:.2f}</td></tr>"
+        )
+    return f"<table class=preds><tr><th>class</th><th>prob.</th><th>logit</th></tr>{''.join(rows)}</table>"
+
+
+def _image_card(explorer: Explorer, item: DemoItem, analysis: Analysis, pred: int | None, top: int, res: str) -> str:
+    scale = _display_scale(analysis.image)
+    truth = ""
+    if item.label is not None:
+        ok = pred == item.label
+        truth = (
+            f" <span class={'ok' if ok else 'bad'}>true class: {html.escape(explorer.classes[item.label])}"
+            f"{' &#10003;' if ok else ' &#10007;'}</span>"
+        )
+    panels = [f"<figure class=panel>{_img(analysis.image, item.name)}<figcaption>image</figcaption></figure>"]
+    for c in analysis.ranking(top):
+        panels.append(
+            f"<figure class=panel>{_img(analysis.overlay(c, res, scale=scale), 'evidence for ' + explorer.classes[c], fmt='PNG')}"
+            f"<figcaption>{html.escape(explorer.classes[c])} ({100 * float(analysis.probs[c]):.1f}%)</figcaption></figure>"
+        )
+    best = analysis.top_class
+    crops = "".join(
+        f"<figure class=crop>{_img(crop, 'patch', fmt='PNG')}<figcaption>{score:+.2f}</figcaption></figure>"
+        for crop, score in analysis.patch_crops(best, res)
+    )
+    return (
+        f"<section class=card><h3>{html.escape(item.name)}{truth}</h3>"
+        f"<div class=row>{_predictions_table(analysis, item.label)}{''.join(panels)}</div>"
+        f"<p class=note>Most predictive patches for <b>{html.escape(explorer.classes[best])}</b> "
+        f"(evidence of each):</p><div class=row>{crops}</div></section>"
+    )
+
+
+def _mistake_row(explorer: Explorer, item: DemoItem, analysis: Analysis, pred: int, res: str) -> str:
+    scale = _display_scale(analysis.image)
+    panels = [f"<figure class=panel>{_img(analysis.image, item.name)}<figcaption>{html.escape(item.name)}</figcaption></figure>"]
+    for c, what in ((pred, "predicted"), (item.label, "true")):
+        panels.append(
+            f"<figure class=panel>{_img(analysis.overlay(c, res, scale=scale), what, fmt='PNG')}"
+            f"<figcaption>{what}: {html.escape(explorer.classes[c])} ({100 * float(analysis.probs[c]):.1f}%)"
+            f"</figcaption></figure>"
+        )
+    return f"<div class='row mistake'>{''.join(panels)}</div>"
+
+
+_STYLE = """
+body { font: 15px/1.45 system-ui, sans-serif; color: #1d232b; max-width: 1200px; margin: 0 auto; padding: 16px 24px; }
+h1 { font-size: 24px; margin-bottom: 4px; } h2 { margin-top: 28px; font-size: 19px; } h3 { margin: 0 0 8px; font-size: 16px; }
+.meta, .note, footer { color: #5b6673; font-size: 13px; } .warn { color: #8a1020; font-size: 13px; }
+.card { border: 1px solid #d8dde3; border-radius: 10px; padding: 12px 14px; margin: 14px 0; }
+.row { display: flex; flex-wrap: wrap; gap: 10px; align-items: flex-start; }
+figure { margin: 0; } figcaption { font-size: 12px; color: #3d4650; max-width: 260px; }
+.panel img { height: 160px; width: auto; } .crop img { border: 1px solid #d8dde3; image-rendering: pixelated; }
+table { border-collapse: collapse; font-size: 13px; } td, th { padding: 2px 8px; text-align: left; border-bottom: 1px solid #eef0f3; }
+.ok { color: #1a7f37; font-weight: normal; } .bad { color: #b2182b; font-weight: normal; }
+.mistake { border-bottom: 1px solid #eef0f3; padding: 8px 0; }
+footer { margin-top: 28px; }
+"""
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>{style}</style></head>
+<body>
+{body}
+</body></html>
+"""

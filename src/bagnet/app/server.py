@@ -1,0 +1,369 @@
+"""``bagnet serve``: a small web page to explore a BagNet's evidence maps class by class.
+
+Standard library only (:class:`http.server.ThreadingHTTPServer`): one thread per request,
+no shared "current image". Every upload gets an unguessable id; its analysis (logits and
+the evidence maps of every class, computed once) lives in a bounded LRU store under that
+id, so clicking through classes only re-colours cached maps.
+
+Routes (JSON errors are ``{"error": message}`` with a 4xx status)::
+
+    GET  /                                  the page (static/index.html)
+    GET  /static/<file>                     its script and style sheet
+    GET  /api/config                        model, classes, limits, sample names
+    GET  /api/samples/<name>.jpg            sample thumbnail
+    POST /api/uploads                       body = the image file's bytes -> analysis summary
+    POST /api/samples/<name>                analyse a sample image      -> analysis summary
+    GET  /api/uploads/<id>/view?class=C&res=native|full   heatmap PNG (data URL) + top patches
+    GET  /api/uploads/<id>/figure.png?class=C&res=...     the figure, as a download
+    GET  /api/uploads/<id>/result.json?res=...            predictions, top patches, maps summary
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import logging
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import PurePath
+from urllib.parse import parse_qs, urlsplit
+
+from ..data.images import ImageError, load_image
+from .explorer import RESOLUTIONS, Analysis, Explorer
+from .samples import SAMPLE_NAMES, sample_image
+
+__all__ = ["ExplorerServer", "make_server", "DEFAULT_MAX_PIXELS"]
+
+logger = logging.getLogger(__name__)
+
+# Uploads with more pixels are refused before decoding (decompression bombs): 40 MP is
+# more than any phone photo, and decoding it takes 120 MB.
+DEFAULT_MAX_PIXELS = 40_000_000
+_STATIC = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+# A request body over the limit is still read (and thrown away) up to this many extra
+# bytes, so that the browser receives the 413 answer instead of a reset connection.
+_DRAIN_SLACK = 64 * 2**20
+
+
+class HTTPError(Exception):
+    """An error answered to the client as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _Store:
+    """Analyses by upload id, least recently used dropped first; safe across threads."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._items: OrderedDict[str, Analysis] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, analysis: Analysis) -> str:
+        key = secrets.token_urlsafe(18)
+        with self._lock:
+            self._items[key] = analysis
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return key
+
+    def get(self, key: str) -> Analysis:
+        with self._lock:
+            analysis = self._items.get(key) if _ID.match(key) else None
+            if analysis is None:
+                raise HTTPError(404, "this image is no longer on the server (it keeps the latest uploads); upload it again")
+            self._items.move_to_end(key)
+            return analysis
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+class ExplorerServer(ThreadingHTTPServer):
+    """The HTTP server; ``serve_forever()`` in any thread, ``shutdown()`` from another.
+
+    Args:
+        address: ``(host, port)``; port 0 picks a free one (see ``server_address``).
+        explorer: the model wrapper that analyses images.
+        max_upload_bytes: larger request bodies are refused with 413.
+        max_pixels: images with more pixels are refused before decoding.
+        max_uploads: analyses kept in memory (least recently used dropped first).
+    """
+
+    daemon_threads = True
+    # Several quick requests from one page (thumbnails) should not be refused.
+    request_queue_size = 64
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        explorer: Explorer,
+        *,
+        max_upload_bytes: int = 10 * 2**20,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_uploads: int = 32,
+    ):
+        if max_upload_bytes < 1 or max_pixels < 1 or max_uploads < 1:
+            raise ValueError("max_upload_bytes, max_pixels and max_uploads must be positive")
+        self.explorer = explorer
+        self.max_upload_bytes = max_upload_bytes
+        self.max_pixels = max_pixels
+        self.store = _Store(max_uploads)
+        self._thumbs: dict[str, bytes] = {}
+        self._thumbs_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{port}/"
+
+    def config(self) -> dict:
+        ex = self.explorer
+        return {
+            "model": ex.model_name,
+            "receptive_field": ex.receptive_field,
+            "patch_stride": ex.patch_stride,
+            "img_size": ex.img_size,
+            "classes": ex.classes,
+            "max_upload_bytes": self.max_upload_bytes,
+            "samples": list(SAMPLE_NAMES),
+            "top_k": ex.top_k,
+        }
+
+    def thumbnail(self, name: str) -> bytes:
+        with self._thumbs_lock:
+            if name not in self._thumbs:
+                img = sample_image(name)
+                img.thumbnail((160, 160))
+                buf = io.BytesIO()
+                img.save(buf, format="JPEG", quality=85)
+                self._thumbs[name] = buf.getvalue()
+            return self._thumbs[name]
+
+
+def make_server(
+    explorer: Explorer,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    **kwargs,
+) -> ExplorerServer:
+    """An :class:`ExplorerServer` bound to ``host:port`` (not yet serving).
+
+    Binding to anything but a loopback address makes the page (and the model) reachable
+    from other machines; that is logged as a warning.
+    """
+    if not _is_loopback(host):
+        logger.warning("serving on %s: the page is reachable from other machines", host)
+    return ExplorerServer((host, port), explorer, **kwargs)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ExplorerServer
+    server_version = "bagnet-serve"
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+        logger.debug("%s %s", self.address_string(), format % args)
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, obj, status: int = 200, headers: dict | None = None) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json", headers)
+
+    def _dispatch(self, routes) -> None:
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        try:
+            for method, pattern, fn in routes:
+                if method == self.command.replace("HEAD", "GET"):
+                    m = re.fullmatch(pattern, url.path)
+                    if m:
+                        fn(self, *m.groups(), query=query)
+                        return
+            raise HTTPError(404, f"no such page: {url.path}")
+        except HTTPError as e:
+            self._json({"error": e.message}, e.status)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the browser went away; nothing to answer
+        except Exception as e:  # never a traceback page: one message, logged in full here
+            logger.exception("error answering %s %s", self.command, self.path)
+            self._json({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._dispatch(_ROUTES)
+
+    do_HEAD = do_GET
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch(_ROUTES)
+
+    # -- request bodies --------------------------------------------------------------
+
+    def _read_body(self) -> bytes:
+        limit = self.server.max_upload_bytes
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raise HTTPError(411, "send the image with a Content-Length (chunked uploads are not supported)")
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            raise HTTPError(411, "the upload has no Content-Length") from None
+        if length < 0:
+            raise HTTPError(400, "negative Content-Length")
+        if length > limit:
+            if length <= limit + _DRAIN_SLACK:
+                self._discard(length)
+            else:
+                self.close_connection = True
+            raise HTTPError(413, f"the file is {_mb(length)}, over the upload limit of {_mb(limit)}")
+        if length == 0:
+            raise HTTPError(400, "the upload is empty; choose an image file")
+        body = self.rfile.read(length)
+        if len(body) != length:
+            raise HTTPError(400, "the upload was cut short; try again")
+        return body
+
+    def _discard(self, length: int) -> None:
+        left = length
+        while left > 0:
+            chunk = self.rfile.read(min(left, 2**20))
+            if not chunk:
+                break
+            left -= len(chunk)
+
+    # -- routes ----------------------------------------------------------------------
+
+    def _static(self, name: str = "index.html", query=None) -> None:
+        if name not in _STATIC:
+            raise HTTPError(404, f"no such file: {name}")
+        body = resources.files("bagnet.app").joinpath("static", name).read_bytes()
+        self._send(200, body, _STATIC[name] + "; charset=utf-8")
+
+    def _config(self, query=None) -> None:
+        self._json(self.server.config())
+
+    def _thumbnail(self, name: str, query=None) -> None:
+        if name not in SAMPLE_NAMES:
+            raise HTTPError(404, f"no sample image {name!r}")
+        self._send(200, self.server.thumbnail(name), "image/jpeg", {"Cache-Control": "max-age=3600"})
+
+    def _upload(self, query=None) -> None:
+        body = self._read_body()
+        name = query.get("name") or "upload"
+        try:
+            image = load_image(io.BytesIO(body), max_pixels=self.server.max_pixels)
+        except ImageError as e:
+            # load_image names the source; for an upload that is the user's file name.
+            raise HTTPError(415 if "not an image" in str(e) else 400, str(e).replace("image: ", f"{name}: ", 1)) from None
+        self._analyse(image, name)
+
+    def _sample(self, name: str, query=None) -> None:
+        if name not in SAMPLE_NAMES:
+            raise HTTPError(404, f"no sample image {name!r}")
+        self._analyse(sample_image(name), name)
+
+    def _analyse(self, image, name: str) -> None:
+        try:
+            analysis = self.server.explorer.analyse(image, name=name)
+        except ValueError as e:  # e.g. smaller than the receptive field
+            raise HTTPError(400, f"{name}: {e}") from None
+        key = self.server.store.add(analysis)
+        self._json({"id": key, **analysis.summary()}, 201)
+
+    def _view(self, key: str, query=None) -> None:
+        analysis = self.server.store.get(key)
+        cls, res = _parse_class(analysis, query)
+        start = time.perf_counter()
+        view = analysis.view(cls, res)
+        view["ms"] = round(1000 * (time.perf_counter() - start), 1)
+        self._json(view)
+
+    def _figure(self, key: str, query=None) -> None:
+        analysis = self.server.store.get(key)
+        cls, res = _parse_class(analysis, query)
+        png = analysis.figure_png(cls, res)
+        filename = _safe_name(f"{PurePath(analysis.name).stem}-{analysis.class_name(cls)}-{res}.png")
+        self._send(200, png, "image/png", {"Content-Disposition": f'attachment; filename="{filename}"'})
+
+    def _result(self, key: str, query=None) -> None:
+        analysis = self.server.store.get(key)
+        res = _parse_res(query)
+        body = json.dumps(analysis.to_dict(res), indent=1).encode()
+        filename = _safe_name(f"{PurePath(analysis.name).stem}-{res}.json")
+        self._send(200, body, "application/json", {"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+_ROUTES = (
+    ("GET", r"/", _Handler._static),
+    ("GET", r"/static/([A-Za-z0-9_.-]+)", _Handler._static),
+    ("GET", r"/api/config", _Handler._config),
+    ("GET", r"/api/samples/([a-z_]+)\.jpg", _Handler._thumbnail),
+    ("POST", r"/api/uploads", _Handler._upload),
+    ("POST", r"/api/samples/([a-z_]+)", _Handler._sample),
+    ("GET", r"/api/uploads/([^/]+)/view", _Handler._view),
+    ("GET", r"/api/uploads/([^/]+)/figure\.png", _Handler._figure),
+    ("GET", r"/api/uploads/([^/]+)/result\.json", _Handler._result),
+)
+
+
+def _parse_res(query: dict) -> str:
+    res = query.get("res", "native")
+    if res not in RESOLUTIONS:
+        raise HTTPError(400, f"res must be 'native' or 'full', got {res!r}")
+    return res
+
+
+def _parse_class(analysis: Analysis, query: dict) -> tuple[int, str]:
+    """``(class, resolution)`` of a view request; the top class when none is named."""
+    res = _parse_res(query)
+    raw = query.get("class")
+    if raw is None:
+        return analysis.top_class, res
+    try:
+        cls = int(raw)
+    except ValueError:
+        raise HTTPError(400, f"class must be a class index, got {raw!r}") from None
+    if not 0 <= cls < analysis.num_classes:
+        raise HTTPError(400, f"class {cls} is out of range (the model has {analysis.num_classes} classes)")
+    return cls, res
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 1024:.0f} kB"
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:120]

@@ -1,0 +1,183 @@
+"""``bagnet demo``: explain some photos and write one self-contained HTML report.
+
+Without ``--data`` it explains the sample photos that ship with scikit-image, using the
+small Imagenette BagNet that ships with bagnet: no network needed. With ``--data`` it
+explains the images of a folder; if the folder has one sub-folder per class whose names
+match the model's classes, the report adds accuracy and the misclassified images.
+``--weights imagenet`` uses the published ImageNet BagNet-33 (downloaded once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from ._common import add_device_args, add_model_args
+
+logger = logging.getLogger(__name__)
+
+# The model `bagnet demo` and `bagnet serve` use when no --model/--weights is given.
+DEMO_MODEL, DEMO_TAG = "bagnet17_slim", "imagenette"
+MISSING_DEMO_MODEL = "the shipped demo model is missing; reinstall bagnet or pass --weights"
+# `--weights imagenet` without --model: the most accurate published BagNet.
+IMAGENET_MODEL = "bagnet33"
+_SPLITS = {"train", "val", "test"}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="explain sample photos (or --data) in one HTML report",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", default="bagnet-demo", help="folder for report.html")
+    p.add_argument("--data", default=None, metavar="FOLDER",
+                   help="images to explain: a folder of <class>/ folders (labelled) or of images")
+    add_model_args(p)
+    add_device_args(p)
+    p.add_argument("--max-images", type=int, default=100, help="images classified from --data (spread over classes)")
+    p.add_argument("--show", type=int, default=6, help="images explained in detail (and misclassified ones shown)")
+    p.add_argument("--top", type=int, default=3, help="classes per image whose evidence is drawn")
+    p.add_argument("--res", choices=("full", "native"), default="full", help="resolution of the drawn maps")
+    p.add_argument("--img-size", type=int, default=None, help="short side images are resized to (default: the model's)")
+    p.epilog = "Without --model/--weights the shipped Imagenette model is used; --weights imagenet uses BagNet-33."
+    p.set_defaults(func=run)
+
+
+def resolve_demo_model(args: argparse.Namespace):
+    """The model of ``--model``/``--weights``, defaulting to the shipped Imagenette BagNet.
+
+    ``--weights imagenet`` alone means BagNet-33; ``--model NAME`` alone means NAME's
+    default published weights.
+    """
+    from ..models import create_model
+    from ..models._weights import pretrained_tags
+    from ._common import resolve_model
+
+    if args.model is None and args.weights is None:
+        if DEMO_TAG not in pretrained_tags(DEMO_MODEL):
+            raise ValueError(MISSING_DEMO_MODEL)
+        try:
+            return create_model(DEMO_MODEL, pretrained=DEMO_TAG)
+        except FileNotFoundError:
+            raise ValueError(MISSING_DEMO_MODEL) from None
+    if args.model is None and args.weights == "imagenet":
+        return create_model(IMAGENET_MODEL, pretrained="imagenet")
+    if args.weights is None:
+        if not pretrained_tags(args.model):
+            raise ValueError(f"{args.model} has no published weights; pass a trained model file with --weights")
+        return create_model(args.model, pretrained=True)
+    return resolve_model(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..app import Explorer
+    from ..app.report import build_report, write_report
+    from ._common import resolve_device
+
+    for name in ("max_images", "show", "top"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    device = resolve_device(args.device)
+    model = resolve_demo_model(args)
+    explorer = Explorer(model, device=device, img_size=args.img_size)
+    if args.data is None:
+        items, source, outputs, notes = _sample_items(), "sample photos from scikit-image", None, []
+    else:
+        items, source, outputs, notes = _folder_items(Path(args.data), model, args.max_images)
+    for note in notes:
+        logger.warning("%s", note)
+    report = build_report(
+        explorer, items, title="bagnet demo", source=source, top=args.top, show=args.show,
+        res=args.res, label_outputs=outputs, notes=notes,
+    )
+    path = write_report(report, Path(args.out) / "report.html")
+    if report.accuracy:
+        acc = ", ".join(f"{k} {v:.1f}%" for k, v in report.accuracy.items())
+        print(f"{acc} on {report.num_images} images; {len(report.misclassified)} misclassified")
+    print(f"{report.num_images} images, {report.seconds['total']:.1f} s; report: {path}")
+    return 0
+
+
+def _sample_items():
+    from ..app import SAMPLE_NAMES, sample_image
+    from ..app.report import DemoItem
+
+    return [DemoItem(name, sample_image(name)) for name in SAMPLE_NAMES]
+
+
+def _folder_items(root: Path, model, max_images: int):
+    """``(items, source, label_outputs, notes)`` for ``--data``; labelled when possible."""
+    from ..app.report import DemoItem
+    from ..data.folder import ImageFolder
+    from ..data.images import ImageError, is_image_file, load_image
+
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data folder {root} does not exist")
+    subdirs = {e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")}
+    if "val" in subdirs and subdirs <= _SPLITS:
+        root = root / "val"  # a dataset root with train/val splits: explain the held-out one
+    notes: list[str] = []
+    try:
+        folder = ImageFolder(root)
+    except ValueError:  # no class folders: a flat folder of images
+        folder = None
+    if folder is None:
+        paths = sorted(p for p in root.iterdir() if p.is_file() and is_image_file(p))
+        if not paths:
+            raise ValueError(f"{root} holds no images (nor class folders of images)")
+        picked = [(p, None) for p in paths]
+        outputs = None
+    else:
+        try:
+            index, outputs = _label_outputs(model, folder.classes, root)
+        except ValueError as e:
+            notes.append(f"labels ignored: {e}")
+            index, outputs = None, None
+        by_class: dict[int, list[str]] = {}
+        for path, target in folder.samples:
+            by_class.setdefault(target, []).append(path)
+        # Round robin over classes, so a capped run still sees every class.
+        order = []
+        for k in range(max(len(v) for v in by_class.values())):
+            order += [(v[k], t) for t, v in sorted(by_class.items()) if k < len(v)]
+        picked = [(Path(p), index[t] if index is not None else None) for p, t in order]
+    if len(picked) > max_images:
+        notes.append(f"{len(picked)} images found; the first {max_images} are used (--max-images)")
+        picked = picked[:max_images]
+    items = []
+    for path, label in picked:
+        try:
+            image = load_image(path)
+        except ImageError as e:
+            notes.append(f"skipped: {e}")
+            continue
+        items.append(DemoItem(str(path.relative_to(root)), image, label))
+    if not items:
+        raise ValueError(f"none of the images in {root} could be read")
+    return items, f"{len(items)} images from {root}", outputs, notes
+
+
+def _label_outputs(model, classes: list[str], root: Path) -> tuple[list[int], list[int]]:
+    """Model output of each folder class, and the outputs labels can take.
+
+    Class names are matched as ``bagnet eval`` matches them; an ImageNet model on a folder
+    of WordNet-id classes (Imagenette) uses the ``classes.tsv`` next to it.
+
+    Raises:
+        ValueError: the classes cannot be matched.
+    """
+    from .eval import output_index
+
+    class_map = None
+    if model.num_classes == 1000:
+        for tsv in (root / "classes.tsv", root.parent / "classes.tsv"):
+            if tsv.is_file():
+                class_map = str(tsv)
+                break
+    index = output_index(model, classes, class_map, root)
+    index = list(range(len(classes))) if index is None else index
+    return index, index

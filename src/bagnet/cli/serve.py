@@ -1,0 +1,53 @@
+"""``bagnet serve``: a web page to upload an image (or pick a sample) and explore its
+evidence maps class by class, at the model's native stride or at full resolution.
+
+Binds to 127.0.0.1 unless ``--host`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import add_device_args, add_model_args
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="interactive heatmap explorer in the browser",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads are refused")
+    add_model_args(p)
+    add_device_args(p)
+    p.add_argument("--img-size", type=int, default=None, help="short side images are resized to (default: the model's)")
+    p.set_defaults(func=run)
+    p.epilog = "Without --model/--weights the shipped Imagenette model is used; --weights imagenet uses BagNet-33."
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..app import Explorer, make_server
+    from ._common import resolve_device
+    from .demo import resolve_demo_model
+
+    if not 0 < args.max_upload_mb <= 1024:
+        raise ValueError(f"--max-upload-mb must lie in (0, 1024], got {args.max_upload_mb}")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must lie in 0..65535, got {args.port}")
+    device = resolve_device(args.device)
+    explorer = Explorer(resolve_demo_model(args), device=device, img_size=args.img_size)
+    try:
+        server = make_server(explorer, args.host, args.port, max_upload_bytes=int(args.max_upload_mb * 2**20))
+    except OSError as e:
+        raise OSError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e}); choose another --port") from None
+    print(f"bagnet serve: {explorer.model_name} on {server.url} (Ctrl+C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("bagnet serve: stopped")
+    finally:
+        server.server_close()
+    return 0

@@ -1,0 +1,150 @@
+"""The `bagnet serve` page in a real headless browser (Debian's chromium, driven by playwright).
+
+These tests fail, never skip, when chromium is missing: `.ci/run` installs it.
+"""
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from .conftest import CLASSES, IMG_SIZE, png_bytes, random_image
+from .test_server import bomb_header, normalized
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium), as .ci/run does")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1100, "height": 760}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    yield page
+    context.close()
+
+
+def open_page(page, server):
+    page.goto(server.url)
+    page.wait_for_selector("body[data-ready]")
+
+
+def choose_file(page, name, data, mime="image/png"):
+    page.set_input_files("#file", files=[{"name": name, "mimeType": mime, "buffer": data}])
+
+
+def test_upload_switch_class_and_resolution(page, running_server, tiny_model, tmp_path):
+    server = running_server()
+    open_page(page, server)
+    array = random_image(IMG_SIZE, 64, seed=7)
+    choose_file(page, "photo.png", png_bytes(array))
+    page.wait_for_selector("#heatmap[data-class]")
+
+    with torch.no_grad():
+        ranking = torch.argsort(tiny_model(normalized(array)[None])[0], descending=True).tolist()
+    assert page.get_attribute("#heatmap", "data-class") == str(ranking[0])
+    names = page.locator("#classes .name").all_inner_texts()
+    assert names == [CLASSES[c] for c in ranking]
+    assert page.locator("#patches rect").count() == 3
+    first = page.get_attribute("#heatmap", "src")
+
+    # Click another class: its own heatmap replaces the first one.
+    other = ranking[2]
+    page.click(f"#classes button[data-class='{other}']")
+    page.wait_for_selector(f"#heatmap[data-class='{other}']")
+    second = page.get_attribute("#heatmap", "src")
+    assert second.startswith("data:image/png;base64,") and second != first
+    assert page.get_attribute(f"#classes button[data-class='{other}']", "aria-pressed") == "true"
+    assert page.inner_text("#legend-class") == CLASSES[other]
+
+    # Full resolution: a finer map of the same class.
+    page.check("#res-full")
+    page.wait_for_selector("#heatmap[data-res='full']")
+    full = page.get_attribute("#heatmap", "src")
+    assert full != second and page.get_attribute("#heatmap", "data-class") == str(other)
+
+    # Downloads: the figure as a PNG and the results as JSON, for what is on screen.
+    with page.expect_download() as download:
+        page.click("#download-png")
+    figure = Image.open(download.value.path())
+    assert figure.format == "PNG" and download.value.suggested_filename == f"photo-{CLASSES[other]}-full.png"
+    with page.expect_download() as download:
+        page.click("#download-json")
+    result = json.loads(open(download.value.path()).read())
+    assert result["resolution"] == "full" and result["predictions"][0]["index"] == ranking[0]
+
+    # Back to the first class at native resolution: the page's cache gives the same image.
+    page.check("#res-native")
+    page.click(f"#classes button[data-class='{ranking[0]}']")
+    page.wait_for_selector(f"#heatmap[data-class='{ranking[0]}'][data-res='native']")
+    assert page.get_attribute("#heatmap", "src") == first
+    assert page.locator("#error").is_hidden()
+
+    page.screenshot(path=str(tmp_path / "page.png"))
+    assert Image.open(tmp_path / "page.png").size == (1100, 760)
+
+
+@pytest.mark.parametrize(
+    "name, data, words",
+    [
+        ("notes.png", b"these are my notes, not a picture", "notes.png: not an image file"),
+        ("bomb.png", bomb_header(7_000, 7_000), "7000x7000 pixels, more than the limit"),
+    ],
+    ids=["not-an-image", "bomb"],
+)
+def test_bad_upload_shows_the_error(page, running_server, name, data, words):
+    server = running_server()
+    open_page(page, server)
+    choose_file(page, name, data)
+    page.wait_for_selector("#error:not([hidden])")
+    assert words in page.inner_text("#error")
+    assert page.locator("#result").is_hidden()
+
+    # A good upload afterwards clears the message.
+    choose_file(page, "ok.png", png_bytes(random_image(IMG_SIZE, IMG_SIZE, seed=1)))
+    page.wait_for_selector("#heatmap[data-class]")
+    assert page.locator("#error").is_hidden()
+
+
+def test_oversized_upload_shows_the_limit(page, running_server):
+    server = running_server(max_upload_bytes=20_000)
+    open_page(page, server)
+    assert page.inner_text("#limit") == "up to 20 kB"
+    choose_file(page, "big.png", png_bytes(random_image(120, 120, seed=0)))
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.inner_text("#error").endswith("big.png is 42 kB, over the upload limit of 20 kB")
+
+
+def test_sample_photo(page, running_server):
+    server = running_server()
+    open_page(page, server)
+    page.click("#samples button[data-sample='coffee']")
+    page.wait_for_selector("#heatmap[data-class]")
+    assert page.locator("#classes li").count() == len(CLASSES)
+    photo = page.get_attribute("#photo", "src")
+    img = Image.open(io.BytesIO(__import__("base64").b64decode(photo.split(",", 1)[1])))
+    assert min(img.size) == IMG_SIZE and np.asarray(img).std() > 10
