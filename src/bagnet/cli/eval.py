@@ -1,0 +1,163 @@
+"""``bagnet eval``: top-1, top-5, per-class accuracy, confusion matrix and speed on a folder.
+
+``--class-map imagenet`` evaluates an ImageNet-1k model on a folder of WordNet-id class
+folders (e.g. Imagenette) by restricting its logits to those classes, read from the
+dataset's ``classes.tsv`` (``wnid<TAB>imagenet_index``) or from ``--class-map FILE.tsv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from ._common import add_device_args, add_model_args
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="accuracy of a model on an image folder", description=__doc__)
+    p.add_argument("--data", required=True, help="dataset folder (with --split sub-folder) of <class>/ folders")
+    p.add_argument("--split", default="val", help="sub-folder of --data to evaluate; '.' for --data itself")
+    add_model_args(p)
+    add_device_args(p)
+    p.add_argument("--class-map", default=None, metavar="imagenet|FILE.tsv",
+                   help="map folder names to model outputs ('imagenet': the dataset's classes.tsv)")
+    p.add_argument("--img-size", type=int, default=None, help="default: the model's training size, else 224")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the results here as JSON")
+    p.set_defaults(func=run)
+
+
+def output_index(model, classes: list[str], class_map: str | None, data_root: Path) -> list[int] | None:
+    """For each dataset class, the model output that scores it (``None``: the same order).
+
+    Raises:
+        ValueError: the model's classes cannot be matched to the dataset's.
+    """
+    from ..data.folder import read_class_index
+
+    num_outputs = model.num_classes
+    if class_map is not None:
+        tsv = data_root / "classes.tsv" if class_map == "imagenet" else Path(class_map)
+        if class_map == "imagenet" and not tsv.is_file():
+            raise FileNotFoundError(f"{tsv} does not exist; pass --class-map FILE.tsv (wnid<TAB>imagenet_index)")
+        mapping = read_class_index(tsv)
+        missing = [c for c in classes if c not in mapping]
+        if missing:
+            raise ValueError(f"{tsv} has no entry for class folder(s) {', '.join(missing[:5])}")
+        index = [mapping[c] for c in classes]
+        bad = [i for i in index if not 0 <= i < num_outputs]
+        if bad:
+            raise ValueError(f"{tsv} maps to output {bad[0]}, but the model has {num_outputs} outputs")
+        return index
+    own = model.pretrained_cfg.get("classes")
+    if own is None:
+        if num_outputs != len(classes):
+            raise ValueError(
+                f"the model has {num_outputs} outputs and no class names; the folder has {len(classes)} classes "
+                "(use --class-map for ImageNet models)"
+            )
+        logger.warning("the model carries no class names; assuming its outputs follow the folder order")
+        return None
+    own = list(own)
+    if own == classes:
+        return None
+    missing = [c for c in classes if c not in own]
+    if missing:
+        hint = " (an ImageNet model? add --class-map imagenet)" if len(own) == 1000 else ""
+        raise ValueError(
+            f"the model's classes do not include the folder's {', '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''}{hint}"
+        )
+    return [own.index(c) for c in classes]
+
+
+def collect_logits(model, loader, device, index: list[int] | None, amp: str = "none"):
+    """All logits (restricted to ``index``) and targets of ``loader``; one per-batch loop.
+
+    Returns:
+        ``(logits [N, K], targets [N], skipped, seconds)``.
+    """
+    import torch
+
+    from ..train.engine import iter_logits
+
+    chunks, targets, skipped = [], [], 0
+    start = time.perf_counter()
+    for logits, y, n_skipped in iter_logits(model, loader, device, amp=amp, progress=True):
+        skipped += n_skipped
+        if y.numel():
+            chunks.append(logits[:, index] if index is not None else logits)
+            targets.append(y)
+    seconds = time.perf_counter() - start
+    k = len(index) if index is not None else model.num_classes
+    logits = torch.cat(chunks) if chunks else torch.empty(0, k)
+    return logits, torch.cat(targets) if targets else torch.empty(0, dtype=torch.long), skipped, seconds
+
+
+def run(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
+    from ..data.folder import ImageFolder, collate_skip, eval_transform
+    from ..train.metrics import classification_report
+    from ._common import resolve_device, resolve_model
+
+    if args.batch_size < 1 or args.workers < 0:
+        raise ValueError("--batch-size must be at least 1 and --workers 0 or more")
+    data_root = Path(args.data)
+    folder = data_root / args.split
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist; pass --split NAME for another sub-folder of {data_root}")
+    device = resolve_device(args.device)
+    model = resolve_model(args).to(device)
+    cfg = model.pretrained_cfg
+    img_size = args.img_size or cfg.get("img_size") or 224
+    dataset = ImageFolder(folder, transform=eval_transform(img_size, cfg["mean"], cfg["std"]))
+    index = output_index(model, list(dataset.classes), args.class_map, data_root)
+    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_skip,
+                        pin_memory=device.type == "cuda")
+    logits, targets, skipped, seconds = collect_logits(model, loader, device, index)
+    report = classification_report(logits, targets, list(dataset.classes))
+    report.update(
+        model=getattr(model, "model_name", args.model),
+        weights=args.weights,
+        data=str(folder),
+        img_size=img_size,
+        class_map=args.class_map,
+        skipped=skipped,
+        seconds=seconds,
+        images_per_s=report["images"] / seconds if seconds > 0 else 0.0,
+    )
+    print_report(report, list(dataset.classes))
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, out)
+        print(f"json: {out}")
+    return 0
+
+
+def print_report(report: dict, classes: list[str]) -> None:
+    print(f"{report['model']} on {report['data']} ({report['images']} images at {report['img_size']} px"
+          + (f", {report['skipped']} unreadable skipped" if report["skipped"] else "") + ")")
+    print(f"top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  {report['images_per_s']:.1f} images/s")
+    width = max(len("class"), *(len(c) for c in classes))
+    print(f"\n{'class'.ljust(width)}  images  top-1")
+    for name in classes:
+        row = report["per_class"][name]
+        acc = f"{row['top1']:.2f}" if row["top1"] is not None else "-"
+        print(f"{name.ljust(width)}  {row['images']:>6}  {acc:>6}")
+    if len(classes) <= 20:
+        cm = report["confusion"]
+        cell = max(4, len(str(max(max(r) for r in cm))) + 1)
+        print("\nconfusion (rows: true class, columns: predicted, in the order above)")
+        for name, row in zip(classes, cm):
+            print(name.ljust(width) + "".join(str(v).rjust(cell) for v in row))

@@ -1,0 +1,83 @@
+"""``bagnet train``: train a BagNet on an image folder, resumably, on one or many processes.
+
+Run it under ``torchrun --nproc-per-node N -m bagnet train ...`` for data-parallel
+training; ``--batch-size`` is per process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from ._common import add_device_args, add_model_args
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model on an image folder (train/ and val/)",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", help="folder with train/<class>/ and val/<class>/ image folders")
+    p.add_argument("--out", help="run folder: config.json, log.jsonl, TensorBoard events, checkpoints, model.pt")
+    add_model_args(p)
+    add_device_args(p)
+    g = p.add_argument_group("schedule")
+    g.add_argument("--epochs", type=int, default=90)
+    g.add_argument("--batch-size", type=int, default=32, help="images per process and step")
+    g.add_argument("--accum-steps", type=int, default=1, help="batches whose gradients add up to one step")
+    g.add_argument("--lr", type=float, default=0.1)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=1e-4, help="on conv/linear weights, not norms or biases")
+    g.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
+    g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warmup (fractions allowed)")
+    g.add_argument("--min-lr", type=float, default=0.0, help="end of the cosine schedule")
+    g.add_argument("--step-size", type=int, default=30, help="epochs between decays (--schedule step)")
+    g.add_argument("--gamma", type=float, default=0.1, help="decay factor (--schedule step)")
+    g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument("--ema", action="store_true", help="keep an EMA of the weights; it is evaluated and shipped")
+    g.add_argument("--ema-decay", type=float, default=0.9998)
+    g.add_argument("--ema-steps", type=int, default=1, help="optimizer steps between EMA updates")
+    g = p.add_argument_group("input")
+    g.add_argument("--img-size", type=int, default=224, help="training crop and evaluation size")
+    g.add_argument("--val-split", type=float, default=None, help="hold out this fraction of train/ when there is no val/")
+    g.add_argument("--workers", type=int, default=4, help="data-loading processes per training process")
+    g = p.add_argument_group("speed")
+    g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision (bf16 on CPU)")
+    g.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster on recent GPUs)")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--deterministic", action="store_true", help="reproducible to the bit (slower on GPU)")
+    g.add_argument(
+        "--resume", nargs="?", const="last", default=None, metavar="CHECKPOINT",
+        help="continue the run in --out (its last.pt) or from CHECKPOINT",
+    )
+    g.add_argument("--stop-after", type=int, default=None, metavar="EPOCH", help="end this sitting after EPOCH")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    """The :class:`~bagnet.train.TrainConfig` of the parsed arguments, and which were set."""
+    from ..train import TrainConfig
+
+    default = TrainConfig()
+    values = {k: getattr(args, k) for k in TrainConfig.__dataclass_fields__ if hasattr(args, k)}
+    values = {k: ("" if v is None and k in ("data", "out", "model") else v) for k, v in values.items()}
+    explicit = {k for k, v in values.items() if v != getattr(default, k)}
+    values["command"] = shlex.join(["bagnet", *sys.argv[1:]])
+    return TrainConfig(**values), explicit
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train import train
+
+    if not args.out:
+        raise ValueError("--out RUN_DIR is required")
+    cfg, explicit = config_from_args(args)
+    path = train(cfg, explicit)
+    if path.exists():
+        print(f"model: {path}")
+    return 0

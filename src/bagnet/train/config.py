@@ -1,0 +1,118 @@
+"""The resolved configuration of a training run, written to ``RUN_DIR/config.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+AMP_MODES = ("none", "bf16", "fp16")
+SCHEDULES = ("cosine", "step")
+
+# Options of one sitting: a resumed run takes them from its own command line.
+SITTING = frozenset({"stop_after", "resume", "progress", "command"})
+# Options a resumed run may change when given explicitly. ``epochs`` alters the schedule,
+# but extending a run is a reason to resume; a moved ``data`` folder is checked against the
+# stored classes; ``workers`` and ``device`` change the random stream (each loader worker
+# draws its own augmentations), so a resumed run keeps the stored ones unless told.
+RESUME_MAY_CHANGE = SITTING | {"data", "epochs", "workers", "device"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run.
+
+    Defaults follow torchvision's classification reference scaled to one machine; the
+    CPU recipe for the slim BagNets is in ``docs/training.md``.
+    """
+
+    data: str = ""
+    out: str = ""
+    model: str = ""
+    weights: str | None = None  # initial weights: tag, path or URL (classes must match)
+    img_size: int = 224
+    epochs: int = 90
+    batch_size: int = 32  # per process
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    step_size: int = 30  # epochs between decays (step schedule)
+    gamma: float = 0.1
+    min_lr: float = 0.0
+    label_smoothing: float = 0.0
+    amp: str = "none"
+    channels_last: bool = False
+    accum_steps: int = 1
+    ema: bool = False
+    ema_decay: float = 0.9998
+    ema_steps: int = 1  # optimizer steps between EMA updates
+    workers: int = 4
+    seed: int = 0
+    deterministic: bool = False
+    val_split: float | None = None
+    resume: str | None = None
+    stop_after: int | None = None  # end this sitting after this epoch (resume later)
+    device: str = "auto"
+    progress: bool = True
+    command: str = ""
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> TrainConfig:
+        """Raise ``ValueError`` naming the first option that cannot work."""
+        checks = [
+            (bool(self.data), "--data is required"),
+            (bool(self.out), "--out is required"),
+            (bool(self.model), "--model is required"),
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (self.img_size >= 1, f"--img-size must be positive, got {self.img_size}"),
+            (self.accum_steps >= 1, f"--accum-steps must be at least 1, got {self.accum_steps}"),
+            (self.workers >= 0, f"--workers must be 0 or more, got {self.workers}"),
+            (self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
+            (0 <= self.label_smoothing < 1, f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}"),
+            (0 < self.ema_decay < 1, f"--ema-decay must lie in (0, 1), got {self.ema_decay}"),
+            (self.ema_steps >= 1, f"--ema-steps must be at least 1, got {self.ema_steps}"),
+            (self.warmup_epochs >= 0, f"--warmup-epochs must be 0 or more, got {self.warmup_epochs}"),
+            (self.step_size >= 1, f"--step-size must be at least 1, got {self.step_size}"),
+            (self.stop_after is None or self.stop_after >= 1, "--stop-after must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def merge_for_resume(stored: dict[str, Any], given: TrainConfig, explicit: set[str]) -> TrainConfig:
+    """The stored run's configuration, updated with the options given on resume.
+
+    Args:
+        stored: the configuration saved in the checkpoint.
+        given: the configuration of this invocation.
+        explicit: names of the options the user set in this invocation.
+
+    Raises:
+        ValueError: an explicitly given option differs from the run being resumed and
+            would change what it computes.
+    """
+    merged = TrainConfig.from_dict(stored)
+    given_d = given.to_dict()
+    changed = [k for k in explicit if k in given_d and k not in RESUME_MAY_CHANGE and given_d[k] != stored.get(k)]
+    if changed:
+        shown = ", ".join(f"--{k.replace('_', '-')} {given_d[k]!r} (run has {stored.get(k)!r})" for k in sorted(changed))
+        raise ValueError(f"cannot change {shown} when resuming; start a new run with another --out instead")
+    for k in RESUME_MAY_CHANGE:
+        if k in SITTING or k in explicit:
+            setattr(merged, k, given_d[k])
+    return merged.validate()
