@@ -1,0 +1,101 @@
+"""Experiment 1: top-1/top-5 accuracy and throughput of BagNets and reference models.
+
+Brendel & Bethge (ICLR 2019), Table/Figure 2: BagNet-33 reaches 87.6% top-5 on
+ImageNet, close to AlexNet; smaller patches lose accuracy.
+
+.. note::
+    Accuracy counts only the data set's classes: an ImageNet-1k model evaluated on
+    Imagenette picks among the 10 Imagenette classes (its other outputs are ignored).
+    Throughput counts the forward passes only (not image decoding), in eval mode with
+    the analysis batch size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._common import Classifier, EvalData, LogitCache, Predictions, new_figure, predictions, write_result
+
+__all__ = ["ModelAccuracy", "accuracy", "accuracy_of", "plot_accuracy", "write_accuracy"]
+
+
+@dataclass
+class ModelAccuracy:
+    label: str
+    model: str
+    kind: str  # "bagnet" or "reference"
+    receptive_field: int | None
+    top1: float  # percent
+    top5: float  # percent
+    images: int
+    images_per_s: float
+    params: int
+    gmacs: float  # per image at the analysis resolution
+
+
+def accuracy_of(preds: Predictions, k: int) -> float:
+    """Percent of images whose true class is among the ``k`` highest outputs."""
+    if len(preds.targets) == 0:
+        return float("nan")
+    k = min(k, preds.logits.shape[1])
+    top = np.argsort(-preds.logits, axis=1, kind="stable")[:, :k]
+    return 100.0 * float((top == preds.targets[:, None]).any(axis=1).mean())
+
+
+def accuracy(
+    models: Sequence[Classifier],
+    data: EvalData,
+    *,
+    max_images: int | None = None,
+    batch_size: int = 32,
+    cache: LogitCache | None = None,
+) -> list[ModelAccuracy]:
+    """Top-1/top-5 and images/s of every model on the first ``max_images`` images."""
+    from ..models._profile import count_macs, count_params
+
+    cache = cache or LogitCache()
+    rows = []
+    for clf in models:
+        p = predictions(clf, data, max_images, batch_size=batch_size, cache=cache)
+        info = clf.describe()
+        rows.append(
+            ModelAccuracy(
+                label=clf.label,
+                model=info["model"],
+                kind=info["kind"],
+                receptive_field=info["receptive_field"],
+                top1=accuracy_of(p, 1),
+                top5=accuracy_of(p, 5),
+                images=len(p.indices),
+                images_per_s=p.images_per_s,
+                params=count_params(clf.model),
+                gmacs=count_macs(clf.model, data.img_size) / 1e9,
+            )
+        )
+    return rows
+
+
+def plot_accuracy(rows: Sequence[ModelAccuracy | dict]):
+    """Bar chart of top-1 and top-5 per model; returns ``(fig, ax)``."""
+    rows = [r if isinstance(r, dict) else r.__dict__ for r in rows]
+    fig, ax = new_figure(size=(max(4.0, 1.1 * len(rows) + 1.5), 3.2))
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [r["top1"] for r in rows], 0.4, label="top-1")
+    ax.bar(x + 0.2, [r["top5"] for r in rows], 0.4, label="top-5")
+    ax.set_xticks(x, [r["label"] for r in rows], rotation=30, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(loc="lower right")
+    ax.set_title(f"accuracy ({rows[0]['images'] if rows else 0} images)")
+    return fig, ax
+
+
+def write_accuracy(rows: Sequence[ModelAccuracy], out_dir: str | os.PathLike, meta: dict | None = None) -> dict[str, Path]:
+    """``accuracy.json`` and ``accuracy.png`` in ``out_dir``."""
+    fig, _ = plot_accuracy(rows)
+    return write_result(out_dir, "accuracy", "accuracy", {"models": list(rows)}, fig, meta)

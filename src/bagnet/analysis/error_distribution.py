@@ -1,0 +1,88 @@
+"""Experiment 5: do BagNets and deep networks find the same classes hard?
+
+Brendel & Bethge (ICLR 2019), Section 4: the class-wise error rates of BagNet-33 and
+VGG-16 on ImageNet are strongly correlated.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._common import Classifier, EvalData, LogitCache, aligned_predictions, panel_grid, pearson, write_result
+
+__all__ = ["ErrorDistribution", "class_errors", "error_distribution", "plot_error_distribution", "write_error_distribution"]
+
+
+@dataclass
+class ErrorDistribution:
+    classes: list[str] = field(default_factory=list)
+    images_per_class: list[int] = field(default_factory=list)
+    errors: dict[str, list[float]] = field(default_factory=dict)  # model label -> top-1 error (%) per class
+    pairs: list[dict] = field(default_factory=list)  # bagnet, reference, r
+    images: int = 0
+
+
+def class_errors(logits: np.ndarray, targets: np.ndarray, num_classes: int) -> np.ndarray:
+    """Top-1 error in percent for every class (NaN for classes without images)."""
+    wrong = logits.argmax(1) != targets
+    counts = np.bincount(targets, minlength=num_classes).astype(np.float64)
+    errs = np.bincount(targets, weights=wrong.astype(np.float64), minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, 100.0 * errs / counts, np.nan)
+
+
+def error_distribution(
+    bagnets: Sequence[Classifier],
+    references: Sequence[Classifier],
+    data: EvalData,
+    *,
+    max_images: int | None = None,
+    batch_size: int = 32,
+    cache: LogitCache | None = None,
+) -> ErrorDistribution:
+    """Per-class errors of every model, and their correlation for each BagNet/reference pair."""
+    if not bagnets or not references:
+        raise ValueError("error-distribution needs at least one BagNet and one reference model")
+    n_cls = len(data.classes)
+    result = ErrorDistribution(classes=data.classes)
+    preds = aligned_predictions([*bagnets, *references], data, max_images, batch_size=batch_size, cache=cache)
+    for m in [*bagnets, *references]:
+        p = preds[m.label]
+        result.errors[m.label] = class_errors(p.logits, p.targets, n_cls).tolist()
+        result.images = len(p.indices)
+        result.images_per_class = np.bincount(p.targets, minlength=n_cls).tolist()
+    for b in bagnets:
+        for r in references:
+            x, y = np.asarray(result.errors[r.label]), np.asarray(result.errors[b.label])
+            ok = np.isfinite(x) & np.isfinite(y)
+            result.pairs.append({"bagnet": b.label, "reference": r.label, "r": pearson(x[ok], y[ok])})
+    return result
+
+
+def plot_error_distribution(result: ErrorDistribution | dict):
+    """One scatter (reference error vs BagNet error, a point per class) per pair."""
+    r = result if isinstance(result, dict) else result.__dict__
+    fig, axes = panel_grid(len(r["pairs"]), (3.4, 3.3))
+    for ax, pair in zip(axes, r["pairs"]):
+        x = np.array([np.nan if v is None else v for v in r["errors"][pair["reference"]]], float)
+        y = np.array([np.nan if v is None else v for v in r["errors"][pair["bagnet"]]], float)
+        ax.scatter(x, y, s=14, alpha=0.8)
+        ax.plot([0, 100], [0, 100], ":", color="gray", lw=1)
+        ax.set_xlim(-2, 102)
+        ax.set_ylim(-2, 102)
+        ax.set_xlabel(f"{pair['reference']} error per class (%)")
+        ax.set_ylabel(f"{pair['bagnet']} error per class (%)")
+        rv = pair["r"]
+        ax.set_title(f"r = {rv:.2f}" if rv is not None and math.isfinite(rv) else "r undefined", fontsize=9)
+    return fig, axes
+
+
+def write_error_distribution(result: ErrorDistribution, out_dir: str | os.PathLike, meta: dict | None = None) -> dict[str, Path]:
+    fig, _ = plot_error_distribution(result)
+    return write_result(out_dir, "error_distribution", "error-distribution", result.__dict__, fig, meta)
