@@ -1,0 +1,99 @@
+"""Training images/s of the slim BagNets next to torchvision's ResNet-18, in one process.
+
+Every model trains on the same pre-decoded, augmented batches (Imagenette's train split
+if it is there, else generated images) through ``bagnet.train.train_one_epoch`` (SGD,
+label smoothing, optional bf16 autocast), so data loading is left out and only the
+training step is timed. Models are timed in interleaved rounds (order reversed every
+other round) so load from other processes hits all of them alike; printed are the median
+images/s per model and its ratio to ResNet-18 (median of per-round ratios).
+
+    .venv/bin/python benchmarks/train.py                                  # 112 px, batch 32
+    .venv/bin/python benchmarks/train.py --amp bf16 --threads 1 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler
+
+import bagnet
+from bagnet.data.folder import ImageFolder, collate_skip, train_transform
+from bagnet.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from bagnet.models._profile import count_macs, count_params
+from bagnet.train import train_one_epoch
+
+IMAGENETTE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenette"
+MODELS = ("bagnet9_slim", "bagnet17_slim", "bagnet33_slim")
+
+
+def _batches(args) -> tuple[list, str]:
+    root = Path(args.data) / "train"
+    if root.is_dir():
+        ds = ImageFolder(root, transform=train_transform(args.img_size, IMAGENET_MEAN, IMAGENET_STD))
+        loader = DataLoader(ds, batch_size=args.batch_size, collate_fn=collate_skip,
+                            sampler=RandomSampler(ds, generator=torch.Generator().manual_seed(0)))
+        it = iter(loader)
+        return [next(it) for _ in range(args.steps)], f"{root} ({len(ds)} images)"
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randn(args.batch_size, 3, args.img_size, args.img_size, generator=g),
+         torch.randint(0, 10, (args.batch_size,), generator=g), 0)
+        for _ in range(args.steps)
+    ]
+    return batches, "generated images (no Imagenette found)"
+
+
+def _model(name: str) -> nn.Module:
+    if name == "resnet18":
+        return torchvision.models.resnet18(num_classes=10)
+    return bagnet.create_model(name, num_classes=10)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(IMAGENETTE))
+    p.add_argument("--img-size", type=int, default=112)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=4, help="timed training steps per model and round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--amp", choices=("none", "bf16"), default="none")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    batches, source = _batches(args)
+    names = ("resnet18", *MODELS)
+    models = {n: _model(n) for n in names}
+    opts = {n: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for n, m in models.items()}
+    crit = nn.CrossEntropyLoss(label_smoothing=0.1)
+    cpu = torch.device("cpu")
+    print(f"data: {source}; {args.img_size} px, batch {args.batch_size}, amp {args.amp}, "
+          f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}")
+    for n in names:  # warm-up: oneDNN builds its kernels for each new shape once
+        train_one_epoch(models[n], crit, opts[n], batches[:1], cpu, amp=args.amp, progress=False)
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(args.rounds):
+        for n in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            train_one_epoch(models[n], crit, opts[n], batches, cpu, amp=args.amp, progress=False)
+            rates[n].append(len(batches) * args.batch_size / (time.perf_counter() - start))
+    print(f"\n{'model':<15}{'params':>9}{'GMACs':>8}{'img/s':>9}{'vs resnet18':>13}")
+    for n in names:
+        ratio = statistics.median(a / b for a, b in zip(rates[n], rates["resnet18"]))
+        macs = count_macs(models[n], args.img_size) / 1e9
+        print(f"{n:<15}{count_params(models[n]) / 1e6:>8.2f}M{macs:>8.2f}{statistics.median(rates[n]):>9.1f}"
+              f"{ratio:>12.2f}x")
+    print(f"\nload {os.getloadavg()[0]:.1f} at the end (2 cores shared: compare ratios, not absolute img/s)")
+
+
+if __name__ == "__main__":
+    main()
