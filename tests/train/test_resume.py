@@ -88,7 +88,9 @@ def test_sigkill_mid_epoch_then_resume(data, uninterrupted, tmp_path):
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline, "epoch 1 never finished"
             time.sleep(0.005)
-        time.sleep(0.2)  # well into epoch 2
+        first = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+        # into epoch 2, but well before its end also on a fast machine
+        time.sleep(min(0.2, 0.2 * first["train_images"] / first["train_img_s"]))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
