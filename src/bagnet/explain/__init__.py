@@ -1,0 +1,36 @@
+"""Class-evidence heatmaps of BagNets: exact full-resolution maps in one pass, the most
+predictive patches, and the paper's figures.
+
+Brendel & Bethge, "Approximating CNNs with Bag-of-local-Features models works surprisingly
+well on ImageNet", ICLR 2019. https://openreview.net/forum?id=SkfMWhAqYQ
+"""
+
+from ._dataset import ClassPatches, class_patches, plot_class_patches
+from ._explain import Explanation, Prediction, explain
+from ._figures import image_edges, plot_heatmap, plot_image, plot_misclassification, plot_patches
+from ._images import preprocess
+from ._maps import EvidenceMapper, MapGeometry, evidence_map, map_geometry
+from ._patches import Patch, top_patches
+from ._reference import evidence_map_reference
+
+__all__ = [
+    "ClassPatches",
+    "EvidenceMapper",
+    "Explanation",
+    "MapGeometry",
+    "Patch",
+    "Prediction",
+    "class_patches",
+    "evidence_map",
+    "evidence_map_reference",
+    "explain",
+    "image_edges",
+    "map_geometry",
+    "plot_class_patches",
+    "plot_heatmap",
+    "plot_image",
+    "plot_misclassification",
+    "plot_patches",
+    "preprocess",
+    "top_patches",
+]

@@ -1,0 +1,241 @@
+"""``explain``: predictions, class-evidence maps and top patches of one image, in one object."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ._figures import new_figure, plot_heatmap, plot_image, plot_misclassification
+from ._images import preprocess
+from ._maps import EvidenceMapper, MapGeometry
+from ._patches import Patch, top_patches
+
+__all__ = ["Explanation", "Prediction", "explain", "model_config"]
+
+_TOP = re.compile(r"^top(\d+)$")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One class of the model's output for an image."""
+
+    index: int
+    name: str
+    probability: float
+    logit: float
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "name": self.name, "probability": self.probability, "logit": self.logit}
+
+
+@dataclass
+class Explanation:
+    """What :func:`explain` found for one image.
+
+    Attributes:
+        image: the image as the model saw it (resized, not normalized), ``[3, H, W]`` in [0, 1].
+        predictions: the most probable classes, best first.
+        classes: the explained class indices, in the order of ``evidence`` and ``patches``.
+        evidence: class-evidence maps ``[len(classes), h, w]`` (CPU, float32).
+        patches: per explained class, its most predictive patches, best first.
+        geometry: where the map entries and patches sit in ``image``.
+        probabilities: softmax over all classes ``[num_classes]``.
+        logits: the model's logits ``[num_classes]``.
+        class_names: a name per class.
+        true_class: the image's label when given to :func:`explain`.
+        model_name: the model's registered name, if known.
+    """
+
+    image: torch.Tensor
+    predictions: list[Prediction]
+    classes: list[int]
+    evidence: torch.Tensor
+    patches: list[list[Patch]]
+    geometry: MapGeometry
+    probabilities: torch.Tensor
+    logits: torch.Tensor
+    class_names: list[str] = field(repr=False)
+    true_class: int | None = None
+    model_name: str | None = None
+
+    def prediction(self, index: int) -> Prediction:
+        """Name, probability and logit of any class."""
+        return Prediction(index, self.class_names[index], float(self.probabilities[index]), float(self.logits[index]))
+
+    def evidence_for(self, index: int) -> torch.Tensor:
+        """The ``[h, w]`` map of an explained class."""
+        return self.evidence[self._position(index)]
+
+    def patches_for(self, index: int) -> list[Patch]:
+        return self.patches[self._position(index)]
+
+    def _position(self, index: int) -> int:
+        try:
+            return self.classes.index(index)
+        except ValueError:
+            raise ValueError(f"class {index} was not explained; explained: {self.classes}") from None
+
+    def to_dict(self) -> dict:
+        """JSON-serializable summary: predictions, and per explained class its evidence
+        range and top patches (boxes ``[x0, y0, x1, y1]`` in pixels of the resized image)."""
+        explained = []
+        for c, ev, patches in zip(self.classes, self.evidence, self.patches):
+            explained.append({
+                **self.prediction(c).to_dict(),
+                "evidence": {"min": float(ev.min()), "max": float(ev.max()), "mean": float(ev.mean())},
+                "patches": [{"box": list(p.box), "score": p.score, "center": list(p.center)} for p in patches],
+            })
+        g = self.geometry
+        d = {
+            "model": self.model_name,
+            "image_size": list(g.image_size),
+            "patch_size": g.patch_size,
+            "stride": g.stride,
+            "padded": g.offset > 0,
+            "predictions": [p.to_dict() for p in self.predictions],
+            "explained": explained,
+        }
+        if self.true_class is not None:
+            d["true_class"] = self.prediction(self.true_class).to_dict()
+        return d
+
+    def plot(self, *, percentile: float = 99.0, edges: bool = True):
+        """The figure for this explanation; returns ``(fig, axes)``.
+
+        With a ``true_class`` this is the paper's misclassification figure (image | true
+        class's heatmap, patches in black | predicted class's heatmap, patches in red);
+        otherwise the image followed by one heatmap per explained class, patches outlined.
+        """
+        if self.true_class is not None:
+            top = self.predictions[0].index
+            t, p = self.prediction(self.true_class), self.prediction(top)
+            return plot_misclassification(
+                self.image,
+                self.evidence_for(t.index),
+                self.evidence_for(p.index),
+                true_patches=self.patches_for(t.index),
+                predicted_patches=self.patches_for(p.index),
+                true_name=t.name,
+                predicted_name=p.name,
+                true_probability=t.probability,
+                predicted_probability=p.probability,
+                geometry=self.geometry,
+                percentile=percentile,
+            )
+        n = 1 + len(self.classes)
+        fig = new_figure((3.2 * n, 3.4))
+        axes = [fig.add_subplot(1, n, i + 1) for i in range(n)]
+        top = self.predictions[0]
+        plot_image(self.image, ax=axes[0], title=f"top-1: {top.name} (p = {top.probability:.3f})")
+        for ax, c, ev, patches in zip(axes[1:], self.classes, self.evidence, self.patches):
+            pred = self.prediction(c)
+            plot_heatmap(ev, self.image, geometry=self.geometry, ax=ax, percentile=percentile, edges=edges,
+                         patches=patches, title=f"{pred.name} (p = {pred.probability:.3f})")
+        fig.tight_layout()
+        return fig, axes
+
+
+def model_config(model: nn.Module) -> dict:
+    """The model's ``pretrained_cfg`` with defaults: ImageNet mean/std, no class names."""
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    cfg.setdefault("mean", list(IMAGENET_MEAN))
+    cfg.setdefault("std", list(IMAGENET_STD))
+    return cfg
+
+
+def class_names(model: nn.Module) -> list[str]:
+    names = model_config(model).get("classes")
+    n = model.num_classes
+    return list(names) if names is not None and len(names) == n else [f"class {i}" for i in range(n)]
+
+
+def explain(
+    model: nn.Module,
+    image,
+    *,
+    classes: str | int | Sequence[int] = "top3",
+    stride: int | str = 1,
+    k: int = 5,
+    non_overlapping: bool = True,
+    true_class: int | None = None,
+    top: int = 5,
+    pad_value: float = 0.0,
+    img_size: int | None = None,
+    mapper: EvidenceMapper | None = None,
+) -> Explanation:
+    """Predict, compute class-evidence maps and find the most predictive patches of one image.
+
+    The image is resized so that its short side is the model's ``pretrained_cfg["img_size"]``
+    (if it has one; ``img_size`` overrides; otherwise it keeps its size), not cropped, and
+    normalized with the model's mean and std.
+
+    Args:
+        model: a :class:`~bagnet.models.BagNet` (from :func:`bagnet.create_model`, whose
+            ``pretrained_cfg`` gives class names and normalization). Not modified; inference
+            uses the BatchNorm running statistics even if it is in training mode.
+        image: file path, PIL image, numpy ``[H, W, C]`` array or torch ``[C, H, W]`` tensor
+            (uint8, or floats in [0, 1]).
+        classes: ``"topN"`` for the N most probable classes, or class indices.
+        stride: evidence map stride, 1 (full resolution) or ``"native"`` (see :func:`evidence_map`).
+        k: top patches per explained class.
+        non_overlapping: choose patches that do not overlap.
+        true_class: the image's label; it is explained too, as is the top prediction, and
+            :meth:`Explanation.plot` then draws the misclassification figure.
+        top: how many predictions to list.
+        pad_value: padding of the normalized image.
+        img_size: short side to resize to, instead of the model's.
+        mapper: a prepared :class:`EvidenceMapper` of this model (saves folding the
+            weights again when explaining many images).
+
+    Returns:
+        An :class:`Explanation`.
+    """
+    num_classes = model.num_classes
+    mapper = mapper or EvidenceMapper(model, stride=stride, pad_value=pad_value)
+    x, shown = preprocess(image, model_config(model), img_size=img_size)
+    h, w = x.shape[-2:]
+    q = model.receptive_field
+    if min(h, w) < q:
+        raise ValueError(f"image is {h}x{w} pixels after resizing, smaller than the receptive field {q}x{q}")
+    # The folded copy gives inference-mode logits without switching the user's model to eval().
+    logits = mapper.logits(x.to(mapper.device)).float().cpu()
+    probs = torch.softmax(logits, 0)
+    order = torch.argsort(probs, descending=True).tolist()
+    names = class_names(model)
+
+    if isinstance(classes, str):
+        m = _TOP.match(classes)
+        if not m or int(m.group(1)) < 1:
+            raise ValueError(f"classes must be 'topN' (e.g. 'top3') or class indices, got {classes!r}")
+        chosen = order[: int(m.group(1))]
+    else:
+        chosen = [classes] if isinstance(classes, int) else [int(c) for c in classes]
+    if true_class is not None:
+        chosen = [int(true_class), order[0], *chosen]
+    chosen = list(dict.fromkeys(chosen))  # unique, first occurrence wins
+    for c in chosen:
+        if not 0 <= c < num_classes:
+            raise ValueError(f"class index {c} is out of range for a model with {num_classes} classes")
+
+    evidence = mapper(x.to(mapper.device), chosen).float().cpu()
+    geometry = mapper.geometry((h, w))
+    patches = top_patches(evidence, geometry, k=k, classes=chosen, non_overlapping=non_overlapping)
+    return Explanation(
+        image=shown,
+        predictions=[Prediction(i, names[i], float(probs[i]), float(logits[i])) for i in order[: max(1, top)]],
+        classes=chosen,
+        evidence=evidence,
+        patches=patches,
+        geometry=geometry,
+        probabilities=probs,
+        logits=logits,
+        class_names=names,
+        true_class=None if true_class is None else int(true_class),
+        model_name=getattr(model, "model_name", None),
+    )

@@ -1,0 +1,530 @@
+"""Class-evidence maps of a BagNet at full image resolution, computed in one pass.
+
+The paper defines the heatmap patch by patch (Brendel & Bethge, ICLR 2019,
+https://openreview.net/forum?id=SkfMWhAqYQ): pad the normalized image by (q-1)/2 on
+every side; the value of class c at pixel (y, x) is logit c of the model applied to the
+q x q crop centred at (y, x). :func:`evidence_map` computes exactly that without
+evaluating any crop twice:
+
+* Every strided convolution runs at stride 1 instead, and the feature map is then split
+  into its ``s x s`` polyphase components, which are stacked along the batch ("space to
+  batch", the algorithme a trous of dilated convolutions). Later layers therefore see,
+  in each component, the same neighbours a dilated convolution would give them, but run
+  as ordinary dense convolutions. At the end the components are interleaved again.
+* BatchNorm is folded into the convolutions (inference statistics), the 1x1 stem
+  convolution into the 3x3 one after it, and the classifier is applied as one matrix
+  product for the requested classes only.
+* Large inputs are cut into overlapping tiles; each tile yields an exact, disjoint block
+  of the output, so the stitched map is the same as an untiled one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.bagnet import BagNet, Bottleneck
+
+__all__ = ["EvidenceMapper", "MapGeometry", "evidence_map", "map_geometry", "resolve_classes"]
+
+_log = logging.getLogger(__name__)
+
+# Peak memory of the intermediate activations that one forward pass may use unless the
+# caller sets ``max_memory``: 224 x 224 with BagNet-33 and all classes fits in one pass.
+DEFAULT_MAX_MEMORY = 3 * 2**30
+
+
+@dataclass(frozen=True)
+class MapGeometry:
+    """Where the values of an evidence map sit in the image.
+
+    Map entry ``(i, j)`` is the evidence of the ``patch_size`` x ``patch_size`` image
+    patch whose top-left corner is at pixel ``(stride * i - offset, stride * j - offset)``
+    (``offset`` is ``(q - 1) // 2`` for padded maps, so the patch is centred on
+    ``(stride * i, stride * j)``; 0 for unpadded ones).
+    """
+
+    patch_size: int
+    stride: int
+    offset: int
+    image_size: tuple[int, int]
+
+    @property
+    def map_size(self) -> tuple[int, int]:
+        h, w = self.image_size
+        q, s, o = self.patch_size, self.stride, self.offset
+        return (h + 2 * o - q) // s + 1, (w + 2 * o - q) // s + 1
+
+
+def map_geometry(
+    model: nn.Module, image_size: tuple[int, int], stride: int | str = 1, padded: bool = True
+) -> MapGeometry:
+    """Geometry of ``evidence_map(model, images, stride=stride)`` for images of ``image_size``."""
+    q = int(model.receptive_field)
+    s = _resolve_stride(model, stride)
+    if padded and q % 2 == 0:
+        raise ValueError(f"receptive field {q} is even, so no pixel is a patch centre; use pad_value=None")
+    return MapGeometry(q, s, (q - 1) // 2 if padded else 0, (int(image_size[0]), int(image_size[1])))
+
+
+def resolve_classes(classes: int | Sequence[int] | torch.Tensor | None, num_classes: int) -> list[int]:
+    """Class indices as a list of ints, checked against ``num_classes``."""
+    if classes is None:
+        return list(range(num_classes))
+    if isinstance(classes, torch.Tensor):
+        classes = classes.reshape(-1).tolist()
+    elif isinstance(classes, int):
+        classes = [classes]
+    out = []
+    for c in classes:
+        if isinstance(c, bool) or not isinstance(c, int) and not (hasattr(c, "__index__")):
+            raise TypeError(f"class indices must be integers, got {c!r}")
+        c = int(c)
+        if not 0 <= c < num_classes:
+            raise ValueError(f"class index {c} is out of range for a model with {num_classes} classes")
+        out.append(c)
+    if not out:
+        raise ValueError("classes is empty; pass None for all classes")
+    return out
+
+
+def _resolve_stride(model: nn.Module, stride: int | str) -> int:
+    if stride == "native":
+        return int(model.patch_stride)
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"stride must be a positive integer or 'native', got {stride!r}")
+    return stride
+
+
+# -- the folded, phase-decomposed network ------------------------------------------------
+
+
+@dataclass
+class _Conv:
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+
+@dataclass
+class _Block:
+    conv1: _Conv
+    conv2: _Conv
+    conv3: _Conv
+    downsample: _Conv | None
+    stride: int  # of the middle convolution and the downsample, in the original model
+
+
+@dataclass(frozen=True)
+class _Step:
+    """How one block runs for a given output stride."""
+
+    stride: int  # stride of its strided convolutions here (1 where the original is decomposed)
+    dilation: int  # of its middle convolution (layout "dilated")
+    split: int  # 1, or s: stack the s x s polyphase components after the block
+
+
+def _check_conv(conv: nn.Conv2d, where: str) -> None:
+    if conv.padding not in ((0, 0), "valid") or conv.dilation != (1, 1) or conv.groups != 1:
+        raise ValueError(f"{where}: only unpadded, undilated, ungrouped convolutions are supported")
+    if conv.stride[0] != conv.stride[1] or conv.kernel_size[0] != conv.kernel_size[1]:
+        raise ValueError(f"{where}: only square kernels and strides are supported")
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype, device) -> _Conv:
+    """Fold inference-mode BatchNorm into the convolution before it (in float64)."""
+    f64 = dict(device=device, dtype=torch.float64)
+    w = conv.weight.detach().to(**f64)
+    b = conv.bias.detach().to(**f64) if conv.bias is not None else torch.zeros(w.shape[0], **f64)
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("BatchNorm layers without running statistics cannot be folded")
+    mean, var = bn.running_mean.detach().to(**f64), bn.running_var.detach().to(**f64)
+    gamma = bn.weight.detach().to(**f64) if bn.weight is not None else torch.ones_like(mean)
+    beta = bn.bias.detach().to(**f64) if bn.bias is not None else torch.zeros_like(mean)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    return _Conv(
+        (w * scale[:, None, None, None]).to(dtype).contiguous(memory_format=torch.channels_last),
+        ((b - mean) * scale + beta).to(dtype),
+    )
+
+
+class _PhaseNet:
+    """A read-only, BatchNorm-folded snapshot of a BagNet that evaluates patch logits at
+    any output stride that is a product of the model's leading strides.
+
+    The user's model is only read: every tensor here is a new one.
+    """
+
+    def __init__(self, model: BagNet, device=None, dtype=None):
+        device = torch.device(device) if device is not None else model.fc.weight.device
+        if dtype is None:
+            dtype = torch.float64 if model.fc.weight.dtype == torch.float64 else torch.float32
+        self.device, self.dtype = device, dtype
+        self.patch_size = model.receptive_field
+        self.in_chans = model.in_chans
+
+        _check_conv(model.conv1, "conv1")
+        _check_conv(model.conv2, "conv2")
+        if model.conv1.stride != (1, 1) or model.conv2.stride != (1, 1) or model.conv1.kernel_size != (1, 1):
+            raise ValueError("only BagNets with a 1x1, stride-1 first convolution and a stride-1 second one are supported")
+        # conv1 (1x1, no nonlinearity after it) and conv2 compose into one k x k convolution
+        # straight from the input channels: far cheaper than 64 -> 64 channels at full size.
+        stem = _fold(model.conv2, model.bn1, torch.float64, device)
+        w2 = stem.weight.contiguous()
+        w1 = model.conv1.weight.detach().to(device, torch.float64)[:, :, 0, 0]
+        b = stem.bias
+        if model.conv1.bias is not None:
+            b = b + torch.einsum("omyx,m->o", w2, model.conv1.bias.detach().to(device, torch.float64))
+        w = torch.einsum("omyx,mi->oiyx", w2, w1)
+        self.stem = _Conv(w.to(dtype).contiguous(memory_format=torch.channels_last), b.to(dtype))
+
+        self.blocks: list[_Block] = []
+        for s_i, stage in enumerate((model.layer1, model.layer2, model.layer3, model.layer4)):
+            for b_i, block in enumerate(stage):
+                self.blocks.append(_fold_block(block, f"layer{s_i + 1}.{b_i}", dtype, device))
+        self.fc_weight = model.fc.weight.detach().to(device, dtype).clone()
+        self.fc_bias = model.fc.bias.detach().to(device, dtype).clone() if model.fc.bias is not None else None
+        self.max_channels = max(
+            [self.stem.weight.shape[0]]
+            + [max(b.conv1.weight.shape[0], b.conv3.weight.shape[0], b.conv3.weight.shape[1]) for b in self.blocks]
+        )
+
+    def leading_stride(self, stride: int) -> int:
+        """The largest product of leading strides that divides ``stride``."""
+        kept = 1
+        for blk in self.blocks:
+            if blk.stride > 1:
+                if stride % (kept * blk.stride):
+                    break
+                kept *= blk.stride
+        return kept
+
+    def _plan(self, out_stride: int, layout: str) -> list[_Step]:
+        """Keep the leading strides whose product is ``out_stride``; decompose the rest."""
+        if layout not in ("phases", "dilated"):
+            raise ValueError(f"layout must be 'phases' or 'dilated', got {layout!r}")
+        kept, dilation, decomposed, steps = 1, 1, False, []
+        for blk in self.blocks:
+            s = blk.stride
+            if s == 1:
+                steps.append(_Step(1, dilation, 1))
+            elif out_stride % (kept * s) == 0 and not decomposed:
+                kept *= s
+                steps.append(_Step(s, 1, 1))
+            elif layout == "dilated":
+                steps.append(_Step(1, dilation, 1))
+                dilation, decomposed = dilation * s, True
+            else:
+                steps.append(_Step(1, 1, s))
+                decomposed = True
+        if kept != out_stride:
+            raise ValueError(f"internal: output stride {out_stride} is not a product of the leading strides")
+        return steps
+
+    def bytes_per_output_pixel(self, num_classes: int) -> int:
+        """Rough peak activation memory of one forward pass per output entry of one image:
+        a few live feature maps of the widest layer, plus the logits before and after
+        reordering."""
+        item = torch.finfo(self.dtype).bits // 8
+        return item * (4 * self.max_channels + 2 * num_classes)
+
+    @torch.inference_mode()
+    def __call__(self, padded: torch.Tensor, classes: torch.Tensor, out_stride: int, layout: str = "phases") -> torch.Tensor:
+        """Map ``[B, K, h, w]`` of a (padded) batch for the class indices ``classes``; entry
+        (i, j) is the crop at ``(out_stride * i, out_stride * j)``, h = (H - q) // out_stride + 1."""
+        b, _, hp, wp = padded.shape
+        q, g = self.patch_size, out_stride
+        h, w = (hp - q) // g + 1, (wp - q) // g + 1
+        steps = self._plan(out_stride, layout)
+        x = padded.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
+        x = F.relu_(F.conv2d(x, self.stem.weight, self.stem.bias))
+        for blk, step in zip(self.blocks, steps):
+            x = _run_block(x, blk, step)
+        n, f, hh, ww = x.shape
+        # The classifier as one matrix product, straight into [K, pixels] (channels-last
+        # features are a [pixels, F] matrix already), so no transpose of the logits is needed.
+        feats = x.permute(0, 2, 3, 1).reshape(n * hh * ww, f)
+        fc_w = self.fc_weight.index_select(0, classes)
+        if self.fc_bias is None:
+            logits = torch.mm(fc_w, feats.T)
+        else:
+            logits = torch.addmm(self.fc_bias.index_select(0, classes)[:, None], fc_w, feats.T)
+        order = _interleave_index([s.split for s in steps if s.split > 1], b, hh, ww, h, w, logits.device)
+        out = torch.empty((b, logits.shape[0], h, w), device=logits.device, dtype=logits.dtype)
+        for i in range(b):
+            torch.index_select(logits, 1, order[i], out=out[i].view(logits.shape[0], h * w))
+        return out
+
+
+def _fold_block(block: nn.Module, where: str, dtype, device) -> _Block:
+    if not isinstance(block, Bottleneck):
+        raise TypeError(f"{where} is a {type(block).__name__}, not a Bottleneck")
+    for name in ("conv1", "conv2", "conv3"):
+        _check_conv(getattr(block, name), f"{where}.{name}")
+    if block.conv1.stride != (1, 1) or block.conv3.stride != (1, 1):
+        raise ValueError(f"{where}: only the middle convolution may be strided")
+    s = block.conv2.stride[0]
+    down = None
+    if block.downsample is not None:
+        ds = block.downsample
+        if not (isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[0], nn.Conv2d)):
+            raise TypeError(f"{where}.downsample must be Sequential(Conv2d, BatchNorm2d)")
+        _check_conv(ds[0], f"{where}.downsample")
+        if ds[0].kernel_size != (1, 1) or ds[0].stride[0] != s:
+            raise ValueError(f"{where}.downsample must be a 1x1 convolution with the block's stride")
+        down = _fold(ds[0], ds[1], dtype, device)
+    elif s != 1:
+        raise ValueError(f"{where}: a strided block needs a downsample")
+    return _Block(
+        _fold(block.conv1, block.bn1, dtype, device),
+        _fold(block.conv2, block.bn2, dtype, device),
+        _fold(block.conv3, block.bn3, dtype, device),
+        down,
+        s,
+    )
+
+
+def _run_block(x: torch.Tensor, blk: _Block, step: _Step) -> torch.Tensor:
+    out = F.relu_(F.conv2d(x, blk.conv1.weight, blk.conv1.bias))
+    out = F.relu_(F.conv2d(out, blk.conv2.weight, blk.conv2.bias, stride=step.stride, dilation=step.dilation))
+    out = F.conv2d(out, blk.conv3.weight, blk.conv3.bias)
+    # The residual is cropped at bottom/right as in the model: location p of both paths
+    # starts at the same input pixel, in the dense domain just as in the strided one.
+    # Cropping before the (1x1) downsample skips the rows it would compute for nothing.
+    oh, ow = out.shape[-2:]
+    if blk.downsample is None:
+        identity = x[..., :oh, :ow]
+    else:
+        d, s = blk.downsample, step.stride
+        identity = F.conv2d(x[..., : (oh - 1) * s + 1, : (ow - 1) * s + 1], d.weight, d.bias, stride=s)
+    out += identity
+    F.relu_(out)
+    return _space_to_batch(out, step.split) if step.split > 1 else out
+
+
+def _space_to_batch(x: torch.Tensor, s: int) -> torch.Tensor:
+    """``[N, C, H, W]`` -> ``[s*s*N, C, ceil(H/s), ceil(W/s)]``, component (a, b) first.
+
+    Odd sizes are padded at bottom/right; the padded values only reach map entries past
+    the image, which are cut off at the end.
+    """
+    n, c, h, w = x.shape
+    h2, w2 = -(-h // s), -(-w // s)
+    if (h2 * s, w2 * s) != (h, w):
+        x = F.pad(x, (0, w2 * s - w, 0, h2 * s - h))
+    out = torch.empty((s * s * n, c, h2, w2), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    out.view(s, s, n, c, h2, w2).copy_(x.reshape(n, c, h2, s, w2, s).permute(3, 5, 0, 1, 2, 4))
+    return out
+
+
+def _interleave_index(splits: list[int], batch: int, hh: int, ww: int, h: int, w: int, device) -> torch.Tensor:
+    """For each image, the columns of the ``[K, P*B*hh*ww]`` logits in dense row-major order.
+
+    After splits s_1 .. s_m the batch index is (a_m, b_m, ..., a_1, b_1, image), and dense
+    row ``S * i + s_1 ... s_{m-1} a_m + ... + s_1 a_2 + a_1`` (columns alike) holds the
+    value of component row i. Returns ``[B, h*w]`` indices, already cropped to ``h x w``.
+    """
+    m = len(splits)
+    shape = []
+    for s in reversed(splits):
+        shape += [s, s]
+    idx = torch.arange(math.prod(shape) * batch * hh * ww, device=device).view(*shape, batch, hh, ww)
+    rows = [2 * i for i in range(m)]  # a_m .. a_1
+    cols = [2 * i + 1 for i in range(m)]  # b_m .. b_1
+    total = math.prod(splits)
+    idx = idx.permute(2 * m, 2 * m + 1, *rows, 2 * m + 2, *cols).reshape(batch, hh * total, ww * total)
+    return idx[:, :h, :w].reshape(batch, h * w)
+
+
+# -- public entry points -----------------------------------------------------------------
+
+
+class EvidenceMapper:
+    """:func:`evidence_map` with the model prepared once, for many calls (data sets, servers).
+
+    Holds a BatchNorm-folded snapshot of the model's weights taken at construction: later
+    changes to the model are not seen, and the model itself is never modified.
+
+    Args:
+        model: a :class:`~bagnet.models.BagNet`.
+        stride: 1, ``"native"`` or a positive integer (see :func:`evidence_map`).
+        pad_value: padding value of the normalized image; ``None`` for no padding.
+        max_memory: rough bound in bytes on the activations of one pass (default 3 GiB).
+        tile_size: force tiles of this many map entries per side.
+        device: where to compute (default: the model's device).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        stride: int | str = 1,
+        pad_value: float | None = 0.0,
+        max_memory: int | None = None,
+        tile_size: int | None = None,
+        device: torch.device | str | None = None,
+        _layout: str = "phases",
+    ):
+        if not isinstance(model, BagNet):
+            raise TypeError(
+                f"evidence_map needs a bagnet.models.BagNet, got {type(model).__name__}; "
+                "evidence_map_reference works for any model with a receptive_field"
+            )
+        self.stride = _resolve_stride(model, stride)
+        if pad_value is not None and model.receptive_field % 2 == 0:
+            raise ValueError(f"receptive field {model.receptive_field} is even, so no pixel is a patch centre; use pad_value=None")
+        if tile_size is not None and (isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 1):
+            raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
+        if max_memory is not None and max_memory < 1:
+            raise ValueError(f"max_memory must be positive, got {max_memory}")
+        self.pad_value = None if pad_value is None else float(pad_value)
+        self.max_memory = DEFAULT_MAX_MEMORY if max_memory is None else int(max_memory)
+        self.tile_size = tile_size
+        self.num_classes = model.num_classes
+        self.in_chans = model.in_chans
+        self.patch_size = model.receptive_field
+        self._net = _PhaseNet(model, device=device)
+        self._layout = _layout
+        self._native = int(model.patch_stride)
+        # Run at the coarsest stride that is a product of leading strides and divides the
+        # requested one; the rest is subsampling.
+        self._run_stride = self._net.leading_stride(self.stride)
+        self._subsample = self.stride // self._run_stride
+
+    @property
+    def device(self) -> torch.device:
+        return self._net.device
+
+    def geometry(self, image_size: tuple[int, int]) -> MapGeometry:
+        """Where the entries of the map of an image of ``image_size`` (H, W) sit."""
+        q = self.patch_size
+        return MapGeometry(q, self.stride, (q - 1) // 2 if self.pad_value is not None else 0,
+                           (int(image_size[0]), int(image_size[1])))
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's inference-mode logits ``[B, num_classes]`` (``[num_classes]`` for one
+        image): the mean of the unpadded native patch logits, like ``model.eval()(images)``."""
+        single, images = self._check(images)
+        q = self.patch_size
+        if min(images.shape[-2:]) < q:
+            h, w = images.shape[-2:]
+            raise ValueError(f"input is {h}x{w} pixels, smaller than the receptive field {q}x{q}")
+        all_classes = torch.arange(self.num_classes, device=self.device)
+        out = self._net(images, all_classes, self._native).mean(dim=(-2, -1))
+        return out[0] if single else out
+
+    def _check(self, images: torch.Tensor) -> tuple[bool, torch.Tensor]:
+        single = images.dim() == 3
+        if single:
+            images = images[None]
+        if images.dim() != 4:
+            raise ValueError(f"expected images [B, C, H, W] or [C, H, W], got shape {tuple(images.shape)}")
+        if images.shape[1] != self.in_chans:
+            raise ValueError(f"expected {self.in_chans} image channels, got {images.shape[1]}")
+        if not images.is_floating_point():
+            raise ValueError(f"images must be normalized float tensors, got {images.dtype}")
+        return single, images
+
+    def __call__(self, images: torch.Tensor, classes: int | Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+        """Evidence maps ``[B, K, h, w]`` (``[K, h, w]`` for one ``[C, H, W]`` image)."""
+        single, images = self._check(images)
+        q = self.patch_size
+        class_idx = torch.as_tensor(resolve_classes(classes, self.num_classes), device=self.device)
+        if self.pad_value is not None:
+            p = (q - 1) // 2
+            images = F.pad(images, (p, p, p, p), value=self.pad_value)
+        elif min(images.shape[-2:]) < q:
+            h, w = images.shape[-2:]
+            raise ValueError(f"input is {h}x{w} pixels, smaller than the receptive field {q}x{q}; pad it or use a larger image")
+        out = self._tiled(images, class_idx)
+        if self._subsample > 1:
+            out = out[:, :, :: self._subsample, :: self._subsample].contiguous()
+        return out[0] if single else out
+
+    def _tiled(self, padded: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Run over a padded batch, in chunks of images and overlapping tiles as memory requires."""
+        net, g, layout = self._net, self._run_stride, self._layout
+        b, _, hp, wp = padded.shape
+        q = net.patch_size
+        h, w = (hp - q) // g + 1, (wp - q) // g + 1
+        per_pixel = net.bytes_per_output_pixel(len(classes))
+        tile = self.tile_size
+        if tile is None and per_pixel * h * w * b <= self.max_memory:
+            return net(padded, classes, g, layout)
+        out = torch.empty((b, len(classes), h, w), device=net.device, dtype=net.dtype)
+        if tile is None and per_pixel * h * w <= self.max_memory:
+            chunk = max(1, self.max_memory // (per_pixel * h * w))
+            for i in range(0, b, chunk):
+                out[i : i + chunk] = net(padded[i : i + chunk], classes, g, layout)
+            return out
+        if tile is None:
+            side = int(math.sqrt(self.max_memory / per_pixel))
+            tile = max(8, side - side % 8)  # multiples of 8 keep the phase splits even
+        th, tw = min(tile, h), min(tile, w)
+        _log.debug("evidence map %dx%d in tiles of %dx%d", h, w, th, tw)
+        for i in range(b):
+            for y0 in range(0, h, th):
+                y1 = min(h, y0 + th)
+                for x0 in range(0, w, tw):
+                    x1 = min(w, x0 + tw)
+                    # Entries [y0, y1) need padded rows [g*y0, g*(y1-1) + q): tiles overlap by q - g.
+                    part = padded[i : i + 1, :, g * y0 : g * (y1 - 1) + q, g * x0 : g * (x1 - 1) + q]
+                    out[i : i + 1, :, y0:y1, x0:x1] = net(part, classes, g, layout)
+        return out
+
+
+def evidence_map(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    classes: int | Sequence[int] | torch.Tensor | None = None,
+    stride: int | str = 1,
+    pad_value: float | None = 0.0,
+    max_memory: int | None = None,
+    tile_size: int | None = None,
+) -> torch.Tensor:
+    """Class evidence of every q x q patch of normalized images, exactly as the paper defines it.
+
+    With ``pad_value`` a number (the paper's definition: zero padding), the images are padded
+    by ``(q - 1) // 2`` on every side and entry ``(y, x)`` of the map is logit c of the model
+    on the q x q crop centred at pixel ``(stride * y, stride * x)``: the map is ``H x W`` at
+    stride 1. With ``pad_value=None`` nothing is padded and entry ``(i, j)`` is the crop whose
+    top-left corner is ``(stride * i, stride * j)`` (``(H - q) // stride + 1`` rows), so
+    ``stride="native", pad_value=None`` equals ``model.patch_logits(images)``.
+
+    The whole map is computed in one pass over the image, without evaluating any crop twice
+    (see the module docstring); it equals the crop-by-crop definition
+    (:func:`evidence_map_reference`) up to float rounding. For many calls with one model,
+    :class:`EvidenceMapper` prepares the model once.
+
+    Args:
+        model: a :class:`~bagnet.models.BagNet`; it is not modified (BatchNorm is folded
+            into a copy of the weights, with the running statistics, as in ``eval()``).
+        images: normalized images ``[B, C, H, W]`` (or one ``[C, H, W]``), as the model takes them.
+        classes: class indices to compute, in this order; ``None`` for all.
+        stride: 1 for the full-resolution map, ``"native"`` for the model's patch stride
+            (cheapest), or any positive integer; strides that are a product of the model's
+            leading strides (1, 2, 4, 8 for published BagNets) cost less, others are
+            computed at the finest such stride that divides them and subsampled.
+        pad_value: value the normalized image is padded with; ``None`` for no padding.
+        max_memory: rough bound in bytes on the intermediate activations of one pass;
+            larger inputs are cut into overlapping tiles whose outputs are stitched
+            exactly (default 3 GiB).
+        tile_size: force tiles of this many map entries per side (mainly for tests).
+
+    Returns:
+        Float tensor ``[B, len(classes), h, w]`` (``[len(classes), h, w]`` for one image)
+        on the model's device; :func:`map_geometry` says where its entries sit.
+
+    Raises:
+        TypeError: the model is not a BagNet.
+        ValueError: images of the wrong shape or channels, smaller than the receptive
+            field (unpadded), bad class indices or stride.
+    """
+    mapper = EvidenceMapper(model, stride=stride, pad_value=pad_value, max_memory=max_memory, tile_size=tile_size)
+    return mapper(images, classes)
