@@ -94,7 +94,7 @@ def test_upload_switch_class_and_resolution(page, running_server, tiny_model, tm
     assert figure.format == "PNG" and download.value.suggested_filename == f"photo-{CLASSES[other]}-full.png"
     with page.expect_download() as download:
         page.click("#download-json")
-    result = json.loads(open(download.value.path()).read())
+    result = json.loads(download.value.path().read_text())
     assert result["resolution"] == "full" and result["predictions"][0]["index"] == ranking[0]
 
     # Back to the first class at native resolution: the page's cache gives the same image.

@@ -24,7 +24,7 @@ def run_demo(capsys, *args):
 
 def data_urls_only(page):
     """Every image of the page is inlined, and nothing is fetched from elsewhere."""
-    sources = re.findall(r'<img src="([^"]*)"', page)
+    sources = re.findall(r'<img[^>]* src="([^"]*)"', page)
     return sources and all(s.startswith("data:image/") for s in sources) and "<link" not in page and "<script" not in page
 
 
@@ -35,8 +35,10 @@ def test_samples_report(tmp_path, tiny_model_file, capsys):
     assert out.strip().endswith(f"report: {path}")
     page = path.read_text()
     assert data_urls_only(page)
-    # Two images in detail: the photo, two class maps and five top patches each.
-    assert len(re.findall(r'<img src="data:', page)) == 2 * (1 + 2 + 5)
+    # Two images in detail, each with a figure of its evidence maps and one of its top patches.
+    assert re.findall(r'alt="([^"]*)"', page) == [
+        f"{what}{name}" for name in SAMPLE_NAMES[:2] for what in ("evidence maps of ", "top patches of ")
+    ]
     assert f"{len(SAMPLE_NAMES)} images" in page and "Accuracy" not in page
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
 
@@ -45,6 +47,8 @@ def test_labelled_folder_accuracy_matches_the_model(tmp_path, tiny_model_file, t
     from bagnet.testing import make_image_folder
 
     root = make_image_folder(tmp_path / "data", classes=CLASSES, per_class=2, size=IMG_SIZE, splits=("train", "val"))
+    # Readable names for the report, as Imagenette's classes.tsv gives them for its WordNet ids.
+    (root / "classes.tsv").write_text("".join(f"{c}\t{i}\tthe {c}\n" for i, c in enumerate(CLASSES)))
     code, out, err = run_demo(capsys, "--weights", tiny_model_file, "--data", root, "--out", tmp_path / "out",
                               "--show", "1", "--res", "native")
     assert code == 0, err
@@ -60,6 +64,7 @@ def test_labelled_folder_accuracy_matches_the_model(tmp_path, tiny_model_file, t
     assert f"top1 {100 * (n - len(wrong)) / n:.1f}% on {n} images; {len(wrong)} misclassified" in out
     page = (tmp_path / "out" / "report.html").read_text()
     assert "Accuracy" in page and "Misclassified images" in page
+    assert "<td>the rocket</td>" in page
     for name in wrong[:1]:
         assert name in page
 
@@ -101,6 +106,7 @@ def test_flat_folder_and_a_corrupt_file(tmp_path, tiny_model_file, capsys):
     code, out, err = run_demo(capsys, "--weights", tiny_model_file, "--data", tmp_path, "--out", tmp_path / "out",
                               "--res", "native")
     assert code == 0, err
+    assert out.startswith("2 images, ")
     page = (tmp_path / "out" / "report.html").read_text()
     assert "photo0.png" in page and "photo1.png" in page and "Accuracy" not in page
     assert "skipped: " in page and "broken.jpg" in page
@@ -123,6 +129,7 @@ def test_shipped_model_is_the_default(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(_weights._PRETRAINED, ("bagnet17_slim", "imagenette"), _weights.PretrainedCfg(file=str(path)))
     code, out, err = run_demo(capsys, "--out", tmp_path / "out", "--show", "1", "--res", "native")
     assert code == 0, err
+    assert out.startswith(f"{len(SAMPLE_NAMES)} images, ")
     page = (tmp_path / "out" / "report.html").read_text()
     assert "<b>bagnet17_slim</b>: 3 classes, 17&times;17 px patches" in page
 

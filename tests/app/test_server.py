@@ -3,7 +3,11 @@
 import base64
 import io
 import json
+import os
+import signal
 import struct
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -17,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bagnet.app import Explorer, make_server
+from bagnet.cli.main import main
 
 from .conftest import CLASSES, IMG_SIZE, png_bytes, random_image
 
@@ -74,7 +79,7 @@ def test_upload_predictions_and_maps_match_the_model(running_server, tiny_model)
     assert [p["index"] for p in summary["predictions"]] == torch.argsort(logits, descending=True).tolist()
     for c in range(len(CLASSES)):
         assert got[c]["name"] == CLASSES[c]
-        assert got[c]["prob"] == pytest.approx(float(probs[c]), abs=1e-5)
+        assert got[c]["probability"] == pytest.approx(float(probs[c]), abs=1e-5)
     assert (summary["width"], summary["height"]) == (IMG_SIZE, IMG_SIZE)
 
     # Native maps: the paper's padded maps at the model's stride = patch logits of the padded image.
@@ -85,11 +90,12 @@ def test_upload_predictions_and_maps_match_the_model(running_server, tiny_model)
     p = (q - 1) // 2
     with torch.no_grad():
         native = tiny_model.patch_logits(F.pad(x[None], (p, p, p, p)))[0].numpy()
-    for name, entry in result["evidence"].items():
-        c = CLASSES.index(name)
-        np.testing.assert_allclose(np.array(entry["map"]), native[c], atol=2e-3)
-        best = entry["top_patches"][0]
-        assert best["score"] == pytest.approx(float(native[c].max()), abs=2e-3)
+    assert sorted(result["maps"]) == ["0", "1", "2", "3"]
+    for entry in result["explained"]:
+        c = entry["index"]
+        np.testing.assert_allclose(np.array(result["maps"][str(c)]), native[c], atol=2e-3)
+        assert entry["patches"][0]["score"] == pytest.approx(float(native[c].max()), abs=2e-3)
+        assert entry["evidence"]["mean"] == pytest.approx(float(native[c].mean()), abs=2e-3)
 
     # Full resolution: every pixel's centred crop, computed crop by crop.
     cls = summary["predictions"][-1]["index"]
@@ -98,7 +104,11 @@ def test_upload_predictions_and_maps_match_the_model(running_server, tiny_model)
     view = json.loads(body)
     full = naive_full_map(tiny_model, x, cls)
     i, j = np.unravel_index(np.argmax(full), full.shape)
-    assert view["patches"][0] == {"x": int(j) - p, "y": int(i) - p, "size": q, "score": pytest.approx(float(full.max()), abs=2e-3)}
+    best = view["patches"][0]
+    x0, y0 = int(j) - p, int(i) - p  # the patch centred on the best pixel, clipped to the image
+    assert best["box"] == [max(x0, 0), max(y0, 0), min(x0 + q, IMG_SIZE), min(y0 + q, IMG_SIZE)]
+    assert best["center"] == [int(i), int(j)] and best["class_index"] == cls
+    assert best["score"] == pytest.approx(float(full.max()), abs=2e-3)
     heat = decode_data_url(view["heatmap"])
     assert heat.size == (IMG_SIZE, IMG_SIZE) and heat.mode == "RGBA"
     # The colour scale is symmetric about zero: red where the naive map is clearly
@@ -122,8 +132,8 @@ def test_patches_do_not_overlap_and_classes_differ(running_server):
         assert [b["score"] for b in boxes] == sorted((b["score"] for b in boxes), reverse=True)
         for a in range(len(boxes)):
             for b in range(a):
-                ba, bb = boxes[a], boxes[b]
-                assert abs(ba["x"] - bb["x"]) >= ba["size"] or abs(ba["y"] - bb["y"]) >= ba["size"]
+                (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes[a]["box"], boxes[b]["box"]
+                assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0  # no shared pixel
     assert views[0]["heatmap"] != views[1]["heatmap"]
     assert views[0]["name"] == CLASSES[0] and views[1]["name"] == CLASSES[1]
 
@@ -259,6 +269,7 @@ def test_concurrent_users_get_their_own_results(running_server, tiny_model):
             summary = upload(server, arrays[i], name=f"user{i}.png")
             barrier.wait()  # every upload exists before anyone asks for a map
             status, _, body = call(server, f"/api/uploads/{summary['id']}/result.json?res=native")
+            assert status == 200, body
             results[i] = (summary, json.loads(body))
         except Exception as e:  # reported below, with the user it happened to
             errors.append((i, e))
@@ -278,8 +289,8 @@ def test_concurrent_users_get_their_own_results(running_server, tiny_model):
             native = tiny_model.patch_logits(F.pad(x[None], (p, p, p, p)))[0].numpy()
             top = int(tiny_model(x[None])[0].argmax())
         assert summary["top_class"] == top
-        entry = result["evidence"][CLASSES[top]]
-        np.testing.assert_allclose(np.array(entry["map"]), native[top], atol=2e-3)
+        assert result["predictions"][0]["index"] == top
+        np.testing.assert_allclose(np.array(result["maps"][str(top)]), native[top], atol=2e-3)
     assert len({s["id"] for s, _ in results}) == len(arrays)
 
 
@@ -289,3 +300,39 @@ def test_binds_to_localhost_by_default(tiny_model):
         assert server.server_address[0] == "127.0.0.1"
     finally:
         server.server_close()
+
+
+def test_serve_command_prints_its_url_and_stops_on_ctrl_c(tiny_model_file, tmp_path):
+    """`bagnet serve` as a user runs it: a URL on stdout, the page there, Ctrl+C ends it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bagnet", "serve", "--weights", str(tiny_model_file), "--port", "0", "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        line = proc.stdout.readline()
+        assert "http://127.0.0.1:" in line, line + proc.stderr.read()
+        url = line.split(" on ")[1].split()[0]
+        with urllib.request.urlopen(url + "api/config", timeout=30) as r:
+            assert json.loads(r.read())["classes"] == list(CLASSES)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "stopped" in out and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [(["--port", "70000"], "--port must lie in 0..65535"), (["--max-upload-mb", "0"], "--max-upload-mb must lie in")],
+)
+def test_serve_command_bad_arguments(tiny_model_file, capsys, args, words):
+    assert main(["serve", "--weights", str(tiny_model_file), *args]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err
+
+
+def test_serve_command_port_in_use(tiny_model_file, capsys, running_server):
+    busy = running_server()
+    assert main(["serve", "--weights", str(tiny_model_file), "--port", str(busy.server_address[1])]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "choose another --port" in err

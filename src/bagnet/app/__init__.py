@@ -11,4 +11,4 @@ from .explorer import Analysis, Explorer
 from .samples import SAMPLE_NAMES, sample_image
 from .server import ExplorerServer, make_server
 
-__all__ = ["Analysis", "Explorer", "ExplorerServer", "SAMPLE_NAMES", "make_server", "sample_image"]
+__all__ = ["SAMPLE_NAMES", "Analysis", "Explorer", "ExplorerServer", "make_server", "sample_image"]

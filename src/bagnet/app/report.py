@@ -8,6 +8,7 @@ class it should have been.
 
 from __future__ import annotations
 
+import base64
 import html
 import os
 import tempfile
@@ -20,7 +21,8 @@ import torch
 from PIL import Image
 
 from .. import __version__
-from .explorer import Analysis, Explorer, png_data_url
+from ..explain import plot_misclassification, plot_patches
+from .explorer import Analysis, Explorer, figure_png
 
 __all__ = ["DemoItem", "Report", "build_report", "write_report"]
 
@@ -120,7 +122,7 @@ def build_report(
         return analyses[i]
 
     cards = [_image_card(explorer, items[i], analysis(i), preds.get(i), top, res) for i in range(min(show, len(items)))]
-    mistakes = [_mistake_row(explorer, items[i], analysis(i), pred, res) for i, pred in wrong[:show]]
+    mistakes = [_mistake_figure(explorer, items[i], analysis(i), pred, res) for i, pred in wrong[:show]]
     timing["explain"] = time.perf_counter() - start
 
     body = [_header(explorer, title, source, len(items), res, notes)]
@@ -131,8 +133,9 @@ def build_report(
         shown = f" (the first {len(mistakes)})" if len(wrong) > len(mistakes) else ""
         body.append(
             f"<h2>Misclassified images{shown}</h2>"
-            "<p class=note>Left: the image. Middle: evidence for the predicted class. Right: evidence "
-            "for the true class. Patches outlined in yellow are the most predictive ones.</p>"
+            "<p class=note>The image; the evidence for its true class, most predictive patches outlined in "
+            "black; the evidence for the class the model chose, patches outlined in red. Both maps share "
+            "one colour scale.</p>"
             + ("".join(mistakes) or "<p>None: every image was classified correctly.</p>")
         )
     timing["total"] = timing["classify"] + timing["explain"]
@@ -166,30 +169,28 @@ def write_report(report: Report | str, path: str | os.PathLike) -> Path:
 # -- HTML pieces -----------------------------------------------------------------------
 
 _EXPLAIN_NOTE = (
-    "Each map shows the class evidence (patch logit) of the patch centred on every pixel: red "
-    "speaks for the class, blue against it, on a scale symmetric about zero. The image logit is "
-    "the average of the patch logits. Yellow boxes outline the most predictive patches, cut out "
-    "on the right."
+    "Each map shows the class evidence (patch logit) of the patch centred on every pixel, with the "
+    "image's edges drawn over it: red speaks for the class, blue against it, on a scale symmetric "
+    "about zero. The image logit is the average of the patch logits. Black boxes outline each "
+    "class's most predictive patches; those of the top class are cut out below."
 )
 
 
-def _img(image: Image.Image, alt: str, fmt: str = "JPEG") -> str:
-    return f'<img src="{png_data_url(image, fmt)}" alt="{html.escape(alt)}">'
-
-
-def _display_scale(image: Image.Image) -> int:
-    """Integer upscaling that makes small model inputs readable (at least ~200 px)."""
-    return max(1, -(-200 // max(1, min(image.size))))
+def _fig(fig, alt: str) -> str:
+    data = base64.b64encode(figure_png(fig)).decode("ascii")
+    return f'<img class=fig src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
 
 
 def _header(explorer: Explorer, title: str, source: str, n: int, res: str, notes: Sequence[str]) -> str:
     ex = explorer
     lines = [
         f"<h1>{html.escape(title)}</h1>",
-        f"<p class=meta>{html.escape(source)}<br>model <b>{html.escape(ex.model_name)}</b>: "
-        f"{ex.num_classes} classes, {ex.receptive_field}&times;{ex.receptive_field} px patches every "
-        f"{ex.patch_stride} px; images resized so their short side is {ex.img_size} px; {n} images; "
-        f"maps at {res} resolution.</p>",
+        (
+            f"<p class=meta>{html.escape(source)}<br>model <b>{html.escape(ex.model_name)}</b>: "
+            f"{ex.num_classes} classes, {ex.receptive_field}&times;{ex.receptive_field} px patches every "
+            f"{ex.patch_stride} px; images resized so their short side is {ex.img_size} px; {n} images; "
+            f"maps at {res} resolution.</p>"
+        ),
     ]
     lines += [f"<p class=warn>{html.escape(note)}</p>" for note in notes]
     return "\n".join(lines)
@@ -214,14 +215,13 @@ def _predictions_table(analysis: Analysis, label: int | None, n: int = 5) -> str
     for p in analysis.predictions(n):
         mark = " &#10003;" if label is not None and p["index"] == label else ""
         rows.append(
-            f"<tr><td>{html.escape(p['name'])}{mark}</td><td>{100 * p['prob']:.1f}%</td>"
+            f"<tr><td>{html.escape(p['name'])}{mark}</td><td>{100 * p['probability']:.1f}%</td>"
             f"<td>{p['logit']:.2f}</td></tr>"
         )
     return f"<table class=preds><tr><th>class</th><th>prob.</th><th>logit</th></tr>{''.join(rows)}</table>"
 
 
 def _image_card(explorer: Explorer, item: DemoItem, analysis: Analysis, pred: int | None, top: int, res: str) -> str:
-    scale = _display_scale(analysis.image)
     truth = ""
     if item.label is not None:
         ok = pred == item.label
@@ -229,35 +229,33 @@ def _image_card(explorer: Explorer, item: DemoItem, analysis: Analysis, pred: in
             f" <span class={'ok' if ok else 'bad'}>true class: {html.escape(explorer.classes[item.label])}"
             f"{' &#10003;' if ok else ' &#10007;'}</span>"
         )
-    panels = [f"<figure class=panel>{_img(analysis.image, item.name)}<figcaption>image</figcaption></figure>"]
-    for c in analysis.ranking(top):
-        panels.append(
-            f"<figure class=panel>{_img(analysis.overlay(c, res, scale=scale), 'evidence for ' + explorer.classes[c], fmt='PNG')}"
-            f"<figcaption>{html.escape(explorer.classes[c])} ({100 * float(analysis.probs[c]):.1f}%)</figcaption></figure>"
-        )
-    best = analysis.top_class
-    crops = "".join(
-        f"<figure class=crop>{_img(crop, 'patch', fmt='PNG')}<figcaption>{score:+.2f}</figcaption></figure>"
-        for crop, score in analysis.patch_crops(best, res)
-    )
+    explanation = analysis.explanation(analysis.ranking(top), res)
+    fig, _ = explanation.plot()
+    best = explanation.classes[0]
+    grid, _ = plot_patches(analysis.display, explanation.patches_for(best),
+                           title=f"most predictive patches for {explorer.classes[best]}")
     return (
         f"<section class=card><h3>{html.escape(item.name)}{truth}</h3>"
-        f"<div class=row>{_predictions_table(analysis, item.label)}{''.join(panels)}</div>"
-        f"<p class=note>Most predictive patches for <b>{html.escape(explorer.classes[best])}</b> "
-        f"(evidence of each):</p><div class=row>{crops}</div></section>"
+        f"<div class=row>{_predictions_table(analysis, item.label)}{_fig(fig, 'evidence maps of ' + item.name)}</div>"
+        f"<div class=row>{_fig(grid, 'top patches of ' + item.name)}</div></section>"
     )
 
 
-def _mistake_row(explorer: Explorer, item: DemoItem, analysis: Analysis, pred: int, res: str) -> str:
-    scale = _display_scale(analysis.image)
-    panels = [f"<figure class=panel>{_img(analysis.image, item.name)}<figcaption>{html.escape(item.name)}</figcaption></figure>"]
-    for c, what in ((pred, "predicted"), (item.label, "true")):
-        panels.append(
-            f"<figure class=panel>{_img(analysis.overlay(c, res, scale=scale), what, fmt='PNG')}"
-            f"<figcaption>{what}: {html.escape(explorer.classes[c])} ({100 * float(analysis.probs[c]):.1f}%)"
-            f"</figcaption></figure>"
-        )
-    return f"<div class='row mistake'>{''.join(panels)}</div>"
+def _mistake_figure(explorer: Explorer, item: DemoItem, analysis: Analysis, pred: int, res: str) -> str:
+    true = item.label
+    fig, _ = plot_misclassification(
+        analysis.display,
+        analysis.evidence(true, res),
+        analysis.evidence(pred, res),
+        true_patches=analysis.patches(true, res),
+        predicted_patches=analysis.patches(pred, res),
+        true_name=explorer.classes[true],
+        predicted_name=explorer.classes[pred],
+        true_probability=float(analysis.probs[true]),
+        predicted_probability=float(analysis.probs[pred]),
+        geometry=analysis.geometry(res),
+    )
+    return f"<figure>{_fig(fig, 'misclassified ' + item.name)}<figcaption>{html.escape(item.name)}</figcaption></figure>"
 
 
 _STYLE = """
@@ -267,10 +265,9 @@ h1 { font-size: 24px; margin-bottom: 4px; } h2 { margin-top: 28px; font-size: 19
 .card { border: 1px solid #d8dde3; border-radius: 10px; padding: 12px 14px; margin: 14px 0; }
 .row { display: flex; flex-wrap: wrap; gap: 10px; align-items: flex-start; }
 figure { margin: 0; } figcaption { font-size: 12px; color: #3d4650; max-width: 260px; }
-.panel img { height: 160px; width: auto; } .crop img { border: 1px solid #d8dde3; image-rendering: pixelated; }
+img.fig { max-width: 100%; height: auto; }
 table { border-collapse: collapse; font-size: 13px; } td, th { padding: 2px 8px; text-align: left; border-bottom: 1px solid #eef0f3; }
 .ok { color: #1a7f37; font-weight: normal; } .bad { color: #b2182b; font-weight: normal; }
-.mistake { border-bottom: 1px solid #eef0f3; padding: 8px 0; }
 footer { margin-top: 28px; }
 """
 

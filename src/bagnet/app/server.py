@@ -29,7 +29,6 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import PurePath
@@ -39,7 +38,7 @@ from ..data.images import ImageError, load_image
 from .explorer import RESOLUTIONS, Analysis, Explorer
 from .samples import SAMPLE_NAMES, sample_image
 
-__all__ = ["ExplorerServer", "make_server", "DEFAULT_MAX_PIXELS"]
+__all__ = ["DEFAULT_MAX_PIXELS", "ExplorerServer", "make_server"]
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- plumbing --------------------------------------------------------------------
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args) -> None:
         logger.debug("%s %s", self.address_string(), format % args)
 
     def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
@@ -223,12 +222,12 @@ class _Handler(BaseHTTPRequestHandler):
             logger.exception("error answering %s %s", self.command, self.path)
             self._json({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self._dispatch(_ROUTES)
 
     do_HEAD = do_GET
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._dispatch(_ROUTES)
 
     # -- request bodies --------------------------------------------------------------

@@ -83,11 +83,13 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     device = resolve_device(args.device)
     model = resolve_demo_model(args)
-    explorer = Explorer(model, device=device, img_size=args.img_size)
+    names = None
     if args.data is None:
         items, source, outputs, notes = _sample_items(), "sample photos from scikit-image", None, []
     else:
         items, source, outputs, notes = _folder_items(Path(args.data), model, args.max_images)
+        names = _readable_names(model, Path(args.data))
+    explorer = Explorer(model, class_names=names, device=device, img_size=args.img_size)
     for note in notes:
         logger.warning("%s", note)
     report = build_report(
@@ -133,10 +135,10 @@ def _folder_items(root: Path, model, max_images: int):
         outputs = None
     else:
         try:
-            index, outputs = _label_outputs(model, folder.classes, root)
+            index = outputs = _label_outputs(model, folder.classes, root)
         except ValueError as e:
             notes.append(f"labels ignored: {e}")
-            index, outputs = None, None
+            index = outputs = None
         by_class: dict[int, list[str]] = {}
         for path, target in folder.samples:
             by_class.setdefault(target, []).append(path)
@@ -161,8 +163,8 @@ def _folder_items(root: Path, model, max_images: int):
     return items, f"{len(items)} images from {root}", outputs, notes
 
 
-def _label_outputs(model, classes: list[str], root: Path) -> tuple[list[int], list[int]]:
-    """Model output of each folder class, and the outputs labels can take.
+def _label_outputs(model, classes: list[str], root: Path) -> list[int]:
+    """The model output of each folder class.
 
     Class names are matched as ``bagnet eval`` matches them; an ImageNet model on a folder
     of WordNet-id classes (Imagenette) uses the ``classes.tsv`` next to it.
@@ -179,5 +181,20 @@ def _label_outputs(model, classes: list[str], root: Path) -> tuple[list[int], li
                 class_map = str(tsv)
                 break
     index = output_index(model, classes, class_map, root)
-    index = list(range(len(classes))) if index is None else index
-    return index, index
+    return list(range(len(classes))) if index is None else index
+
+
+def _readable_names(model, data: Path) -> list[str] | None:
+    """Names from the third column of the data set's ``classes.tsv`` (``wnid, index, name``)
+    for a model whose classes are that file's WordNet ids; ``None`` otherwise."""
+    import csv
+
+    classes = model.pretrained_cfg.get("classes")
+    for tsv in (data / "classes.tsv", data.parent / "classes.tsv"):
+        if classes and tsv.is_file():
+            with open(tsv, newline="", encoding="utf-8") as f:
+                names = {row[0].strip(): row[2].strip() for row in csv.reader(f, delimiter="\t") if len(row) >= 3}
+            if all(c in names for c in classes):
+                return [names[c] for c in classes]
+    return None
+

@@ -120,11 +120,11 @@ function render(summary) {
     name.textContent = p.name;
     const prob = document.createElement("span");
     prob.className = "prob";
-    prob.textContent = (100 * p.prob).toFixed(1) + "%";
+    prob.textContent = (100 * p.probability).toFixed(1) + "%";
     const bar = document.createElement("span");
     bar.className = "bar";
     const fill = document.createElement("span");
-    fill.style.width = (100 * p.prob).toFixed(1) + "%";
+    fill.style.width = (100 * p.probability).toFixed(1) + "%";
     bar.append(fill);
     button.append(name, prob, bar);
     button.addEventListener("click", () => selectClass(p.index));
@@ -179,17 +179,22 @@ function applyView(state, view) {
   svg.replaceChildren();
   const ns = "http://www.w3.org/2000/svg";
   view.patches.forEach((p, i) => {
+    const [x0, y0, x1, y1] = p.box;
     const rect = document.createElementNS(ns, "rect");
-    rect.setAttribute("x", p.x);
-    rect.setAttribute("y", p.y);
-    rect.setAttribute("width", p.size);
-    rect.setAttribute("height", p.size);
+    rect.setAttribute("x", x0);
+    rect.setAttribute("y", y0);
+    rect.setAttribute("width", x1 - x0);
+    rect.setAttribute("height", y1 - y0);
     const title = document.createElementNS(ns, "title");
     title.textContent = "#" + (i + 1) + ": evidence " + p.score.toFixed(2);
     rect.append(title);
+    // Labels are sized in image pixels, which the page scales up or down with the image.
+    const font = Math.max(5, state.summary.width / 40);
     const label = document.createElementNS(ns, "text");
-    label.setAttribute("x", Math.max(p.x, 0) + 2);
-    label.setAttribute("y", Math.max(p.y, 0) + 12);
+    label.setAttribute("x", x0 + font / 5);
+    label.setAttribute("y", y0 + font);
+    label.setAttribute("font-size", font);
+    label.setAttribute("stroke-width", font / 6);
     label.textContent = String(i + 1);
     svg.append(rect, label);
   });

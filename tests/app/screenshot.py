@@ -1,0 +1,69 @@
+"""Screenshot of the `bagnet serve` page for the README (docs/serve.png).
+
+    python -m tests.app.screenshot [--weights FILE] [--sample chelsea] [--class N] [--out docs/serve.png]
+
+Starts the server in this process on a free port, opens the page in headless chromium,
+picks a sample photo, shows its full-resolution evidence and saves the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import threading
+from pathlib import Path
+
+from PIL import Image
+
+from bagnet.app import Explorer, make_server
+from bagnet.cli.demo import _readable_names, resolve_demo_model
+
+from .test_browser import CHROMIUM, CHROMIUM_ARGS
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default=None)
+    p.add_argument("--model", default=None)
+    p.add_argument("--data", default=None, help="data set whose classes.tsv names the model's WordNet-id classes")
+    p.add_argument("--sample", default="chelsea")
+    p.add_argument("--class", dest="cls", type=int, default=None, help="class to show (default: the top one)")
+    p.add_argument("--res", choices=("native", "full"), default="full")
+    p.add_argument("--out", default="docs/serve.png")
+    args = p.parse_args(argv)
+
+    from playwright.sync_api import sync_playwright
+
+    model = resolve_demo_model(args)
+    names = _readable_names(model, Path(args.data)) if args.data else None
+    server = make_server(Explorer(model, class_names=names), "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1100, "height": 860})
+            page.set_default_timeout(120_000)
+            page.goto(server.url)
+            page.wait_for_selector("body[data-ready]")
+            page.click(f"#samples button[data-sample='{args.sample}']")
+            page.wait_for_selector("#heatmap[data-class]")
+            if args.cls is not None:
+                page.click(f"#classes button[data-class='{args.cls}']")
+                page.wait_for_selector(f"#heatmap[data-class='{args.cls}']")
+            if args.res == "full":
+                page.check("#res-full")
+                page.wait_for_selector("#heatmap[data-res='full']")
+            png = page.screenshot()
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    # A 256-colour palette keeps the README image small; the page has few colours anyway.
+    image = Image.open(io.BytesIO(png)).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
+    image.save(args.out, optimize=True)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
