@@ -1,0 +1,103 @@
+"""``bagnet analyze``: sub-commands, ``all`` from a config file, resuming, the report, bad input."""
+
+import json
+import re
+
+import pytest
+import torch
+
+import bagnet
+from bagnet.cli.main import main
+
+from .conftest import CLASSES, IMG, tiny_bagnet, tiny_resnet
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    b = tiny_bagnet(9)
+    b.model_name, b.model_args = "bagnet_tiny", {"num_classes": 3}
+    bagnet.save_model_file(d / "b9.pt", b, {"classes": list(CLASSES), "img_size": IMG})
+    torch.save(tiny_resnet().state_dict(), d / "r18.pt")  # a plain state dict: name the model
+    return d
+
+
+def _config(tmp_path, folder, models, **experiments):
+    cfg = {
+        "data": str(folder), "out": "out", "batch_size": 16, "max_images": 6,
+        "bagnets": ["B9=" + str(models / "b9.pt")],
+        "references": [{"label": "R18", "model": "resnet18", "weights": str(models / "r18.pt")}],
+        "experiments": {"interactions": {"n_patches": 2, "gap": 9},
+                        "spatial-sensitivity": {"max_k": 4, "k_step": 2, "ig_steps": 2, "max_images": 2},
+                        "class-patches": {"top": 2, "classes": ["square"]}, "misclassified": {"count": 2}, **experiments},
+    }
+    path = tmp_path / "analysis.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def test_all_writes_every_result_and_a_self_contained_report(tmp_path, folder, models, capsys, caplog):
+    cfg = _config(tmp_path, folder, models)
+    assert main(["analyze", "all", "--config", str(cfg)]) == 0
+    out = tmp_path / "out"  # relative to the config file
+    names = ["accuracy", "patch_size", "logit_correlation", "error_distribution", "interactions", "spatial_sensitivity"]
+    for n in names:
+        d = json.loads((out / f"{n}.json").read_text())
+        assert d["meta"]["step_key"] and d["meta"]["img_size"] == IMG
+        assert (out / f"{n}.png").stat().st_size > 1000
+    figures = [f["png"] for n in ("class_patches", "misclassified")
+               for f in json.loads((out / f"{n}.json").read_text())["figures"]]
+    assert len(figures) == 1 + 2 and all((out / f).is_file() for f in figures)
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(names) + len(figures)
+    assert not re.search(r"<img[^>]+src=['\"](?!data:)", html)  # nothing loaded from outside the file
+    md = (out / "summary.md").read_text()
+    assert "## Spatial sensitivity" in md and "| B9 |" in md
+    assert json.loads((out / "config.json").read_text())["bagnets"][0]["label"] == "B9"
+    stamps = {n: (out / f"{n}.json").stat().st_mtime_ns for n in names}
+
+    # Second run: every step is up to date; a changed option recomputes only its step.
+    cfg = _config(tmp_path, folder, models, interactions={"n_patches": 3, "gap": 9})
+    caplog.set_level("INFO")
+    assert main(["analyze", "all", "--config", str(cfg)]) == 0
+    changed = {n for n in names if (out / f"{n}.json").stat().st_mtime_ns != stamps[n]}
+    assert changed == {"interactions"}
+    assert json.loads((out / "interactions.json").read_text())["n_patches"] == 3
+    assert "up to date" in caplog.text
+    assert main(["analyze", "all", "--config", str(cfg), "--force", "--only", "accuracy"]) == 0
+    assert (out / "accuracy.json").stat().st_mtime_ns != stamps["accuracy"]
+
+
+def test_single_experiment_prints_a_table(tmp_path, folder, models, capsys):
+    rc = main(["analyze", "logit-correlation", "--data", str(folder), "--bagnet", f"B9={models / 'b9.pt'}",
+               "--reference", f"R18=resnet18@{models / 'r18.pt'}", "--out", str(tmp_path / "o")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert re.search(r"B9\s+9\s+R18\s+-?\d\.\d{3}", out)
+    assert (tmp_path / "o" / "logit_correlation.json").is_file() and (tmp_path / "o" / "report.html").is_file()
+    assert main(["analyze", "report", "--out", str(tmp_path / "o")]) == 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["analyze", "accuracy", "--data", "/nonexistent", "--bagnet", "bagnet_tiny"], "does not exist"),
+        (["analyze", "interactions", "--data", "{folder}", "--reference", "resnet18"], "needs at least one --bagnet"),
+        (["analyze", "accuracy", "--data", "{folder}", "--bagnet", "resnet18"], "is not one"),
+        (["analyze", "accuracy", "--data", "{folder}", "--bagnet", "a=bagnet_tiny", "--reference", "a=resnet18"],
+         "unique"),
+        (["analyze", "interactions", "--data", "{folder}", "--bagnet", "bagnet_tiny", "--patch-size", "big"],
+         "whole number"),
+        (["analyze", "all", "--config", "{bad_config}"], "unknown experiment"),
+        (["analyze", "all", "--config", "{bad_json}"], "not valid JSON"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, folder, argv, message, capsys):
+    (tmp_path / "bad.json").write_text(json.dumps({"data": str(folder), "bagnets": ["bagnet_tiny"],
+                                                   "experiments": {"gradcam": {}}}))
+    (tmp_path / "broken.json").write_text("{")
+    argv = [a.format(folder=folder, bad_config=tmp_path / "bad.json", bad_json=tmp_path / "broken.json")
+            for a in argv]
+    assert main(argv + ["--out", str(tmp_path / "o")] if argv[1] != "all" else argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
