@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import operator
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -180,11 +181,19 @@ def attribution_cells(
     Raises:
         UnsupportedModelError: DeepLift/LRP cannot walk this network.
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
+    with warnings.catch_warnings():
+        # captum announces, on every call, that it sets requires_grad and hooks; both are intended.
+        warnings.filterwarnings("ignore", message=r"Input Tensor \d+ did not already require gradients")
+        warnings.filterwarnings("ignore", message=r"Setting forward, backward hooks")
+        return _attribution_cells(clf, pixels, targets, method, cell, ig_steps, lrp_epsilon, batch_size, diagnostics)
+
+
+def _attribution_cells(clf, pixels, targets, method, cell, ig_steps, lrp_epsilon, batch_size, diagnostics):
     from captum.attr import LRP, DeepLift, IntegratedGradients, Occlusion, Saliency
     from captum.attr._utils.lrp_rules import EpsilonRule
 
-    if method not in METHODS:
-        raise ValueError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
     model = clf.captum_model()
     x = clf.normalize(pixels).detach()
     base = clf.normalize(channel_mean(pixels).expand_as(pixels)).detach()
