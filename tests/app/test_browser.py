@@ -12,6 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+import bagnet
+
 from .conftest import CLASSES, IMG_SIZE, png_bytes, random_image
 from .test_server import bomb_header, normalized
 
@@ -148,3 +150,20 @@ def test_sample_photo(page, running_server):
     photo = page.get_attribute("#photo", "src")
     img = Image.open(io.BytesIO(__import__("base64").b64decode(photo.split(",", 1)[1])))
     assert min(img.size) == IMG_SIZE and np.asarray(img).std() > 10
+
+
+def test_any_class_from_the_list_of_all_classes(page, running_server):
+    """Models with more classes than the ranked list offer every class in a menu."""
+    torch.manual_seed(3)
+    model = bagnet.create_model("bagnet_tiny", num_classes=12)
+    model.pretrained_cfg["classes"] = [f"thing {i}" for i in range(12)]
+    server = running_server(model)
+    open_page(page, server)
+    choose_file(page, "x.png", png_bytes(random_image(IMG_SIZE, IMG_SIZE, seed=2)))
+    page.wait_for_selector("#heatmap[data-class]")
+    assert page.locator("#classes li").count() == 10 and page.locator("#other-class").is_visible()
+    shown = {int(v) for v in page.locator("#classes button").evaluate_all("bs => bs.map(b => b.dataset.class)")}
+    hidden = next(c for c in range(12) if c not in shown)
+    page.select_option("#class-select", str(hidden))
+    page.wait_for_selector(f"#heatmap[data-class='{hidden}']")
+    assert page.inner_text("#legend-class") == f"thing {hidden}"

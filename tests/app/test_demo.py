@@ -146,3 +146,15 @@ def test_bad_arguments_are_one_line_errors(tmp_path, tiny_model_file, capsys, ar
     extra = [] if "--model" in args else ["--weights", str(tiny_model_file)]
     code, _, err = run_demo(capsys, *extra, *args, "--out", tmp_path)
     assert code == 1 and err.count("\n") == 1 and words in err
+
+
+def test_imagenet_weights_mean_bagnet33_and_fail_offline_in_one_line(tmp_path, capsys, monkeypatch):
+    from bagnet.models import _factory
+
+    def offline(url):
+        raise OSError(f"could not download {url}: network unreachable")
+
+    monkeypatch.setattr(_factory, "fetch", offline)
+    code, out, err = run_demo(capsys, "--weights", "imagenet", "--out", tmp_path)
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert "could not download" in err and "bagnet32-2ddd53ed" in err  # BagNet-33's published file

@@ -93,6 +93,12 @@ class Explorer:
     def prepare(self, image) -> tuple[torch.Tensor, torch.Tensor]:
         """``(normalized, display)`` ``[3, H, W]`` tensors of an image (path, PIL, array, tensor),
         resized as :func:`bagnet.explain.explain` resizes it, long side capped at twice the short."""
+        if isinstance(image, Image.Image):
+            factor = min(image.size) // (2 * self.img_size)
+            if factor >= 2:
+                # Box-filter large photos first: a 40-megapixel upload would otherwise pass
+                # through a half-gigabyte float tensor on its way down to a few hundred pixels.
+                image = image.reduce(factor)
         x, shown = preprocess(image, self.cfg, img_size=self.img_size)
         h, w = x.shape[-2:]
         ch, cw = min(h, 2 * self.img_size), min(w, 2 * self.img_size)

@@ -15,7 +15,7 @@ Routes (JSON errors are ``{"error": message}`` with a 4xx status)::
     POST /api/samples/<name>                analyse a sample image      -> analysis summary
     GET  /api/uploads/<id>/view?class=C&res=native|full   heatmap PNG (data URL) + top patches
     GET  /api/uploads/<id>/figure.png?class=C&res=...     the figure, as a download
-    GET  /api/uploads/<id>/result.json?res=...            predictions, top patches, maps summary
+    GET  /api/uploads/<id>/result.json?res=...            predictions, top patches and maps (JSON)
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import json
 import logging
 import re
 import secrets
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -85,10 +86,6 @@ class _Store:
             self._items.move_to_end(key)
             return analysis
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
-
 
 class ExplorerServer(ThreadingHTTPServer):
     """The HTTP server; ``serve_forever()`` in any thread, ``shutdown()`` from another.
@@ -122,6 +119,8 @@ class ExplorerServer(ThreadingHTTPServer):
         self.store = _Store(max_uploads)
         self._thumbs: dict[str, bytes] = {}
         self._thumbs_lock = threading.Lock()
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
     @property
@@ -182,6 +181,7 @@ def _is_loopback(host: str) -> bool:
 class _Handler(BaseHTTPRequestHandler):
     server: ExplorerServer
     server_version = "bagnet-serve"
+    timeout = 120  # seconds a silent client may hold its thread
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -203,11 +203,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, obj, status: int = 200, headers: dict | None = None) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json", headers)
 
-    def _dispatch(self, routes) -> None:
+    def _dispatch(self) -> None:
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         try:
-            for method, pattern, fn in routes:
+            for method, pattern, fn in _ROUTES:
                 if method == self.command.replace("HEAD", "GET"):
                     m = re.fullmatch(pattern, url.path)
                     if m:
@@ -223,12 +223,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._json({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
 
     def do_GET(self) -> None:
-        self._dispatch(_ROUTES)
+        self._dispatch()
 
-    do_HEAD = do_GET
-
-    def do_POST(self) -> None:
-        self._dispatch(_ROUTES)
+    do_HEAD = do_POST = do_GET
 
     # -- request bodies --------------------------------------------------------------
 
@@ -282,11 +279,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _upload(self, query=None) -> None:
         body = self._read_body()
         name = query.get("name") or "upload"
+        file = io.BytesIO(body)
+        file.name = name  # load_image's messages name the file
         try:
-            image = load_image(io.BytesIO(body), max_pixels=self.server.max_pixels)
+            image = load_image(file, max_pixels=self.server.max_pixels)
         except ImageError as e:
-            # load_image names the source; for an upload that is the user's file name.
-            raise HTTPError(415 if "not an image" in str(e) else 400, str(e).replace("image: ", f"{name}: ", 1)) from None
+            raise HTTPError(415 if "not an image" in str(e) else 400, str(e)) from None
         self._analyse(image, name)
 
     def _sample(self, name: str, query=None) -> None:
