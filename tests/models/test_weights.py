@@ -123,3 +123,25 @@ def test_imagenet_classes_ship():
 
     names = imagenet_classes()
     assert len(names) == 1000 and names[0] == "tench" and names[217] == "English springer"
+
+
+def test_torchvision_references_through_the_same_factory(tmp_path):
+    import torchvision
+
+    reference = torchvision.models.resnet18(num_classes=3).eval()
+    plain = tmp_path / "r18.pth"
+    torch.save({"model": reference.state_dict()}, plain)
+    model = bagnet.create_model("resnet18", pretrained=str(plain)).eval()  # head size read from fc.weight
+    x = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))
+    assert model.num_classes == 3 and model.model_name == "resnet18"
+    path = save_model_file(tmp_path / "m.pt", model, {"classes": ["a", "b", "c"]})
+    loaded = bagnet.load_model(path).eval()
+    assert loaded.pretrained_cfg["classes"] == ["a", "b", "c"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), reference(x))
+    with pytest.raises(ValueError, match="holds a 'resnet18' model"):
+        bagnet.create_model("torchvision:vgg11", pretrained=str(path))
+    with pytest.raises(ValueError, match="or any torchvision classifier"):
+        bagnet.create_model("resnet_nonexistent")

@@ -43,6 +43,9 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, **kwar
         ValueError: unknown name or tag, or a checkpoint that does not fit (listing the
             missing, unexpected and mis-shaped keys; nothing is loaded then).
     """
+    torchvision_name = _torchvision_name(name)
+    if torchvision_name is not None:
+        return _create_torchvision(torchvision_name, name, pretrained, kwargs)
     fn = get_model_fn(name)
     state_dict, meta = None, {}
     if pretrained is True:
@@ -70,6 +73,11 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, **kwar
         meta = {**meta, **stored_meta}
         state_dict = clean_state_dict(checkpoint)
     model = fn(**kwargs)
+    return _finish(model, name, kwargs, pretrained, state_dict, meta)
+
+
+def _finish(model: nn.Module, name: str, kwargs: dict, pretrained, state_dict, meta: dict) -> nn.Module:
+    """Load ``state_dict`` all-or-nothing and attach name, arguments and metadata."""
     if state_dict is not None:
         try:
             load_state_dict_strict(model, state_dict)
@@ -91,6 +99,50 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, **kwar
         "source": os.fspath(pretrained) if pretrained else None,
     }
     return model
+
+
+def _torchvision_name(name: str) -> str | None:
+    """Torchvision classifier behind ``name`` ("resnet50" or "torchvision:resnet50"), if any.
+
+    Registered BagNet names win, so reference DNNs are reachable through the same factory
+    (training, evaluation, benchmarks and analyses all take either).
+    """
+    plain = name.removeprefix("torchvision:")
+    try:
+        get_model_fn(plain)
+        return None
+    except ValueError:
+        pass
+    import torchvision
+
+    return plain if plain in torchvision.models.list_models(module=torchvision.models) else None
+
+
+def _create_torchvision(tv_name: str, name: str, pretrained, kwargs: dict) -> nn.Module:
+    import torchvision
+
+    if "in_chans" in kwargs:
+        raise ValueError(f"torchvision's {tv_name} takes 3-channel input only; drop in_chans")
+    state_dict, meta = None, {}
+    if pretrained is True or pretrained == "imagenet":
+        # torchvision's own weights (downloaded into the torch hub cache when asked for)
+        weights = torchvision.models.get_model_weights(tv_name).DEFAULT
+        if kwargs.get("num_classes", 1000) != 1000:
+            raise ValueError(f"imagenet weights of {tv_name} have 1000 classes, not {kwargs['num_classes']}")
+        state_dict = weights.get_state_dict(progress=False)
+        meta = {"dataset": "imagenet", "classes": list(weights.meta["categories"]), "img_size": 224}
+    elif pretrained:
+        checkpoint = read_checkpoint(os.fspath(pretrained))
+        stored_name, stored_args, meta = model_file_info(checkpoint)
+        if stored_name is not None and _torchvision_name(stored_name) != tv_name:
+            raise CheckpointMismatchError(f"{pretrained} holds a {stored_name!r} model, not {name!r}")
+        state_dict = clean_state_dict(checkpoint)
+        if "fc.weight" in state_dict and "num_classes" not in stored_args:
+            stored_args["num_classes"] = state_dict["fc.weight"].shape[0]
+        kwargs = {**stored_args, **kwargs}
+    model = torchvision.models.get_model(tv_name, **kwargs)
+    model.num_classes = kwargs.get("num_classes", 1000)
+    return _finish(model, tv_name, kwargs, pretrained, state_dict, meta)
 
 
 def load_model(source: str | os.PathLike, **kwargs: Any) -> nn.Module:

@@ -35,4 +35,6 @@ def get_model_fn(name: str) -> Callable:
     try:
         return _MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
+        raise ValueError(
+            f"unknown model {name!r}; BagNets: {', '.join(list_models())}; or any torchvision classifier (resnet50, vgg16, ...)"
+        ) from None
