@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
 import os
 import tempfile
 import time
@@ -21,10 +22,13 @@ import torch
 from PIL import Image
 
 from .. import __version__
+from ..data.images import ImageError, load_image
 from ..explain import plot_misclassification, plot_patches
 from .explorer import Analysis, Explorer, figure_png
 
 __all__ = ["DemoItem", "Report", "build_report", "write_report"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,13 +37,18 @@ class DemoItem:
 
     Args:
         name: shown as its title (e.g. a file name relative to the data folder).
-        image: RGB image (any size; the explorer resizes it).
+        image: an RGB image (any size; the explorer resizes it), or the path of one, read
+            when needed so that a long list of files does not sit in memory.
         label: the model output of its true class, if known.
     """
 
     name: str
-    image: Image.Image
+    image: Image.Image | str | os.PathLike
     label: int | None = None
+
+    def load(self) -> Image.Image:
+        """The image; raises :class:`~bagnet.data.images.ImageError` for an unreadable file."""
+        return self.image if isinstance(self.image, Image.Image) else load_image(self.image)
 
 
 @dataclass
@@ -67,6 +76,8 @@ def build_report(
 ) -> Report:
     """Classify ``items``, explain the first ``show`` of them, and lay it all out as HTML.
 
+    Files that cannot be read are left out, with a note in the report.
+
     Args:
         explorer: the model.
         items: images, with or without labels.
@@ -81,16 +92,27 @@ def build_report(
         notes: extra lines for the header (e.g. why labels were ignored).
 
     Raises:
-        ValueError: no images, or ``top``/``show`` below 1.
+        ValueError: no (readable) images, or ``top``/``show`` below 1.
     """
-    if not items:
-        raise ValueError("no images to report on")
     if top < 1 or show < 1:
         raise ValueError("top and show must be at least 1")
     timing: dict[str, float] = {}
+    notes = list(notes)
 
     start = time.perf_counter()
-    logits = [explorer.logits(item.image) for item in items]
+    kept, logits = [], []
+    for item in items:
+        try:
+            image = item.load()
+        except ImageError as e:
+            logger.warning("skipped: %s", e)
+            notes.append(f"skipped: {e}")
+            continue
+        kept.append(item)
+        logits.append(explorer.logits(image))
+    items = kept
+    if not items:
+        raise ValueError("no readable images to report on")
     timing["classify"] = time.perf_counter() - start
 
     allowed = torch.as_tensor(list(label_outputs)) if label_outputs is not None else None
@@ -118,7 +140,7 @@ def build_report(
 
     def analysis(i: int) -> Analysis:
         if i not in analyses:
-            analyses[i] = explorer.analyse(items[i].image, items[i].name)
+            analyses[i] = explorer.analyse(items[i].load(), items[i].name)
         return analyses[i]
 
     cards = [_image_card(explorer, items[i], analysis(i), preds.get(i), top, res) for i in range(min(show, len(items)))]

@@ -31,17 +31,16 @@ def add_parser(sub) -> None:
         "demo",
         help="explain sample photos (or --data) in one HTML report",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--out", default="bagnet-demo", help="folder for report.html")
+    p.add_argument("--out", default="bagnet-demo", help="folder for report.html (default: bagnet-demo)")
     p.add_argument("--data", default=None, metavar="FOLDER",
                    help="images to explain: a folder of <class>/ folders (labelled) or of images")
     add_model_args(p)
     add_device_args(p)
-    p.add_argument("--max-images", type=int, default=100, help="images classified from --data (spread over classes)")
-    p.add_argument("--show", type=int, default=6, help="images explained in detail (and misclassified ones shown)")
-    p.add_argument("--top", type=int, default=3, help="classes per image whose evidence is drawn")
-    p.add_argument("--res", choices=("full", "native"), default="full", help="resolution of the drawn maps")
+    p.add_argument("--max-images", type=int, default=100, help="images classified from --data, spread over its classes (default: 100)")
+    p.add_argument("--show", type=int, default=6, help="images explained in detail, and misclassified ones shown (default: 6)")
+    p.add_argument("--top", type=int, default=3, help="classes per image whose evidence is drawn (default: 3)")
+    p.add_argument("--res", choices=("full", "native"), default="full", help="resolution of the drawn maps (default: full)")
     p.add_argument("--img-size", type=int, default=None, help="short side images are resized to (default: the model's)")
     p.epilog = "Without --model/--weights the shipped Imagenette model is used; --weights imagenet uses BagNet-33."
     p.set_defaults(func=run)
@@ -115,7 +114,7 @@ def _folder_items(root: Path, model, max_images: int):
     """``(items, source, label_outputs, notes)`` for ``--data``; labelled when possible."""
     from ..app.report import DemoItem
     from ..data.folder import ImageFolder
-    from ..data.images import ImageError, is_image_file, load_image
+    from ..data.images import is_image_file
 
     if not root.is_dir():
         raise FileNotFoundError(f"--data folder {root} does not exist")
@@ -150,17 +149,8 @@ def _folder_items(root: Path, model, max_images: int):
     if len(picked) > max_images:
         notes.append(f"{len(picked)} images found; the first {max_images} are used (--max-images)")
         picked = picked[:max_images]
-    items = []
-    for path, label in picked:
-        try:
-            image = load_image(path)
-        except ImageError as e:
-            notes.append(f"skipped: {e}")
-            continue
-        items.append(DemoItem(str(path.relative_to(root)), image, label))
-    if not items:
-        raise ValueError(f"none of the images in {root} could be read")
-    return items, f"{len(items)} images from {root}", outputs, notes
+    items = [DemoItem(str(path.relative_to(root)), path, label) for path, label in picked]
+    return items, f"images from {root}", outputs, notes
 
 
 def _label_outputs(model, classes: list[str], root: Path) -> list[int]:

@@ -16,11 +16,10 @@ def add_parser(sub) -> None:
         "serve",
         help="interactive heatmap explorer in the browser",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
-    p.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads are refused")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads are refused (default: 10)")
     add_model_args(p)
     add_device_args(p)
     p.add_argument("--img-size", type=int, default=None, help="short side images are resized to (default: the model's)")
