@@ -141,11 +141,17 @@ def test_oversized_upload_shows_the_limit(page, running_server):
     assert page.inner_text("#error").endswith("big.png is 42 kB, over the upload limit of 20 kB")
 
 
-def test_sample_photo(page, running_server):
+def test_sample_photo_after_an_upload(page, running_server):
     server = running_server()
     open_page(page, server)
-    page.click("#samples button[data-sample='coffee']")
+    choose_file(page, "first.png", png_bytes(random_image(IMG_SIZE, IMG_SIZE, seed=4)))
     page.wait_for_selector("#heatmap[data-class]")
+    first_photo, first_heat = page.get_attribute("#photo", "src"), page.get_attribute("#heatmap", "src")
+
+    page.click("#samples button[data-sample='coffee']")
+    page.wait_for_function("old => document.querySelector('#photo').src !== old", arg=first_photo)
+    page.wait_for_selector("#heatmap[data-class]")
+    assert page.get_attribute("#heatmap", "src") != first_heat
     assert page.locator("#classes li").count() == len(CLASSES)
     photo = page.get_attribute("#photo", "src")
     img = Image.open(io.BytesIO(__import__("base64").b64decode(photo.split(",", 1)[1])))

@@ -6,6 +6,7 @@ const $ = (sel) => document.querySelector(sel);
 let config = null;
 let current = null; // {id, summary, cls, res, views: Map}
 let request = 0; // the latest view request; older answers are ignored
+let analysing = 0; // the latest upload or sample; older answers are ignored
 
 function showError(message) {
   const box = $("#error");
@@ -88,26 +89,33 @@ function upload(file) {
 }
 
 async function analyse(url, options, name) {
+  const mine = ++analysing;
   showError("");
   setStatus("analysing " + name + "…");
   document.body.dataset.busy = "true";
   try {
     const summary = await api(url, options);
+    if (mine !== analysing) return; // the user has picked another image meanwhile
     const res = document.querySelector("input[name=res]:checked").value;
     current = {id: summary.id, summary, cls: summary.top_class, res, views: new Map()};
     render(summary);
     await showView();
   } catch (err) {
-    showError(err.message);
-    setStatus("");
+    if (mine === analysing) { showError(err.message); setStatus(""); }
   } finally {
-    delete document.body.dataset.busy;
+    if (mine === analysing) delete document.body.dataset.busy;
   }
 }
 
 function render(summary) {
   $("#result").hidden = false;
   $("#photo").src = summary.image;
+  // The previous image's heatmap must not sit on the new photo while its own is computed.
+  const heat = $("#heatmap");
+  heat.removeAttribute("src");
+  delete heat.dataset.class;
+  delete heat.dataset.res;
+  $("#patches").replaceChildren();
   $("#patches").setAttribute("viewBox", "0 0 " + summary.width + " " + summary.height);
   const list = $("#classes");
   list.replaceChildren();
@@ -160,11 +168,10 @@ async function showView() {
       return;
     }
     state.views.set(key, view);
-    setStatus("computed in " + (view.ms / 1000).toFixed(2) + " s");
-  } else {
-    setStatus("");
   }
   if (mine !== request || state !== current) return; // a newer click won
+  setStatus(view.ms !== undefined && !view.shown ? "computed in " + (view.ms / 1000).toFixed(2) + " s" : "");
+  view.shown = true;
   delete document.body.dataset.busy;
   applyView(state, view);
 }
