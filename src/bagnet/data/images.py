@@ -36,6 +36,9 @@ def load_image(source, *, max_pixels: int | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow reads past broken EXIF blocks (the image itself is fine) but warns
+            # once per file; the orientation is then simply unknown.
+            warnings.filterwarnings("ignore", message=r"(?i).*(exif|tag data)", category=UserWarning)
             with Image.open(source) as img:
                 if max_pixels is not None and img.width * img.height > max_pixels:
                     raise ImageError(
@@ -52,6 +55,10 @@ def load_image(source, *, max_pixels: int | None = None) -> Image.Image:
         raise ImageError(f"{name}: not an image file (or a format Pillow cannot read)") from None
     except FileNotFoundError:
         raise
+    except IsADirectoryError:
+        raise ImageError(f"{name}: is a folder, not an image file") from None
+    except PermissionError as e:
+        raise ImageError(f"{name}: cannot be read ({e.strerror})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"{name}: corrupt or truncated image ({e})") from None
 
@@ -64,8 +71,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
         if img.mode == "F":
             top = max(float(a.max()), 1e-12) if a.max() > 1 else 1.0
         img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("P", "L", "RGB", "1") and "transparency" in img.info:
+        # A transparent palette entry or colour key (PNG tRNS) is transparency like an
+        # alpha channel, and gets the same white background.
+        img = img.convert("RGBA")
+    elif img.mode == "P":
+        img = img.convert("RGB")
     if img.mode in ("LA", "La", "RGBA", "RGBa", "PA"):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -1,0 +1,127 @@
+"""explain(): preprocessing, predictions, maps and patches of one image."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+
+from bagnet.explain import Explanation, evidence_map, explain, top_patches
+
+from .conftest import randomized
+
+NAMES = ["ant", "bee", "cat", "dog", "eel"]
+MEAN, STD = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = randomized("bagnet_tiny", num_classes=5, seed=21)
+    m.pretrained_cfg.update(classes=list(NAMES), img_size=24, mean=MEAN, std=STD)
+    return m
+
+
+@pytest.fixture(scope="module")
+def photo():
+    rng = np.random.default_rng(3)
+    return Image.fromarray(rng.integers(0, 256, size=(30, 45, 3), dtype=np.uint8))  # 45 wide, 30 high
+
+
+def expected_input(photo, size=24):
+    """Independently: torchvision's Resize(short side), no crop, then normalization."""
+    t = TF.to_dtype(TF.pil_to_tensor(photo), torch.float32, scale=True)
+    t = TF.resize(t, [size], antialias=True)
+    return TF.normalize(t, MEAN, STD)
+
+
+def test_predictions_maps_and_patches(model, photo):
+    x = expected_input(photo)
+    assert x.shape == (3, 24, 36)
+    with torch.no_grad():
+        logits = model(x[None])[0]
+    probs = torch.softmax(logits, 0)
+    e = explain(model, photo, classes="top2", k=3)
+    assert isinstance(e, Explanation)
+    assert e.image.shape == (3, 24, 36) and e.image.min() >= 0 and e.image.max() <= 1
+    torch.testing.assert_close(e.logits, logits, atol=1e-4, rtol=1e-4)
+    order = torch.argsort(probs, descending=True).tolist()
+    assert [p.index for p in e.predictions] == order
+    assert [p.name for p in e.predictions] == [NAMES[i] for i in order]
+    assert e.predictions[0].probability == pytest.approx(float(probs[order[0]]), abs=1e-5)
+    assert e.classes == order[:2]
+    want = evidence_map(model, x[None], classes=order[:2])[0]
+    torch.testing.assert_close(e.evidence, want, atol=1e-4, rtol=1e-4)
+    assert e.geometry.image_size == (24, 36) and e.geometry.stride == 1
+    # top patches of each explained class, non-overlapping by default
+    for c, patches in zip(e.classes, e.patches):
+        assert len(patches) == 3 and patches[0].score == pytest.approx(float(e.evidence_for(c).max()))
+        assert patches == top_patches(e.evidence_for(c), e.geometry, k=3, classes=[c], non_overlapping=True)
+
+
+def test_to_dict_is_json_and_complete(model, photo):
+    e = explain(model, photo, classes=[4, 1], k=2, stride="native")
+    d = json.loads(json.dumps(e.to_dict()))
+    assert d["model"] == "bagnet_tiny" and d["image_size"] == [24, 36] and d["patch_size"] == 9
+    assert d["stride"] == 8 and d["padded"] is True
+    assert [c["index"] for c in d["explained"]] == [4, 1]
+    assert [c["name"] for c in d["explained"]] == ["eel", "bee"]
+    first = d["explained"][0]
+    assert first["probability"] == pytest.approx(float(e.probabilities[4]))
+    assert first["evidence"]["max"] == pytest.approx(float(e.evidence[0].max()))
+    assert [p["box"] for p in first["patches"]] == [list(p.box) for p in e.patches[0]]
+    assert len(d["predictions"]) == 5 and sum(p["probability"] for p in d["predictions"]) == pytest.approx(1.0)
+
+
+def test_inputs_of_every_kind_agree(model, photo, tmp_path):
+    path = tmp_path / "photo.png"
+    photo.save(path)
+    arr = np.array(photo)
+    tensor = torch.from_numpy(arr).permute(2, 0, 1).float() / 255
+    ref = explain(model, photo, classes=[0])
+    for image in (str(path), path, arr, tensor, torch.from_numpy(arr).permute(2, 0, 1)):
+        e = explain(model, image, classes=[0])
+        torch.testing.assert_close(e.evidence, ref.evidence, atol=1e-5, rtol=1e-5)
+
+
+def test_true_class_gives_the_misclassification_figure(model, photo):
+    import matplotlib.colors as mcolors
+
+    e = explain(model, photo, classes=[], true_class=3, k=2)
+    top = e.predictions[0].index
+    assert e.classes == list(dict.fromkeys([3, top]))
+    assert e.to_dict()["true_class"]["index"] == 3
+    fig, axes = e.plot()
+    assert len(axes) == 3 and "dog" in axes[1].get_title()
+    assert all(mcolors.to_rgba(r.get_edgecolor()) == mcolors.to_rgba("red") for r in axes[2].patches)
+    fig, axes = explain(model, photo, classes="top3").plot()
+    assert len(axes) == 4
+
+
+def test_model_is_left_alone(photo):
+    m = randomized("bagnet_tiny", num_classes=5, seed=22).train()
+    before = copy.deepcopy(m.state_dict())
+    e = explain(m, photo, classes=[1])
+    assert m.training and all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    with torch.no_grad():
+        want = copy.deepcopy(m).eval()(_plain(photo, m))[0]
+    torch.testing.assert_close(e.logits, want, atol=1e-4, rtol=1e-4)
+
+
+def _plain(photo, m):
+    # no img_size in this model's cfg: the image keeps its size; ImageNet normalization
+    t = TF.to_dtype(TF.pil_to_tensor(photo), torch.float32, scale=True)
+    return TF.normalize(t, m.pretrained_cfg["mean"], m.pretrained_cfg["std"])[None]
+
+
+def test_errors(model, photo):
+    with pytest.raises(ValueError, match="topN"):
+        explain(model, photo, classes="best")
+    with pytest.raises(ValueError, match="out of range"):
+        explain(model, photo, classes=[5])
+    with pytest.raises(ValueError, match="smaller than the receptive field"):
+        explain(model, photo, img_size=6)
+    with pytest.raises(ValueError, match="was not explained"):
+        explain(model, photo, classes=[0]).evidence_for(1)

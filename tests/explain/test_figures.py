@@ -1,0 +1,120 @@
+"""The figures: what they draw, on which inputs, and that they never touch pyplot."""
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from matplotlib.patches import Rectangle
+from PIL import Image
+
+from bagnet.explain import (
+    MapGeometry,
+    Patch,
+    image_edges,
+    plot_heatmap,
+    plot_misclassification,
+    plot_patches,
+)
+
+
+@pytest.fixture(autouse=True)
+def no_pyplot_figures():
+    import matplotlib.pyplot as plt
+
+    before = set(plt.get_fignums())
+    yield
+    assert set(plt.get_fignums()) == before, "a figure was registered with pyplot"
+
+
+def square_image(h=24, w=30):
+    a = np.zeros((h, w, 3), np.uint8)
+    a[6:18, 8:22] = 255
+    return a
+
+
+def rects(ax):
+    return [p for p in ax.patches if isinstance(p, Rectangle)]
+
+
+def test_edges_of_a_square_are_its_outline():
+    img = square_image()
+    edges = image_edges(img)
+    ys, xs = np.nonzero(edges)
+    # every edge pixel lies on (or right next to) the square's boundary ...
+    on_boundary = np.minimum.reduce([np.abs(ys - 6), np.abs(ys - 17), np.abs(xs - 8), np.abs(xs - 21)]) <= 1
+    assert on_boundary.all()
+    # ... all four sides are found, and edges are thin lines, not bands
+    assert edges[12, 7:10].any() and edges[12, 20:23].any() and edges[5:8, 15].any() and edges[16:19, 15].any()
+    assert edges[12].sum() == 2 and edges[:, 15].sum() == 2
+    assert not image_edges(np.full((10, 10), 128, np.uint8)).any()
+
+
+@pytest.mark.parametrize("kind", ["tensor", "pil", "numpy", "gray"])
+def test_heatmap_accepts_images_and_centres_the_colour_scale(kind):
+    img = square_image()
+    image = {
+        "tensor": torch.from_numpy(img).permute(2, 0, 1).float() / 255,
+        "pil": Image.fromarray(img),
+        "numpy": img,
+        "gray": img[..., 0],
+    }[kind]
+    ev = np.linspace(-3, 1, 24 * 30, dtype=np.float32).reshape(24, 30)
+    fig, ax = plot_heatmap(torch.from_numpy(ev), image, percentile=90, patches=[Patch((1, 2, 10, 11), 1.0, 0, (6, 5))],
+                           title="class")
+    assert fig.canvas.get_renderer() is not None  # Agg canvas
+    heat = ax.images[0]
+    lo, hi = heat.get_clim()
+    assert lo == -hi and hi == pytest.approx(np.percentile(np.abs(ev), 90))
+    assert heat.get_cmap().name == "RdBu_r"
+    assert len(ax.images) == 2  # heatmap, then the edge overlay
+    overlay = ax.images[1].get_array()
+    assert overlay.shape == (24, 30, 4) and (overlay[..., 3] > 0).sum() == image_edges(img).sum()
+    (r,) = rects(ax)
+    assert r.get_xy() == (0.5, 1.5) and r.get_width() == 9 and r.get_height() == 9
+    assert ax.get_title() == "class"
+
+
+def test_native_stride_map_is_placed_over_its_patch_centres():
+    geom = MapGeometry(33, 8, 16, (61, 50))
+    ev = np.random.default_rng(0).normal(size=geom.map_size)
+    _, ax = plot_heatmap(ev, square_image(61, 50), geometry=geom)
+    left, right, bottom, top = ax.images[0].get_extent()
+    # entry (i, j) is centred on pixel (8i, 8j) and 8 pixels wide
+    assert (left, top) == (-4, -4) and right == 8 * (ev.shape[1] - 1) + 4 and bottom == 8 * (ev.shape[0] - 1) + 4
+
+
+def test_patch_grid_shows_the_crops():
+    img = square_image()
+    patches = [Patch((8, 6, 22, 18), 2.5, 1, (12, 15)), Patch((0, 0, 5, 4), -1.0, 1, (1, 2))]
+    fig, axes = plot_patches(torch.from_numpy(img).permute(2, 0, 1), patches, title="top patches")
+    assert len(axes) == 2
+    first = axes[0].images[0].get_array()
+    assert first.shape == (12, 14, 3) and np.allclose(first, 1.0)  # the white square exactly
+    assert axes[1].images[0].get_array().shape == (4, 5, 3)
+    assert [a.get_title() for a in axes] == ["2.50", "-1.00"]
+
+
+def test_misclassification_figure():
+    img = square_image()
+    t = np.full((24, 30), 0.5, np.float32)
+    p = np.full((24, 30), -2.0, np.float32)
+    tp, pp = [Patch((1, 1, 5, 5), 0.5, 3, (3, 3))], [Patch((2, 2, 9, 9), 1.0, 7, (5, 5)), Patch((9, 9, 12, 12), 0.9, 7, (10, 10))]
+    fig, axes = plot_misclassification(img, t, p, true_patches=tp, predicted_patches=pp, true_name="tabby",
+                                       predicted_name="tiger", true_probability=0.125, predicted_probability=0.75)
+    assert len(axes) == 3
+    assert "tabby" in axes[1].get_title() and "0.125" in axes[1].get_title()
+    assert "tiger" in axes[2].get_title() and "0.750" in axes[2].get_title()
+    to_rgb = matplotlib.colors.to_rgba
+    assert [to_rgb(r.get_edgecolor()) for r in rects(axes[1])] == [to_rgb("black")]
+    assert [to_rgb(r.get_edgecolor()) for r in rects(axes[2])] == [to_rgb("red")] * 2
+    # one colour scale for both maps, so they can be compared
+    assert axes[1].images[0].get_clim() == axes[2].images[0].get_clim() == (-2.0, 2.0)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="one"):
+        plot_heatmap(np.zeros((2, 4, 4)))
+    with pytest.raises(ValueError, match="unnormalized"):
+        plot_heatmap(np.zeros((4, 4)), torch.randn(3, 4, 4) * 5)
+    with pytest.raises(ValueError, match="no patches"):
+        plot_patches(square_image(), [])
