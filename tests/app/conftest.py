@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import bagnet
+from bagnet.testing.models import randomize_batchnorm
 
 CLASSES = ("cat", "dog", "tea", "rocket")
 IMG_SIZE = 48
@@ -28,15 +29,9 @@ def one_torch_thread():
 def tiny_model_file(tmp_path_factory):
     """A bagnet_tiny model file (q = 9) with class names, 48 px images and non-trivial weights."""
     torch.manual_seed(0)
-    model = bagnet.create_model("bagnet_tiny", num_classes=len(CLASSES))
-    # Random running statistics and a strong head, so maps and predictions differ by class.
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    with torch.no_grad():
+    model = randomize_batchnorm(bagnet.create_model("bagnet_tiny", num_classes=len(CLASSES)))
+    with torch.no_grad():  # a strong head, so maps and predictions differ by class
         model.fc.weight.normal_(0, 1.0)
-        model.fc.bias.normal_(0, 0.1)
     path = tmp_path_factory.mktemp("weights") / "tiny.pt"
     bagnet.save_model_file(path, model, {"classes": list(CLASSES), "img_size": IMG_SIZE, "dataset": "test"})
     return path
