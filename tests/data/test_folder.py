@@ -121,3 +121,12 @@ def test_read_class_index(tmp_path):
     tsv.write_text("n01440764\t0\nn02102040\tx\n")
     with pytest.raises(ValueError, match=r"classes.tsv:2: class index 'x'"):
         read_class_index(tsv)
+
+
+def test_read_class_names(tmp_path):
+    from bagnet.data.folder import read_class_names
+
+    (tmp_path / "classes.tsv").write_text("wnid\timagenet_index\tname\nn01440764\t0\ttench\nn02102040\t217\tspringer\n")
+    assert read_class_names(tmp_path, ["n02102040", "n01440764"]) == ["springer", "tench"]
+    assert read_class_names(tmp_path, ["n01440764", "n99999999"]) is None  # not every class named
+    assert read_class_names(tmp_path / "nowhere", ["a"]) is None

@@ -192,3 +192,23 @@ def read_class_index(path: str | os.PathLike) -> dict[str, int]:
     if not mapping:
         raise ValueError(f"{path}: no 'folder<TAB>index' lines found")
     return mapping
+
+
+def read_class_names(root: str | os.PathLike, classes: list[str]) -> list[str] | None:
+    """Display names for folder classes from ``root/classes.tsv`` (third column), if present.
+
+    Imagenette's folders are WordNet ids; people want to read "tench", not "n01440764".
+    Returns ``None`` when the file is missing or does not name every class.
+    """
+    path = Path(root) / "classes.tsv"
+    if not path.is_file():
+        return None
+    names: dict[str, str] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.reader(f, delimiter="\t"):
+            if len(row) >= 3 and row[0].strip():
+                names[row[0].strip()] = row[2].strip()
+    if not all(c in names for c in classes):
+        return None
+    return [names[c] for c in classes]
+

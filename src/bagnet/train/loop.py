@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 
-from ..data.folder import ImageFolder, collate_skip, eval_transform, split_indices, train_transform
+from ..data.folder import ImageFolder, collate_skip, eval_transform, read_class_names, split_indices, train_transform
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..models import create_model, save_model_file
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -347,6 +347,7 @@ def _save(cfg, files, info, epoch, best, is_best, classes, model, ema, optimizer
             shipped = ema.module if ema is not None else model
             save_model_file(out / "model.pt", shipped, {
                 "classes": classes,
+                "class_names": read_class_names(cfg.data, classes),
                 "img_size": cfg.img_size,
                 "dataset": cfg.data,
                 "metrics": {"top1": best["top1"], "top5": best["top5"], "epoch": epoch},
