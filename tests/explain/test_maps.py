@@ -123,10 +123,11 @@ def test_memory_bound_cuts_tiles_and_chunks(tiny, monkeypatch):
     # room for one image but not three: chunks of images
     chunked = EvidenceMapper(tiny, max_memory=per_pixel * 40 * 37 + 1)(x)
     assert [s[0] for s in seen] == [1, 1, 1]
-    # room for 16 x 16 outputs: tiles of 16 (a multiple of 8), overlapping by q - 1
+    # room for 16 x 16 outputs: 3 x 3 even tiles (14 x 13) per image, overlapping by q - 1
     seen.clear()
     tiled = EvidenceMapper(tiny, max_memory=per_pixel * 16 * 16)(x)
-    assert len(seen) == 3 * 3 * 3 and max(s[-2] for s in seen) == 16 + 8
+    assert len(seen) == 3 * 3 * 3
+    assert {s[-2:] for s in seen} == {(14 + 8, 13 + 8), (14 + 8, 11 + 8), (12 + 8, 13 + 8), (12 + 8, 11 + 8)}
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=1e-5)
 

@@ -76,7 +76,8 @@ def image_edges(image, *, sigma: float = 1.0, quantile: float = 0.85) -> np.ndar
     pairs = {0: ((0, -1), (0, 1)), 1: ((-1, -1), (1, 1)), 2: ((-1, 0), (1, 0)), 3: ((1, -1), (-1, 1))}
     peak = np.zeros(mag.shape, bool)
     for k, (a, b) in pairs.items():
-        peak |= (sector == k) & (mag >= shifted[a]) & (mag >= shifted[b])
+        # ">" on one side: of two equal neighbours across an edge, only one is kept
+        peak |= (sector == k) & (mag >= shifted[a]) & (mag > shifted[b])
     return peak & (mag > np.quantile(mag, quantile)) & (mag > 0.05 * mag.max())
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -83,9 +84,9 @@ def resolve_classes(classes: int | Sequence[int] | torch.Tensor | None, num_clas
         classes = [classes]
     out = []
     for c in classes:
-        if isinstance(c, bool) or not isinstance(c, int) and not (hasattr(c, "__index__")):
+        if isinstance(c, bool) or not hasattr(c, "__index__"):  # ints, numpy ints; not floats
             raise TypeError(f"class indices must be integers, got {c!r}")
-        c = int(c)
+        c = operator.index(c)
         if not 0 <= c < num_classes:
             raise ValueError(f"class index {c} is out of range for a model with {num_classes} classes")
         out.append(c)
@@ -463,9 +464,12 @@ class EvidenceMapper:
                 out[i : i + chunk] = net(padded[i : i + chunk], classes, g, layout)
             return out
         if tile is None:
-            side = int(math.sqrt(self.max_memory / per_pixel))
-            tile = max(8, side - side % 8)  # multiples of 8 keep the phase splits even
-        th, tw = min(tile, h), min(tile, w)
+            # The largest square tile the bound allows, then evened out so that the last
+            # tile in a row or column is not a thin (and, per entry, costly) sliver.
+            side = max(8, int(math.sqrt(self.max_memory / per_pixel)))
+            th, tw = (-(-n // -(-n // side)) for n in (h, w))
+        else:
+            th, tw = min(tile, h), min(tile, w)
         _log.debug("evidence map %dx%d in tiles of %dx%d", h, w, th, tw)
         for i in range(b):
             for y0 in range(0, h, th):
