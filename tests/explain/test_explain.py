@@ -116,6 +116,13 @@ def _plain(photo, m):
     return TF.normalize(t, m.pretrained_cfg["mean"], m.pretrained_cfg["std"])[None]
 
 
+def test_display_names_win_over_folder_names(photo):
+    m = randomized("bagnet_tiny", num_classes=2, seed=23)
+    m.pretrained_cfg.update(classes=["n01", "n02"], class_names=["tench", "springer"])
+    e = explain(m, photo, classes=[1, 0])
+    assert [c["name"] for c in e.to_dict()["explained"]] == ["springer", "tench"]
+
+
 def test_errors(model, photo):
     with pytest.raises(ValueError, match="topN"):
         explain(model, photo, classes="best")

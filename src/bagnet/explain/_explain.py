@@ -150,9 +150,14 @@ def model_config(model: nn.Module) -> dict:
 
 
 def class_names(model: nn.Module) -> list[str]:
-    names = model_config(model).get("classes")
-    n = model.num_classes
-    return list(names) if names is not None and len(names) == n else [f"class {i}" for i in range(n)]
+    """A display name per class: ``class_names`` of the model file (e.g. 'tench' where the
+    data set's folders, ``classes``, are WordNet ids), else ``classes``, else 'class i'."""
+    cfg, n = model_config(model), model.num_classes
+    for key in ("class_names", "classes"):
+        names = cfg.get(key)
+        if names is not None and len(names) == n:
+            return [str(c) for c in names]
+    return [f"class {i}" for i in range(n)]
 
 
 def explain(
