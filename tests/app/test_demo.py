@@ -124,7 +124,8 @@ def test_shipped_model_is_the_default(tmp_path, capsys, monkeypatch):
     """With the Imagenette weights registered, `bagnet demo` needs no arguments."""
     torch.manual_seed(0)
     slim = bagnet.create_model("bagnet17_slim", num_classes=3)
-    path = bagnet.save_model_file(tmp_path / "nette.pt", slim, {"classes": ["a", "b", "c"], "img_size": 40})
+    meta = {"classes": ["n01", "n02", "n03"], "class_names": ["tench", "springer", "horn"], "img_size": 40}
+    path = bagnet.save_model_file(tmp_path / "nette.pt", slim, meta)
     # An absolute `file` resolves outside the package's weights folder, like a shipped one would inside it.
     monkeypatch.setitem(_weights._PRETRAINED, ("bagnet17_slim", "imagenette"), _weights.PretrainedCfg(file=str(path)))
     code, out, err = run_demo(capsys, "--out", tmp_path / "out", "--show", "1", "--res", "native")
@@ -132,6 +133,7 @@ def test_shipped_model_is_the_default(tmp_path, capsys, monkeypatch):
     assert out.startswith(f"{len(SAMPLE_NAMES)} images, ")
     page = (tmp_path / "out" / "report.html").read_text()
     assert "<b>bagnet17_slim</b>: 3 classes, 17&times;17 px patches" in page
+    assert "<td>springer</td>" in page and "n02" not in page  # the model file's display names
 
 
 @pytest.mark.parametrize(

@@ -175,16 +175,15 @@ def _label_outputs(model, classes: list[str], root: Path) -> list[int]:
 
 
 def _readable_names(model, data: Path) -> list[str] | None:
-    """Names from the third column of the data set's ``classes.tsv`` (``wnid, index, name``)
-    for a model whose classes are that file's WordNet ids; ``None`` otherwise."""
-    import csv
+    """Display names from the data set's ``classes.tsv`` (next to or above ``data``) for a
+    model whose classes are that file's WordNet ids and whose file names none itself."""
+    from ..data.folder import read_class_names
 
-    classes = model.pretrained_cfg.get("classes")
-    for tsv in (data / "classes.tsv", data.parent / "classes.tsv"):
-        if classes and tsv.is_file():
-            with open(tsv, newline="", encoding="utf-8") as f:
-                names = {row[0].strip(): row[2].strip() for row in csv.reader(f, delimiter="\t") if len(row) >= 3}
-            if all(c in names for c in classes):
-                return [names[c] for c in classes]
+    cfg = model.pretrained_cfg
+    if cfg.get("class_names") or not cfg.get("classes"):
+        return None
+    for root in (data, data.parent):
+        names = read_class_names(root, list(cfg["classes"]))
+        if names:
+            return names
     return None
-
