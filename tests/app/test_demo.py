@@ -133,7 +133,7 @@ def test_shipped_model_is_the_default(tmp_path, capsys, monkeypatch):
     assert out.startswith(f"{len(SAMPLE_NAMES)} images, ")
     page = (tmp_path / "out" / "report.html").read_text()
     assert "<b>bagnet17_slim</b>: 3 classes, 17&times;17 px patches" in page
-    assert "<td>springer</td>" in page and "n02" not in page  # the model file's display names
+    assert "<td>springer</td>" in page and "<td>n02</td>" not in page  # the model file's display names
 
 
 @pytest.mark.parametrize(
