@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from importlib import resources
 from typing import Any
 
 from torch import nn
@@ -17,6 +16,7 @@ from ._weights import (
     load_state_dict_strict,
     meta_of,
     model_file_info,
+    packaged_file,
     pretrained_cfg,
     pretrained_tags,
     read_checkpoint,
@@ -58,7 +58,7 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, **kwar
         cfg = pretrained_cfg(name, source)
         if cfg is not None:
             if cfg.file is not None:
-                checkpoint = read_checkpoint(str(resources.files("bagnet.weights").joinpath(cfg.file)))
+                checkpoint = read_checkpoint(packaged_file(cfg.file))
             else:
                 checkpoint = read_checkpoint(fetch(cfg.url))
                 meta = meta_of(cfg)

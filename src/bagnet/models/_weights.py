@@ -12,10 +12,12 @@ and ones with ``module.``/``_orig_mod.`` prefixes (DDP, ``torch.compile``) load 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -57,6 +59,14 @@ _PRETRAINED: dict[tuple[str, str], PretrainedCfg] = {
     ),
     ("bagnet33", "imagenet"): PretrainedCfg(
         url=_PUBLISHED_ROOT + "bagnet32-2ddd53ed.pth.tar", metrics={"top5": 87.6}
+    ),
+    # Shipped with the package (docs/models/bagnet17_slim-imagenette.md is its model card).
+    ("bagnet17_slim", "imagenette"): PretrainedCfg(
+        file="bagnet17_slim-imagenette-cea5e27d.pt",
+        dataset="imagenette",
+        img_size=112,
+        num_classes=10,
+        metrics={"top1": 67.29, "top5": 95.75},
     ),
 }
 
@@ -147,6 +157,17 @@ def fetch(url: str) -> Path:
         except OSError as e:
             raise OSError(f"could not download {url}: {e}. Copy the file to {dst} to use it offline.") from None
     return dst
+
+
+def packaged_file(filename: str) -> Path:
+    """A model file shipped in ``bagnet/weights``, checked against the hash in its name."""
+    path = Path(str(resources.files("bagnet.weights").joinpath(filename)))
+    if not path.is_file():
+        raise FileNotFoundError(f"the packaged weight file {filename} is missing; reinstall bagnet")
+    m = _HASH_IN_NAME.search(filename)
+    if m and not hashlib.sha256(path.read_bytes()).hexdigest().startswith(m.group(1)):
+        raise ValueError(f"the packaged weight file {path} is corrupt (hash mismatch); reinstall bagnet")
+    return path
 
 
 def read_checkpoint(source: str | os.PathLike) -> dict[str, Any]:
