@@ -145,3 +145,20 @@ def test_torchvision_references_through_the_same_factory(tmp_path):
         bagnet.create_model("torchvision:vgg11", pretrained=str(path))
     with pytest.raises(ValueError, match="or any torchvision classifier"):
         bagnet.create_model("resnet_nonexistent")
+
+
+def test_shipped_imagenette_model_loads_and_matches_its_hash():
+    from importlib import resources
+
+    files = [p for p in resources.files("bagnet.weights").iterdir() if p.name.endswith(".pt")]
+    assert files, "the package ships no model file"
+    for f in files:
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        assert f.name.rsplit("-", 1)[1].split(".")[0] == digest[:8], f.name
+        assert f.stat().st_size <= 10 * 2**20
+    model = bagnet.create_model("bagnet17_slim", pretrained="imagenette").eval()
+    cfg = model.pretrained_cfg
+    assert model.num_classes == 10 and cfg["img_size"] == 112
+    assert cfg["class_names"][0] == "tench" and cfg["classes"][0] == "n01440764"
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randn(1, 3, 112, 112))).all()
