@@ -42,7 +42,7 @@ def main(argv=None) -> None:
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1100, "height": 860})
+            page = browser.new_page(viewport={"width": 1100, "height": 920})
             page.set_default_timeout(120_000)
             page.goto(server.url)
             page.wait_for_selector("body[data-ready]")
