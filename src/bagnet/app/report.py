@@ -277,7 +277,7 @@ def _mistake_figure(explorer: Explorer, item: DemoItem, analysis: Analysis, pred
         predicted_probability=float(analysis.probs[pred]),
         geometry=analysis.geometry(res),
     )
-    return f"<figure>{_fig(fig, 'misclassified ' + item.name)}<figcaption>{html.escape(item.name)}</figcaption></figure>"
+    return f"<figure class=mistake><figcaption>{html.escape(item.name)}</figcaption>{_fig(fig, 'misclassified ' + item.name)}</figure>"
 
 
 _STYLE = """
@@ -287,7 +287,7 @@ h1 { font-size: 24px; margin-bottom: 4px; } h2 { margin-top: 28px; font-size: 19
 .card { border: 1px solid #d8dde3; border-radius: 10px; padding: 12px 14px; margin: 14px 0; }
 .row { display: flex; flex-wrap: wrap; gap: 10px; align-items: flex-start; }
 figure { margin: 0; } figcaption { font-size: 12px; color: #3d4650; max-width: 260px; }
-img.fig { max-width: 100%; height: auto; }
+img.fig { max-width: 100%; height: auto; } .mistake { margin-top: 18px; }
 table { border-collapse: collapse; font-size: 13px; } td, th { padding: 2px 8px; text-align: left; border-bottom: 1px solid #eef0f3; }
 .ok { color: #1a7f37; font-weight: normal; } .bad { color: #b2182b; font-weight: normal; }
 footer { margin-top: 28px; }
