@@ -112,8 +112,13 @@ def test_flat_folder_and_a_corrupt_file(tmp_path, tiny_model_file, capsys):
     assert "skipped: " in page and "broken.jpg" in page
 
 
-def test_missing_shipped_model_is_a_one_line_error(tmp_path, capsys, monkeypatch):
-    monkeypatch.delitem(_weights._PRETRAINED, ("bagnet17_slim", "imagenette"), raising=False)
+@pytest.mark.parametrize("how", ["unregistered", "file-deleted"])
+def test_missing_shipped_model_is_a_one_line_error(tmp_path, capsys, monkeypatch, how):
+    key = ("bagnet17_slim", "imagenette")
+    if how == "unregistered":
+        monkeypatch.delitem(_weights._PRETRAINED, key, raising=False)
+    else:
+        monkeypatch.setitem(_weights._PRETRAINED, key, _weights.PretrainedCfg(file="bagnet17_slim-gone.pt"))
     code, out, err = run_demo(capsys, "--out", tmp_path)
     assert code == 1 and out == ""
     assert err == "bagnet demo: error: the shipped demo model is missing; reinstall bagnet or pass --weights\n"
