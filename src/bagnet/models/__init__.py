@@ -2,6 +2,7 @@
 
 from . import bagnet as _bagnet  # noqa: F401  (registers the models)
 from ._factory import create_model, load_model
+from ._fuse import INFERENCE_MODES, FusedBagNet, fuse, prepare_for_inference, top1_agreement
 from ._registry import list_models, register_model
 from ._weights import CheckpointMismatchError, clean_state_dict, load_state_dict_strict, save_model_file
 from .bagnet import BagNet, Bottleneck, kernel3_for
@@ -10,12 +11,17 @@ __all__ = [
     "BagNet",
     "Bottleneck",
     "CheckpointMismatchError",
+    "FusedBagNet",
+    "INFERENCE_MODES",
     "clean_state_dict",
     "create_model",
+    "fuse",
     "kernel3_for",
     "list_models",
     "load_model",
     "load_state_dict_strict",
+    "prepare_for_inference",
     "register_model",
     "save_model_file",
+    "top1_agreement",
 ]

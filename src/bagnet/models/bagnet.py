@@ -195,6 +195,16 @@ class BagNet(nn.Module):
         # The classifier is linear, so averaging features first equals averaging patch logits.
         return self.fc(self.forward_features(x).mean(dim=(-2, -1)))
 
+    def fuse(self) -> nn.Module:
+        """An inference-only copy with BatchNorm folded and the stem merged into one conv.
+
+        This model is left unchanged (its state dict stays the published format). See
+        :func:`bagnet.models.fuse` and :func:`bagnet.models.prepare_for_inference`.
+        """
+        from ._fuse import fuse
+
+        return fuse(self)
+
     def extra_repr(self) -> str:
         return f"receptive_field={self.receptive_field}, patch_stride={self.patch_stride}"
 
