@@ -31,6 +31,9 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results here as JSON")
+    p.add_argument("--fast", default=None, metavar="MODE",
+                   help="also run the model in a faster inference mode (fused: exact; bf16: bfloat16) and report "
+                        "its speed and how often its top-1 class agrees with float32's")
     p.set_defaults(func=run)
 
 
@@ -110,6 +113,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.workers < 0:
         raise ValueError("--batch-size must be at least 1 and --workers 0 or more")
+    if args.fast is not None:
+        from ..models import INFERENCE_MODES
+
+        if args.fast not in INFERENCE_MODES or args.fast == "plain":
+            raise ValueError(f"--fast {args.fast!r} is not a fast mode; use one of "
+                             f"{', '.join(m for m in INFERENCE_MODES if m != 'plain')}")
     data_root = Path(args.data)
     folder = data_root / args.split
     if not folder.is_dir():
@@ -134,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
         seconds=seconds,
         images_per_s=report["images"] / seconds if seconds > 0 else 0.0,
     )
+    if args.fast:
+        report["fast"] = evaluate_fast(model, args.fast, loader, device, index, logits, targets)
     print_report(report, list(dataset.classes))
     if args.json:
         out = Path(args.json)
@@ -145,10 +156,35 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate_fast(model, mode: str, loader, device, index: list[int] | None, logits, targets) -> dict:
+    """Top-1 accuracy, speed and top-1 agreement with the float32 ``logits`` of ``model`` run
+    in the inference mode ``mode`` (see ``bagnet bench``)."""
+    from ..models import INFERENCE_MODES, prepare_for_inference, top1_agreement
+
+    fast = prepare_for_inference(model, **INFERENCE_MODES[mode])
+    fast_logits, fast_targets, _, seconds = collect_logits(fast, loader, device, index)
+    n = len(fast_targets)
+    if n == 0:
+        raise ValueError(f"--fast {mode}: no readable images to compare on")
+    return {
+        "mode": mode,
+        "top1": 100.0 * (fast_logits.argmax(1) == fast_targets).sum().item() / n,
+        "top1_agreement": 100.0 * top1_agreement(logits, fast_logits),
+        "max_abs_logit_diff": (fast_logits - logits).abs().max().item(),
+        "seconds": seconds,
+        "images_per_s": n / seconds if seconds > 0 else 0.0,
+    }
+
+
 def print_report(report: dict, classes: list[str]) -> None:
     print(f"{report['model']} on {report['data']} ({report['images']} images at {report['img_size']} px"
           + (f", {report['skipped']} unreadable skipped" if report["skipped"] else "") + ")")
     print(f"top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  {report['images_per_s']:.1f} images/s")
+    fast = report.get("fast")
+    if fast:
+        print(f"--fast {fast['mode']}: top-1 {fast['top1']:.2f}%  {fast['images_per_s']:.1f} images/s  "
+              f"top-1 agrees with float32 on {fast['top1_agreement']:.2f}% of images "
+              f"(largest logit difference {fast['max_abs_logit_diff']:.3g})")
     width = max(len("class"), *(len(c) for c in classes))
     print(f"\n{'class'.ljust(width)}  images  top-1")
     for name in classes:
