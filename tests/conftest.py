@@ -1,10 +1,14 @@
 import os
 
-import pytest
-import torch
+# Before torch loads: idle OpenMP threads sleep instead of spinning. On a 2-core machine
+# shared with other jobs, spinning threads made small forward passes 5-40x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# Two cores: keep intra-op threads small so parallel test workers do not thrash.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# The suite runs tiny models: a second intra-op thread buys nothing and costs contention.
+torch.set_num_threads(1)
 
 
 @pytest.fixture
