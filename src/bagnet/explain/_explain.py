@@ -196,7 +196,8 @@ def explain(
         pad_value: padding of the normalized image.
         img_size: short side to resize to, instead of the model's.
         mapper: a prepared :class:`EvidenceMapper` of this model (saves folding the
-            weights again when explaining many images).
+            weights again when explaining many images); its stride and padding are used
+            instead of ``stride`` and ``pad_value``.
 
     Returns:
         An :class:`Explanation`.
