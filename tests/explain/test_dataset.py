@@ -57,7 +57,7 @@ def test_matches_brute_force(model, folder, c):
     crop = result.positive_crops[0]
     x0, y0, x1, y1 = result.positive[0].box
     assert crop.shape == (3, y1 - y0, x1 - x0)
-    fig, axes = result.plot()
+    _, axes = result.plot()
     assert len(axes) == 7
     d = result.to_dict()
     assert d["class_name"] == CLASSES[c] and len(d["negative"]) == 4 and "source" in d["negative"][0]

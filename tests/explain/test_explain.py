@@ -93,10 +93,10 @@ def test_true_class_gives_the_misclassification_figure(model, photo):
     top = e.predictions[0].index
     assert e.classes == list(dict.fromkeys([3, top]))
     assert e.to_dict()["true_class"]["index"] == 3
-    fig, axes = e.plot()
+    _, axes = e.plot()
     assert len(axes) == 3 and "dog" in axes[1].get_title()
     assert all(mcolors.to_rgba(r.get_edgecolor()) == mcolors.to_rgba("red") for r in axes[2].patches)
-    fig, axes = explain(model, photo, classes="top3").plot()
+    _, axes = explain(model, photo, classes="top3").plot()
     assert len(axes) == 4
 
 

@@ -86,7 +86,7 @@ def test_native_stride_map_is_placed_over_its_patch_centres():
 def test_patch_grid_shows_the_crops():
     img = square_image()
     patches = [Patch((8, 6, 22, 18), 2.5, 1, (12, 15)), Patch((0, 0, 5, 4), -1.0, 1, (1, 2))]
-    fig, axes = plot_patches(torch.from_numpy(img).permute(2, 0, 1), patches, title="top patches")
+    _, axes = plot_patches(torch.from_numpy(img).permute(2, 0, 1), patches, title="top patches")
     assert len(axes) == 2
     first = axes[0].images[0].get_array()
     assert first.shape == (12, 14, 3) and np.allclose(first, 1.0)  # the white square exactly
@@ -99,8 +99,8 @@ def test_misclassification_figure():
     t = np.full((24, 30), 0.5, np.float32)
     p = np.full((24, 30), -2.0, np.float32)
     tp, pp = [Patch((1, 1, 5, 5), 0.5, 3, (3, 3))], [Patch((2, 2, 9, 9), 1.0, 7, (5, 5)), Patch((9, 9, 12, 12), 0.9, 7, (10, 10))]
-    fig, axes = plot_misclassification(img, t, p, true_patches=tp, predicted_patches=pp, true_name="tabby",
-                                       predicted_name="tiger", true_probability=0.125, predicted_probability=0.75)
+    _, axes = plot_misclassification(img, t, p, true_patches=tp, predicted_patches=pp, true_name="tabby",
+                                     predicted_name="tiger", true_probability=0.125, predicted_probability=0.75)
     assert len(axes) == 3
     assert "tabby" in axes[1].get_title() and "0.125" in axes[1].get_title()
     assert "tiger" in axes[2].get_title() and "0.750" in axes[2].get_title()

@@ -25,8 +25,8 @@ def overlap(a, b):
     iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
     ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = iw * ih
-    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
-    return inter, inter / (area(a) + area(b) - inter)
+    area_a, area_b = (a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1])
+    return inter, inter / (area_a + area_b - inter)
 
 
 def brute_top(ev, geom, k, non_overlapping=False, max_overlap=0.0, largest=True):

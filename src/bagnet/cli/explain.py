@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 from ._common import add_device_args, add_model_args, resolve_device, resolve_model
@@ -104,13 +105,18 @@ def run(args: argparse.Namespace) -> int:
         record = {"file": str(image), **result.to_dict()}
         fig, _ = result.plot()
         png, js = out / f"{name}.png", out / f"{name}.json"
-        _write_atomic(png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-        _write_atomic(js, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))
+        text = json.dumps(record, indent=2) + "\n"
+        _write_atomic(png, partial(fig.savefig, format="png", dpi=100))
+        _write_atomic(js, partial(_write_text, text=text))
         top = result.predictions[0]
         print(f"{image}: {top.name} ({top.probability:.3f}) -> {png}, {js}")
     if failed:
         print(f"bagnet explain: {failed} of {len(args.images)} images failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _write_text(path: str, text: str) -> None:
+    Path(path).write_text(text, encoding="utf-8")
 
 
 def _unique_stem(path: Path, used: set[str]) -> str:

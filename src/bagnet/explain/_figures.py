@@ -57,7 +57,7 @@ def image_edges(image, *, sigma: float = 1.0, quantile: float = 0.85) -> np.ndar
     image, kept where the magnitude is a maximum across the edge and above its ``quantile``
     (and above 5% of its maximum, so flat images have no edges)."""
     gray = as_rgb_array(image).mean(-1)
-    r = max(1, int(round(3 * sigma)))
+    r = max(1, round(3 * sigma))
     g = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
     g /= g.sum()
     smooth = _filter(gray, g, g)

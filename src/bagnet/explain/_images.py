@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..data.images import load_image, to_rgb
 
-__all__ = ["image_tensor", "preprocess", "resize_short_side", "center_crop"]
+__all__ = ["center_crop", "image_tensor", "preprocess", "resize_short_side"]
 
 
 def image_tensor(image) -> torch.Tensor:

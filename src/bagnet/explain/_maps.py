@@ -139,7 +139,7 @@ def _check_conv(conv: nn.Conv2d, where: str) -> None:
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype, device) -> _Conv:
     """Fold inference-mode BatchNorm into the convolution before it (in float64)."""
-    f64 = dict(device=device, dtype=torch.float64)
+    f64 = {"device": device, "dtype": torch.float64}
     w = conv.weight.detach().to(**f64)
     b = conv.bias.detach().to(**f64) if conv.bias is not None else torch.zeros(w.shape[0], **f64)
     if bn.running_mean is None or bn.running_var is None:
