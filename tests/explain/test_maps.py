@@ -119,7 +119,7 @@ def test_memory_bound_cuts_tiles_and_chunks(tiny, monkeypatch):
 
     monkeypatch.setattr(_PhaseNet, "__call__", spy)
     mapper = EvidenceMapper(tiny)
-    per_pixel = mapper._net.bytes_per_output_pixel(7)
+    per_pixel = mapper._net.bytes_per_output_pixel(7, 1)
     # room for one image but not three: chunks of images
     chunked = EvidenceMapper(tiny, max_memory=per_pixel * 40 * 37 + 1)(x)
     assert [s[0] for s in seen] == [1, 1, 1]
@@ -130,6 +130,19 @@ def test_memory_bound_cuts_tiles_and_chunks(tiny, monkeypatch):
     assert {s[-2:] for s in seen} == {(14 + 8, 13 + 8), (14 + 8, 11 + 8), (12 + 8, 13 + 8), (12 + 8, 11 + 8)}
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=1e-5)
+    # at the native stride an output entry stands for 8 x 8 pixels of the early layers, so
+    # the bound bites sooner (here: image by image, as tiles are at least 8 entries wide);
+    # the logits (the unpadded native map's mean) obey it as well
+    seen.clear()
+    small = EvidenceMapper(tiny, stride="native", max_memory=mapper._net.bytes_per_output_pixel(7, 8) * 4)
+    got = small(x)
+    assert [s[0] for s in seen] == [1, 1, 1]
+    torch.testing.assert_close(got, evidence_map(tiny, x, stride="native"), atol=1e-5, rtol=1e-5)
+    seen.clear()
+    logits = small.logits(x)
+    assert [s[0] for s in seen] == [1, 1, 1]
+    with torch.no_grad():
+        torch.testing.assert_close(logits, tiny(x), atol=1e-5, rtol=1e-5)
 
 
 def test_dilated_layout_equals_phases(tiny):

@@ -190,10 +190,6 @@ class _PhaseNet:
                 self.blocks.append(_fold_block(block, f"layer{s_i + 1}.{b_i}", dtype, device))
         self.fc_weight = model.fc.weight.detach().to(device, dtype).clone()
         self.fc_bias = model.fc.bias.detach().to(device, dtype).clone() if model.fc.bias is not None else None
-        self.max_channels = max(
-            [self.stem.weight.shape[0]]
-            + [max(b.conv1.weight.shape[0], b.conv3.weight.shape[0], b.conv3.weight.shape[1]) for b in self.blocks]
-        )
 
     def leading_stride(self, stride: int) -> int:
         """The largest product of leading strides that divides ``stride``."""
@@ -227,12 +223,17 @@ class _PhaseNet:
             raise ValueError(f"internal: output stride {out_stride} is not a product of the leading strides")
         return steps
 
-    def bytes_per_output_pixel(self, num_classes: int) -> int:
-        """Rough peak activation memory of one forward pass per output entry of one image:
-        a few live feature maps of the widest layer, plus the logits before and after
-        reordering."""
-        item = torch.finfo(self.dtype).bits // 8
-        return item * (4 * self.max_channels + 2 * num_classes)
+    def bytes_per_output_pixel(self, num_classes: int, out_stride: int) -> int:
+        """Rough peak activation memory of one forward pass per output entry of one image: a
+        few live copies of the largest feature map (layers before the kept strides run at up
+        to ``out_stride**2`` positions per entry), plus the logits before and after reordering."""
+        r = out_stride  # positions per side per output entry
+        widest = self.stem.weight.shape[0] * r * r
+        for blk, step in zip(self.blocks, self._plan(out_stride, "phases")):
+            widest = max(widest, max(blk.conv1.weight.shape[:2]) * r * r)
+            r //= step.stride
+            widest = max(widest, blk.conv3.weight.shape[0] * r * r)
+        return torch.finfo(self.dtype).bits // 8 * (4 * widest + 2 * num_classes)
 
     @torch.inference_mode()
     def __call__(self, padded: torch.Tensor, classes: torch.Tensor, out_stride: int, layout: str = "phases") -> torch.Tensor:
@@ -416,7 +417,7 @@ class EvidenceMapper:
             h, w = images.shape[-2:]
             raise ValueError(f"input is {h}x{w} pixels, smaller than the receptive field {q}x{q}")
         all_classes = torch.arange(self.num_classes, device=self.device)
-        out = self._net(images, all_classes, self._native).mean(dim=(-2, -1))
+        out = self._tiled(images, all_classes, self._native).mean(dim=(-2, -1))
         return out[0] if single else out
 
     def _check(self, images: torch.Tensor) -> tuple[bool, torch.Tensor]:
@@ -442,18 +443,19 @@ class EvidenceMapper:
         elif min(images.shape[-2:]) < q:
             h, w = images.shape[-2:]
             raise ValueError(f"input is {h}x{w} pixels, smaller than the receptive field {q}x{q}; pad it or use a larger image")
-        out = self._tiled(images, class_idx)
+        out = self._tiled(images, class_idx, self._run_stride)
         if self._subsample > 1:
             out = out[:, :, :: self._subsample, :: self._subsample].contiguous()
         return out[0] if single else out
 
-    def _tiled(self, padded: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """Run over a padded batch, in chunks of images and overlapping tiles as memory requires."""
-        net, g, layout = self._net, self._run_stride, self._layout
+    def _tiled(self, padded: torch.Tensor, classes: torch.Tensor, g: int) -> torch.Tensor:
+        """Run at output stride ``g`` over a (padded) batch, in chunks of images and
+        overlapping tiles as memory requires."""
+        net, layout = self._net, self._layout
         b, _, hp, wp = padded.shape
         q = net.patch_size
         h, w = (hp - q) // g + 1, (wp - q) // g + 1
-        per_pixel = net.bytes_per_output_pixel(len(classes))
+        per_pixel = net.bytes_per_output_pixel(len(classes), g)
         tile = self.tile_size
         if tile is None and per_pixel * h * w * b <= self.max_memory:
             return net(padded, classes, g, layout)
