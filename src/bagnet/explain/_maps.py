@@ -20,6 +20,7 @@ evaluating any crop twice:
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import operator
@@ -30,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.bagnet import BagNet, Bottleneck
+from ..models import fuse
+from ..models.bagnet import BagNet
 
 __all__ = ["EvidenceMapper", "MapGeometry", "evidence_map", "map_geometry", "resolve_classes"]
 
@@ -130,28 +132,14 @@ class _Step:
     split: int  # 1, or s: stack the s x s polyphase components after the block
 
 
-def _check_conv(conv: nn.Conv2d, where: str) -> None:
+def _take(conv: nn.Conv2d, where: str, dtype, device) -> _Conv:
+    """Weights of a folded convolution, checked to be one this rewrite handles."""
     if conv.padding not in ((0, 0), "valid") or conv.dilation != (1, 1) or conv.groups != 1:
         raise ValueError(f"{where}: only unpadded, undilated, ungrouped convolutions are supported")
     if conv.stride[0] != conv.stride[1] or conv.kernel_size[0] != conv.kernel_size[1]:
         raise ValueError(f"{where}: only square kernels and strides are supported")
-
-
-def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype, device) -> _Conv:
-    """Fold inference-mode BatchNorm into the convolution before it (in float64)."""
-    f64 = {"device": device, "dtype": torch.float64}
-    w = conv.weight.detach().to(**f64)
-    b = conv.bias.detach().to(**f64) if conv.bias is not None else torch.zeros(w.shape[0], **f64)
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError("BatchNorm layers without running statistics cannot be folded")
-    mean, var = bn.running_mean.detach().to(**f64), bn.running_var.detach().to(**f64)
-    gamma = bn.weight.detach().to(**f64) if bn.weight is not None else torch.ones_like(mean)
-    beta = bn.bias.detach().to(**f64) if bn.bias is not None else torch.zeros_like(mean)
-    scale = gamma / torch.sqrt(var + bn.eps)
-    return _Conv(
-        (w * scale[:, None, None, None]).to(dtype).contiguous(memory_format=torch.channels_last),
-        ((b - mean) * scale + beta).to(dtype),
-    )
+    w = conv.weight.detach().to(device, dtype).contiguous(memory_format=torch.channels_last)
+    return _Conv(w, conv.bias.detach().to(device, dtype).clone())
 
 
 class _PhaseNet:
@@ -169,25 +157,33 @@ class _PhaseNet:
         self.patch_size = model.receptive_field
         self.in_chans = model.in_chans
 
-        _check_conv(model.conv1, "conv1")
-        _check_conv(model.conv2, "conv2")
-        if model.conv1.stride != (1, 1) or model.conv2.stride != (1, 1) or model.conv1.kernel_size != (1, 1):
-            raise ValueError("only BagNets with a 1x1, stride-1 first convolution and a stride-1 second one are supported")
-        # conv1 (1x1, no nonlinearity after it) and conv2 compose into one k x k convolution
-        # straight from the input channels: far cheaper than 64 -> 64 channels at full size.
-        stem = _fold(model.conv2, model.bn1, torch.float64, device)
-        w2 = stem.weight.contiguous()
-        w1 = model.conv1.weight.detach().to(device, torch.float64)[:, :, 0, 0]
-        b = stem.bias
-        if model.conv1.bias is not None:
-            b = b + torch.einsum("omyx,m->o", w2, model.conv1.bias.detach().to(device, torch.float64))
-        w = torch.einsum("omyx,mi->oiyx", w2, w1)
-        self.stem = _Conv(w.to(dtype).contiguous(memory_format=torch.channels_last), b.to(dtype))
-
+        # BatchNorm folded into the convolutions (in float64) and the stem's 1x1 conv merged
+        # into its 3x3 one (no nonlinearity between them), so the 64 -> 64 3x3 at full
+        # resolution disappears: bagnet.models.fuse does both.
+        if model.fc.weight.dtype not in (torch.float32, torch.float64):
+            model = copy.deepcopy(model).float()  # fold half-precision weights at full precision
+        fused = fuse(model)
+        self.stem = _take(fused.stem, "stem", dtype, device)
+        if fused.stem.stride != (1, 1):
+            raise ValueError("only BagNets with stride-1 stem convolutions are supported")
         self.blocks: list[_Block] = []
-        for s_i, stage in enumerate((model.layer1, model.layer2, model.layer3, model.layer4)):
-            for b_i, block in enumerate(stage):
-                self.blocks.append(_fold_block(block, f"layer{s_i + 1}.{b_i}", dtype, device))
+        for i, block in enumerate(fused.blocks):
+            where = f"block {i}"
+            if block.conv1.stride != (1, 1) or block.conv3.stride != (1, 1):
+                raise ValueError(f"{where}: only the middle convolution may be strided")
+            s = block.conv2.stride[0]
+            down = block.downsample
+            if down is not None and (down.kernel_size != (1, 1) or down.stride[0] != s):
+                raise ValueError(f"{where}: the downsample must be a 1x1 convolution with the block's stride")
+            if down is None and s != 1:
+                raise ValueError(f"{where}: a strided block needs a downsample")
+            self.blocks.append(_Block(
+                _take(block.conv1, f"{where}.conv1", dtype, device),
+                _take(block.conv2, f"{where}.conv2", dtype, device),
+                _take(block.conv3, f"{where}.conv3", dtype, device),
+                None if down is None else _take(down, f"{where}.downsample", dtype, device),
+                s,
+            ))
         self.fc_weight = model.fc.weight.detach().to(device, dtype).clone()
         self.fc_bias = model.fc.bias.detach().to(device, dtype).clone() if model.fc.bias is not None else None
 
@@ -261,34 +257,6 @@ class _PhaseNet:
         for i in range(b):
             torch.index_select(logits, 1, order[i], out=out[i].view(logits.shape[0], h * w))
         return out
-
-
-def _fold_block(block: nn.Module, where: str, dtype, device) -> _Block:
-    if not isinstance(block, Bottleneck):
-        raise TypeError(f"{where} is a {type(block).__name__}, not a Bottleneck")
-    for name in ("conv1", "conv2", "conv3"):
-        _check_conv(getattr(block, name), f"{where}.{name}")
-    if block.conv1.stride != (1, 1) or block.conv3.stride != (1, 1):
-        raise ValueError(f"{where}: only the middle convolution may be strided")
-    s = block.conv2.stride[0]
-    down = None
-    if block.downsample is not None:
-        ds = block.downsample
-        if not (isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[0], nn.Conv2d)):
-            raise TypeError(f"{where}.downsample must be Sequential(Conv2d, BatchNorm2d)")
-        _check_conv(ds[0], f"{where}.downsample")
-        if ds[0].kernel_size != (1, 1) or ds[0].stride[0] != s:
-            raise ValueError(f"{where}.downsample must be a 1x1 convolution with the block's stride")
-        down = _fold(ds[0], ds[1], dtype, device)
-    elif s != 1:
-        raise ValueError(f"{where}: a strided block needs a downsample")
-    return _Block(
-        _fold(block.conv1, block.bn1, dtype, device),
-        _fold(block.conv2, block.bn2, dtype, device),
-        _fold(block.conv3, block.bn3, dtype, device),
-        down,
-        s,
-    )
 
 
 def _run_block(x: torch.Tensor, blk: _Block, step: _Step) -> torch.Tensor:
