@@ -148,7 +148,7 @@ def main() -> None:
     def check(out):
         return (out[0][:, pixels[:, 0], pixels[:, 1]] - ref[0]).abs().max().item()
 
-    # Every variant is built before its clock starts (folding the weights takes ~0.7 s).
+    # Every variant is built before its clock starts (folding the weights takes ~1 s).
     naive = dilated_copy(model).eval()
     with torch.no_grad():
         out, wl, cp = timed(lambda: naive.patch_logits(padded)[:, idx])
