@@ -1,7 +1,6 @@
 """load_image: every format and pixel mode comes out as the upright 8-bit RGB a viewer shows."""
 
 import io
-import os
 import struct
 import zlib
 
