@@ -8,18 +8,16 @@ from collections.abc import Callable
 _MODELS: dict[str, Callable] = {}
 
 
-def register_model(*, pretrained: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+def register_model() -> Callable[[Callable], Callable]:
     """Register a model constructor under its function name.
 
-    Args:
-        pretrained: tags of the weights published for this model (see ``_pretrained``).
+    Its weights are registered separately, in ``_weights._PRETRAINED``.
     """
 
     def wrap(fn: Callable) -> Callable:
         name = fn.__name__
         if name in _MODELS:
             raise ValueError(f"a model named {name!r} is already registered")
-        fn.pretrained_tags = tuple(pretrained)
         _MODELS[name] = fn
         return fn
 

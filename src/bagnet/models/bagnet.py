@@ -259,19 +259,19 @@ def kernel3_for(receptive_field: int, layers: Sequence[int] = (3, 4, 6, 3)) -> t
 # -- registered entry points -----------------------------------------------------------
 
 
-@register_model(pretrained=("imagenet",))
+@register_model()
 def bagnet9(**kwargs) -> BagNet:
     """BagNet-9 as published: 9x9 patches, stride 8 (the authors' ``bagnet8`` weights)."""
     return _create_bagnet(kernel3=(1, 1, 0, 0), **kwargs)
 
 
-@register_model(pretrained=("imagenet",))
+@register_model()
 def bagnet17(**kwargs) -> BagNet:
     """BagNet-17 as published: 17x17 patches, stride 8 (the authors' ``bagnet16`` weights)."""
     return _create_bagnet(kernel3=(1, 1, 1, 0), **kwargs)
 
 
-@register_model(pretrained=("imagenet",))
+@register_model()
 def bagnet33(**kwargs) -> BagNet:
     """BagNet-33 as published: 33x33 patches, stride 8 (the authors' ``bagnet32`` weights)."""
     return _create_bagnet(kernel3=(1, 1, 1, 1), **kwargs)
