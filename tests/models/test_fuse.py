@@ -109,7 +109,11 @@ def test_prepare_channels_last_and_bfloat16():
     _, patch_logits, logits = _reference(model, x)
     fast = prepare_for_inference(model, channels_last=True)
     assert fast.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast.micro_batch == 1  # the batch of 2 goes through one image at a time
     with torch.no_grad():
+        _assert_rel_close(fast.patch_logits(x), patch_logits)
+        _assert_rel_close(fast(x), logits)
+        fast.micro_batch = None
         _assert_rel_close(fast.patch_logits(x), patch_logits)
     half = prepare_for_inference(model, dtype=torch.bfloat16)
     assert half.stem.weight.dtype == torch.bfloat16
@@ -121,6 +125,8 @@ def test_prepare_channels_last_and_bfloat16():
     assert type(plain) is type(model) and plain is not model
     with pytest.raises(ValueError, match="floating-point"):
         prepare_for_inference(model, dtype=torch.int8)
+    with pytest.raises(ValueError, match="micro_batch"):
+        prepare_for_inference(model, micro_batch=0)
 
 
 def test_prepare_folds_a_torchvision_resnet():

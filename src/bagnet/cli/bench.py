@@ -30,7 +30,7 @@ from ._common import add_device_args
 
 MODE_HELP = (
     "plain: eval mode as built, float32, contiguous; fused: BatchNorm folded (BagNets: also the merged "
-    "stem) and channels-last, exact; bf16: fused in bfloat16, not exact"
+    "stem, and one image per pass on the CPU) and channels-last, exact; bf16: fused in bfloat16, not exact"
 )
 
 

@@ -155,6 +155,12 @@ class FusedBagNet(nn.Module):
     ``fused.to(torch.bfloat16)`` computes in bfloat16 and still returns float32 for float32
     images. ``memory_format`` is the layout the input is converted to before the first
     convolution (``torch.channels_last`` is faster on CPUs with oneDNN).
+
+    ``micro_batch`` (``None``: off) runs CPU batches through the network that many images
+    at a time. BagNets keep 64- to 256-channel feature maps at nearly full resolution in
+    their first stage; for one 224 px image these take about 12 MB each and stay in the
+    CPU's last-level cache between layers, while a batch of 16 streams every one of them
+    through main memory (see ``benchmarks/README.md``). CUDA batches are never split.
     """
 
     def __init__(self, model: BagNet):
@@ -168,6 +174,7 @@ class FusedBagNet(nn.Module):
         self.num_classes = model.num_classes
         self.num_features = model.num_features
         self.memory_format = torch.contiguous_format
+        self.micro_batch: int | None = None
         for attr in ("model_name", "model_args", "pretrained_cfg"):
             if hasattr(model, attr):
                 setattr(self, attr, copy.deepcopy(getattr(model, attr)))
@@ -194,36 +201,39 @@ class FusedBagNet(nn.Module):
 
     # -- forward ------------------------------------------------------------------------
 
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, head) -> torch.Tensor:
+        """``head(features)`` for the batch ``x``, micro-batched on the CPU; in ``x``'s dtype."""
         if x.dim() != 4:
             raise ValueError(f"expected a batch of images [B, C, H, W], got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_chans:
             raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]}")
         self._check_size(x.shape[-2], x.shape[-1])
+        out_dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
         x = x.to(dtype=self.stem.weight.dtype).contiguous(memory_format=self.memory_format)
-        x = F.relu(self.stem(x), inplace=True)
-        return self.blocks(x)
+        step = self.micro_batch
+        if step is not None and step < 1:
+            raise ValueError(f"micro_batch must be a positive number of images or None, got {step}")
+        if step is None or x.device.type != "cpu" or x.shape[0] <= step:
+            return head(self._trunk(x)).to(out_dtype)
+        return torch.cat([head(self._trunk(part)) for part in x.split(step)]).to(out_dtype)
+
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(F.relu(self.stem(x), inplace=True))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature map ``[B, num_features, H', W']``, as :meth:`BagNet.forward_features`."""
-        return self._features(x).to(_out_dtype(x))
+        return self._run(x, lambda features: features)
 
     def patch_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Class evidence of every patch, ``[B, num_classes, H', W']``."""
-        features = self._features(x)
-        logits = F.conv2d(features, self.fc.weight[:, :, None, None], self.fc.bias)
-        return logits.to(_out_dtype(x))
+        return self._run(x, lambda features: F.conv2d(features, self.fc.weight[:, :, None, None], self.fc.bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The classifier is linear, so averaging features first equals averaging patch logits.
-        return self.fc(self._features(x).mean(dim=(-2, -1))).to(_out_dtype(x))
+        return self._run(x, lambda features: self.fc(features.mean(dim=(-2, -1))))
 
     def extra_repr(self) -> str:
         return f"receptive_field={self.receptive_field}, patch_stride={self.patch_stride}"
-
-
-def _out_dtype(x: torch.Tensor) -> torch.dtype:
-    return x.dtype if x.is_floating_point() else torch.get_default_dtype()
 
 
 def fuse(model: BagNet) -> FusedBagNet:
@@ -244,9 +254,9 @@ def fuse(model: BagNet) -> FusedBagNet:
 # "fused" is the fastest exact mode on CPUs with oneDNN; "bf16" is faster still where the
 # CPU has bfloat16 instructions, but not exact (see top1_agreement).
 INFERENCE_MODES: dict[str, dict] = {
-    "plain": dict(fuse=False, channels_last=False, dtype=torch.float32),
-    "fused": dict(fuse=True, channels_last=True, dtype=torch.float32),
-    "bf16": dict(fuse=True, channels_last=True, dtype=torch.bfloat16),
+    "plain": dict(fuse=False, channels_last=False, dtype=torch.float32, micro_batch=None),
+    "fused": dict(fuse=True, channels_last=True, dtype=torch.float32, micro_batch=1),
+    "bf16": dict(fuse=True, channels_last=True, dtype=torch.bfloat16, micro_batch=1),
 }
 
 
@@ -256,6 +266,7 @@ def prepare_for_inference(
     fuse: bool = True,
     channels_last: bool = True,
     dtype: torch.dtype = torch.float32,
+    micro_batch: int | None = 1,
 ) -> nn.Module:
     """A copy of ``model`` set up for fast inference; ``model`` itself is not changed.
 
@@ -269,6 +280,9 @@ def prepare_for_inference(
             channels-last, the layout oneDNN's CPU convolutions run fastest on.
         dtype: parameter dtype. ``torch.bfloat16`` is roughly twice as fast on CPUs with
             AVX-512 BF16 or AMX but not exact; check the drift with :func:`top1_agreement`.
+        micro_batch: for a fused BagNet, images per pass through the network on the CPU
+            (``None``: the whole batch at once); see :class:`FusedBagNet`. Other models
+            ignore it (ResNet-50 runs fastest on whole batches).
 
     Returns:
         An eval-mode module that takes float32 images. A fused BagNet converts them to
@@ -277,6 +291,8 @@ def prepare_for_inference(
     """
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point type, got {dtype}")
+    if micro_batch is not None and micro_batch < 1:
+        raise ValueError(f"micro_batch must be a positive number of images or None, got {micro_batch}")
     if isinstance(model, BagNet) and fuse:
         prepared: nn.Module = FusedBagNet(model).eval()
     elif isinstance(model, BagNet | FusedBagNet) or not fuse:
@@ -287,6 +303,7 @@ def prepare_for_inference(
     prepared = prepared.to(dtype=dtype, memory_format=memory_format)
     if isinstance(prepared, FusedBagNet):
         prepared.memory_format = memory_format
+        prepared.micro_batch = micro_batch
     elif dtype != torch.float32:
         prepared.register_forward_pre_hook(functools.partial(_cast_input, dtype=dtype))
         prepared.register_forward_hook(_output_to_float32)
