@@ -9,7 +9,6 @@ ImageNet-1k model are compared on the same labels.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -17,7 +16,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._io import atomic_path, write_text  # noqa: F401  (re-exported for the experiments)
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
@@ -749,29 +748,6 @@ def _jsonable(obj: Any) -> Any:
 def write_json(obj: Any, path: str | os.PathLike) -> Path:
     """Write ``obj`` (dataclasses, numpy values allowed; NaN becomes null) atomically."""
     return write_text(path, json.dumps(_jsonable(obj), indent=1, allow_nan=False) + "\n")
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file through a temporary file and a rename, so it is never half-written."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path next to ``path`` that replaces it when the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -12,7 +12,6 @@ import base64
 import html
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import torch
 from PIL import Image
 
 from .. import __version__
+from .._io import write_text
 from ..data.images import ImageError, load_image
 from ..explain import plot_misclassification, plot_patches
 from .explorer import Analysis, Explorer, figure_png
@@ -173,19 +173,7 @@ def build_report(
 def write_report(report: Report | str, path: str | os.PathLike) -> Path:
     """Write the HTML atomically (a reader never sees half a report)."""
     text = report.html if isinstance(report, Report) else report
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_text(path, text)
 
 
 # -- HTML pieces -----------------------------------------------------------------------

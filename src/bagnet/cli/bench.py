@@ -312,7 +312,6 @@ def print_table(report: dict) -> None:
 
 
 def _write_json(report: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    from .._io import write_text
+
+    write_text(out, json.dumps(report, indent=2) + "\n")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -147,11 +146,9 @@ def run(args: argparse.Namespace) -> int:
         report["fast"] = evaluate_fast(model, args.fast, loader, device, index, logits, targets)
     print_report(report, list(dataset.classes))
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, out)
+        from .._io import write_text
+
+        out = write_text(args.json, json.dumps(report, indent=2) + "\n")
         print(f"json: {out}")
     return 0
 

@@ -116,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_text(path: str, text: str) -> None:
-    Path(path).write_text(text, encoding="utf-8")
+    from .._io import write_text
+
+    write_text(path, text)
 
 
 def _unique_stem(path: Path, used: set[str]) -> str:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 
+from .._io import write_text
 from ..data.folder import ImageFolder, collate_skip, eval_transform, read_class_names, split_indices, train_transform
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..models import create_model, save_model_file
@@ -148,11 +149,11 @@ class _RunFiles:
                     keep.append(line)
             except (ValueError, KeyError, TypeError):
                 pass  # a line cut short by a kill
-        _atomic_text(path, "".join(x + "\n" for x in keep))
+        write_text(path, "".join(x + "\n" for x in keep))
 
     def write_config(self, cfg: TrainConfig, classes: list[str]) -> None:
         if self.enabled:
-            _atomic_text(self.out / "config.json", json.dumps({**cfg.to_dict(), "classes": classes}, indent=2) + "\n")
+            write_text(self.out / "config.json", json.dumps({**cfg.to_dict(), "classes": classes}, indent=2) + "\n")
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -170,12 +171,6 @@ class _RunFiles:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _resume_state(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, dict | None]:
