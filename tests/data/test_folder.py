@@ -130,3 +130,27 @@ def test_read_class_names(tmp_path):
     assert read_class_names(tmp_path, ["n02102040", "n01440764"]) == ["springer", "tench"]
     assert read_class_names(tmp_path, ["n01440764", "n99999999"]) is None  # not every class named
     assert read_class_names(tmp_path / "nowhere", ["a"]) is None
+
+
+def test_train_transform_crop_scale_bounds_the_crop_area():
+    from bagnet.data.folder import train_transform
+
+    # A 100x100 image whose left half is black, right half white: a crop covering at least
+    # 81% of the area cannot be all black or all white; crops of down to 1% often are.
+    img = Image.fromarray(np.concatenate([np.zeros((100, 50, 3), np.uint8), np.full((100, 50, 3), 255, np.uint8)], 1))
+    torch.manual_seed(0)
+
+    def uniform_fraction(scale):
+        tf = train_transform(16, [0, 0, 0], [1, 1, 1], crop_scale=scale)
+        outs = [tf(img) for _ in range(200)]
+        return np.mean([float(o.min() == o.max()) for o in outs])
+
+    assert uniform_fraction(0.81) == 0.0
+    assert uniform_fraction(0.01) > 0.05
+
+
+def test_crop_scale_is_validated():
+    from bagnet.train import TrainConfig
+
+    with pytest.raises(ValueError, match="--crop-scale"):
+        TrainConfig(data="d", out="o", model="m", crop_scale=0.0).validate()

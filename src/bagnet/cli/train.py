@@ -42,6 +42,10 @@ def add_parser(sub) -> None:
     g.add_argument("--ema-steps", type=int, default=1, help="optimizer steps between EMA updates")
     g = p.add_argument_group("input")
     g.add_argument("--img-size", type=int, default=224, help="training crop and evaluation size")
+    g.add_argument(
+        "--crop-scale", type=float, default=0.08,
+        help="smallest random crop, as a fraction of the image's area (larger keeps more of the object)",
+    )
     g.add_argument("--val-split", type=float, default=None, help="hold out this fraction of train/ when there is no val/")
     g.add_argument("--workers", type=int, default=4, help="data-loading processes per training process")
     g = p.add_argument_group("speed")

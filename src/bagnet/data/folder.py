@@ -124,10 +124,13 @@ def collate_skip(batch: list) -> tuple[torch.Tensor, torch.Tensor, int]:
     return images, targets, skipped
 
 
-def train_transform(img_size: int, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
-    """RandomResizedCrop to ``img_size``, horizontal flip, normalize."""
+def train_transform(
+    img_size: int, mean: Sequence[float], std: Sequence[float], crop_scale: float = 0.08
+) -> T.Compose:
+    """RandomResizedCrop to ``img_size`` (crops of ``crop_scale`` to all of the image's area),
+    horizontal flip, normalize."""
     return T.Compose([
-        T.RandomResizedCrop(img_size, antialias=True),
+        T.RandomResizedCrop(img_size, scale=(crop_scale, 1.0), antialias=True),
         T.RandomHorizontalFlip(),
         T.PILToTensor(),
         T.ConvertImageDtype(torch.float32),

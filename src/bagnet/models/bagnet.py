@@ -302,6 +302,13 @@ def bagnet33_slim(**kwargs) -> BagNet:
 
 
 @register_model()
+def bagnet33_w25(**kwargs) -> BagNet:
+    """BagNet-33 at a quarter of the published width (all 16 blocks, 512 features, 1.03M
+    parameters with 10 classes): the depth of the published model at a cost a CPU can train."""
+    return _create_bagnet(**{"width": 0.25, "kernel3": (1, 1, 1, 1), **kwargs})
+
+
+@register_model()
 def bagnet_tiny(**kwargs) -> BagNet:
     """Tiny BagNet-9 (width 1/16) for tests and smoke runs; not meant to be accurate."""
     return _create_bagnet(**{"layers": (1, 1, 1, 1), "width": 0.0625, "kernel3": (1, 1, 0, 0), **kwargs})

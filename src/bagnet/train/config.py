@@ -31,6 +31,7 @@ class TrainConfig:
     model: str = ""
     weights: str | None = None  # initial weights: tag, path or URL (classes must match)
     img_size: int = 224
+    crop_scale: float = 0.08  # smallest RandomResizedCrop area, as a fraction of the image
     epochs: int = 90
     batch_size: int = 32  # per process
     lr: float = 0.1
@@ -68,6 +69,7 @@ class TrainConfig:
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (0 < self.crop_scale <= 1, f"--crop-scale must lie in (0, 1], got {self.crop_scale}"),
             (self.img_size >= 1, f"--img-size must be positive, got {self.img_size}"),
             (self.accum_steps >= 1, f"--accum-steps must be at least 1, got {self.accum_steps}"),
             (self.workers >= 0, f"--workers must be 0 or more, got {self.workers}"),

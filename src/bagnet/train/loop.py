@@ -69,7 +69,7 @@ def build_data(cfg: TrainConfig, mean, std, classes: list[str] | None = None) ->
     train_dir, val_dir = root / "train", root / "val"
     if not train_dir.is_dir():
         raise FileNotFoundError(f"{train_dir} does not exist; --data needs train/<class>/ (and val/<class>/) folders")
-    train_ds = ImageFolder(train_dir, transform=train_transform(cfg.img_size, mean, std), classes=classes)
+    train_ds = ImageFolder(train_dir, transform=train_transform(cfg.img_size, mean, std, cfg.crop_scale), classes=classes)
     classes = list(train_ds.classes)
     if cfg.val_split:
         indices_train, indices_val = split_indices(train_ds.targets, cfg.val_split, seed=cfg.seed)
