@@ -16,7 +16,7 @@ import sys
 from .. import __version__
 
 # Order is the order of `bagnet --help`.
-COMMANDS = ("models", "train", "eval", "explain", "analyze", "demo", "serve", "bench")
+COMMANDS = ("models", "train", "eval", "explain", "calibrate", "analyze", "demo", "serve", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

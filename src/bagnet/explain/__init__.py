@@ -12,6 +12,7 @@ from ._images import preprocess
 from ._maps import EvidenceMapper, MapGeometry, evidence_map, map_geometry
 from ._patches import Patch, top_patches
 from ._reference import evidence_map_reference
+from ._unknown import UNKNOWN_METHODS, UnknownCalibration, UnknownCheck, calibrate_unknown, familiarity, unknown_check
 
 __all__ = [
     "ClassPatches",
@@ -20,10 +21,15 @@ __all__ = [
     "MapGeometry",
     "Patch",
     "Prediction",
+    "UNKNOWN_METHODS",
+    "UnknownCalibration",
+    "UnknownCheck",
+    "calibrate_unknown",
     "class_patches",
     "evidence_map",
     "evidence_map_reference",
     "explain",
+    "familiarity",
     "image_edges",
     "map_geometry",
     "plot_class_patches",
@@ -33,4 +39,5 @@ __all__ = [
     "plot_patches",
     "preprocess",
     "top_patches",
+    "unknown_check",
 ]

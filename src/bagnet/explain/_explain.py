@@ -14,6 +14,7 @@ from ._figures import new_figure, plot_heatmap, plot_image, plot_misclassificati
 from ._images import preprocess
 from ._maps import EvidenceMapper, MapGeometry
 from ._patches import Patch, top_patches
+from ._unknown import UnknownCheck, unknown_check
 
 __all__ = ["Explanation", "Prediction", "explain", "model_config"]
 
@@ -49,6 +50,8 @@ class Explanation:
         class_names: a name per class.
         true_class: the image's label when given to :func:`explain`.
         model_name: the model's registered name, if known.
+        unknown: whether the image is probably none of the model's classes, when the
+            model carries a calibrated threshold (see :func:`unknown_check`); else ``None``.
     """
 
     image: torch.Tensor
@@ -62,6 +65,7 @@ class Explanation:
     class_names: list[str] = field(repr=False)
     true_class: int | None = None
     model_name: str | None = None
+    unknown: UnknownCheck | None = None
 
     def prediction(self, index: int) -> Prediction:
         """Name, probability and logit of any class."""
@@ -98,6 +102,7 @@ class Explanation:
             "stride": g.stride,
             "padded": g.offset > 0,
             "predictions": [p.to_dict() for p in self.predictions],
+            "unknown": None if self.unknown is None else self.unknown.to_dict(),
             "explained": explained,
         }
         if self.true_class is not None:
@@ -243,4 +248,5 @@ def explain(
         class_names=names,
         true_class=None if true_class is None else int(true_class),
         model_name=getattr(model, "model_name", None),
+        unknown=unknown_check(model, logits),
     )
