@@ -345,6 +345,8 @@ class EvidenceMapper:
                 f"evidence_map needs a bagnet.models.BagNet, got {type(model).__name__}; "
                 "evidence_map_reference works for any model with a receptive_field"
             )
+        if model.num_classes < 1:
+            raise ValueError("this BagNet has no classifier (num_classes=0), so it has no class evidence")
         self.stride = _resolve_stride(model, stride)
         if pad_value is not None and model.receptive_field % 2 == 0:
             raise ValueError(f"receptive field {model.receptive_field} is even, so no pixel is a patch centre; use pad_value=None")

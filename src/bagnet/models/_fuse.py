@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bagnet import BagNet, Bottleneck
+from .bagnet import BagNet, Bottleneck, patch_head
 
 __all__ = [
     "INFERENCE_MODES",
@@ -145,7 +145,7 @@ def _conv_bn(downsample: nn.Module) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
 class FusedBagNet(nn.Module):
     """Inference-only BagNet: the stem is one convolution, BatchNorm is folded everywhere.
 
-    Built by :func:`fuse` (or ``BagNet.fuse()``). It offers the same ``forward``,
+    Built by :func:`fuse` (or ``BagNet.fuse()``). It offers the same ``forward``, ``forward_head``,
     ``forward_features``, ``patch_logits``, ``receptive_field``, ``patch_stride`` and
     ``patch_grid`` as :class:`~bagnet.models.BagNet`, and keeps ``model_name``,
     ``model_args`` and ``pretrained_cfg`` of the model it came from. It cannot be trained
@@ -226,11 +226,14 @@ class FusedBagNet(nn.Module):
 
     def patch_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Class evidence of every patch, ``[B, num_classes, H', W']``."""
-        return self._run(x, lambda features: F.conv2d(features, self.fc.weight[:, :, None, None], self.fc.bias))
+        return self._run(x, lambda features: patch_head(self.fc, features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The classifier is linear, so averaging features first equals averaging patch logits.
-        return self._run(x, lambda features: self.fc(features.mean(dim=(-2, -1))))
+        return self._run(x, self.forward_head)
+
+    forward_head = BagNet.forward_head
+    get_classifier = BagNet.get_classifier
 
     def extra_repr(self) -> str:
         return f"receptive_field={self.receptive_field}, patch_stride={self.patch_stride}"

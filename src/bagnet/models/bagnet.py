@@ -77,7 +77,8 @@ class BagNet(nn.Module):
         layers: bottleneck blocks per stage.
         kernel3: per stage, how many leading blocks have a 3x3 (instead of 1x1) middle conv.
         strides: stride of each stage's first middle conv.
-        num_classes: classifier outputs.
+        num_classes: classifier outputs; 0 leaves out the classifier, so that ``forward``
+            returns the pooled features (timm's convention for feature extractors).
         in_chans: input channels.
         width: multiplier on every channel count (1.0 is the published model).
 
@@ -103,8 +104,8 @@ class BagNet(nn.Module):
             raise ValueError(f"every stage needs at least one block, got layers={tuple(layers)}")
         if any(not 0 <= k <= n for k, n in zip(kernel3, layers)):
             raise ValueError(f"kernel3={tuple(kernel3)} must lie between 0 and the blocks per stage {tuple(layers)}")
-        if num_classes < 1 or in_chans < 1 or width <= 0:
-            raise ValueError("num_classes, in_chans and width must be positive")
+        if num_classes < 0 or in_chans < 1 or width <= 0:
+            raise ValueError("in_chans and width must be positive, num_classes positive or 0 (no classifier)")
         self.layers_cfg = tuple(int(n) for n in layers)
         self.kernel3_cfg = tuple(int(k) for k in kernel3)
         self.strides_cfg = tuple(int(s) for s in strides)
@@ -123,7 +124,7 @@ class BagNet(nn.Module):
             stage, inplanes = _make_stage(inplanes, planes, n, s, k3)
             self.add_module(f"layer{i + 1}", stage)
         self.num_features = inplanes
-        self.fc = nn.Linear(inplanes, num_classes)
+        self.fc = _classifier(inplanes, num_classes)
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -186,14 +187,44 @@ class BagNet(nn.Module):
         x = self.layer3(x)
         return self.layer4(x)
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits ``[B, num_classes]`` of a feature map; with ``pre_logits`` the pooled
+        features ``[B, num_features]`` (timm's head interface)."""
+        x = x.mean(dim=(-2, -1))
+        return x if pre_logits else self.fc(x)
+
     def patch_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Class evidence of every patch, ``[B, num_classes, H', W']``."""
-        features = self.forward_features(x)
-        return F.conv2d(features, self.fc.weight[:, :, None, None], self.fc.bias)
+        return patch_head(self.fc, self.forward_features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The classifier is linear, so averaging features first equals averaging patch logits.
-        return self.fc(self.forward_features(x).mean(dim=(-2, -1)))
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        """The linear classifier applied to every patch feature (``nn.Identity`` without one)."""
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier by a new one with ``num_classes`` outputs (0: none).
+
+        ``global_pool`` is accepted for timm's interface; a BagNet's pool is the mean of its
+        patch evidence, so only ``"avg"`` (or ``None``) is valid.
+        """
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"a BagNet averages its patch evidence; global_pool {global_pool!r} is not supported")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be positive or 0 (no classifier), got {num_classes}")
+        w = self.fc.weight if isinstance(self.fc, nn.Linear) else self.conv1.weight
+        self.fc = _classifier(self.num_features, num_classes).to(device=w.device, dtype=w.dtype)
+        self.num_classes = num_classes
+        if getattr(self, "model_args", None) is not None:
+            self.model_args = {**self.model_args, "num_classes": num_classes}
+        cfg = getattr(self, "pretrained_cfg", None)
+        if cfg is not None:  # class names of the old head would now be wrong
+            self.pretrained_cfg = {**cfg, "classes": None, "num_classes": num_classes}
+            for key in ("class_names", "label_names"):
+                self.pretrained_cfg.pop(key, None)
 
     def fuse(self) -> nn.Module:
         """An inference-only copy with BatchNorm folded and the stem merged into one conv.
@@ -207,6 +238,18 @@ class BagNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"receptive_field={self.receptive_field}, patch_stride={self.patch_stride}"
+
+
+def _classifier(num_features: int, num_classes: int) -> nn.Module:
+    return nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+def patch_head(fc: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """The linear classifier ``fc`` applied at every location of ``features``."""
+    if getattr(fc, "weight", None) is None:
+        raise ValueError("this BagNet has no classifier (num_classes=0), so it has no patch evidence; "
+                         "use reset_classifier(num_classes)")
+    return F.conv2d(features, fc.weight[:, :, None, None], fc.bias)
 
 
 def _scaled(channels: int, width: float) -> int:
