@@ -186,3 +186,20 @@ def test_max_pixels(tmp_path):
     assert load_image(tmp_path / "x.png", max_pixels=6).size == (3, 2)
     with pytest.raises(ImageError, match="more than the limit"):
         load_image(tmp_path / "x.png", max_pixels=5)
+
+
+def test_find_images_follows_links_once_and_skips_other_files(tmp_path):
+    from bagnet.data.images import find_images
+
+    real = tmp_path / "real" / "cats"
+    real.mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(real / "a.png")
+    Image.new("RGB", (4, 4)).save(real / "B.JPG")
+    (real / "notes.txt").write_text("x")
+    (real / ".hidden").mkdir()
+    Image.new("RGB", (4, 4)).save(real / ".hidden" / "h.png")
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / "cats").symlink_to(real, target_is_directory=True)
+    (real / "loop").symlink_to(tmp_path / "real", target_is_directory=True)  # a cycle
+    assert [p.name for p in find_images(split)] == ["B.JPG", "a.png"]

@@ -48,11 +48,11 @@ def add_parser(sub) -> None:
 
 
 def _image_paths(root: Path, what: str) -> list[Path]:
-    from ..data.images import is_image_file
+    from ..data.images import find_images
 
     if not root.is_dir():
         raise FileNotFoundError(f"{what} folder {root} does not exist")
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
+    paths = find_images(root)
     if len(paths) < 2:
         raise ValueError(f"{what} folder {root} holds {len(paths)} image(s); calibration needs at least 2")
     return paths

@@ -47,6 +47,13 @@ def add_parser(sub) -> None:
         help="smallest random crop, as a fraction of the image's area (larger keeps more of the object)",
     )
     g.add_argument("--val-split", type=float, default=None, help="hold out this fraction of train/ when there is no val/")
+    g.add_argument(
+        "--outliers", default=None, metavar="DIR",
+        help="images of none of the classes (searched recursively), trained towards a uniform prediction "
+             "(outlier exposure) so that 'bagnet calibrate' can flag unknown images",
+    )
+    g.add_argument("--outlier-weight", type=float, default=0.5, help="weight of the outlier loss term")
+    g.add_argument("--outlier-repeat", type=int, default=1, help="times each outlier image appears per epoch")
     g.add_argument("--workers", type=int, default=4, help="data-loading processes per training process")
     g = p.add_argument_group("speed")
     g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision (bf16 on CPU)")

@@ -88,3 +88,18 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def find_images(root: str | os.PathLike) -> list[Path]:
+    """Every image file under ``root``, sorted, searching sub-folders recursively and
+    following symbolic links to folders (each real folder is visited once)."""
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back up the tree, or two links to one folder
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / f for f in filenames if is_image_file(f)]
+    return sorted(found)

@@ -53,6 +53,9 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     val_split: float | None = None
+    outliers: str | None = None  # images of none of the classes (outlier exposure)
+    outlier_weight: float = 0.5
+    outlier_repeat: int = 1  # times each outlier image appears per epoch
     resume: str | None = None
     stop_after: int | None = None  # end this sitting after this epoch (resume later)
     device: str = "auto"
@@ -77,6 +80,8 @@ class TrainConfig:
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
             (0 <= self.label_smoothing < 1, f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}"),
             (0 < self.ema_decay < 1, f"--ema-decay must lie in (0, 1), got {self.ema_decay}"),
+            (self.outlier_weight >= 0, f"--outlier-weight must be 0 or more, got {self.outlier_weight}"),
+            (self.outlier_repeat >= 1, f"--outlier-repeat must be at least 1, got {self.outlier_repeat}"),
             (self.ema_steps >= 1, f"--ema-steps must be at least 1, got {self.ema_steps}"),
             (self.warmup_epochs >= 0, f"--warmup-epochs must be 0 or more, got {self.warmup_epochs}"),
             (self.step_size >= 1, f"--step-size must be at least 1, got {self.step_size}"),

@@ -41,15 +41,20 @@ class EpochStats:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-def _totals(loss_sum, correct1, correct5, images, skipped, start: float, info: DistInfo, device) -> EpochStats:
-    """Sum the per-process counts over all processes and turn them into means."""
-    loss_sum, correct1, correct5, images, skipped = all_reduce_sum(
-        [loss_sum, correct1, correct5, images, skipped], info, device
+def _totals(loss_sum, correct1, correct5, images, skipped, start: float, info: DistInfo, device,
+            labelled=None) -> EpochStats:
+    """Sum the per-process counts over all processes and turn them into means.
+
+    Accuracy is over the ``labelled`` images (default: all); outliers have no class.
+    """
+    labelled = images if labelled is None else labelled
+    loss_sum, correct1, correct5, images, skipped, labelled = all_reduce_sum(
+        [loss_sum, correct1, correct5, images, skipped, labelled], info, device
     )
     return EpochStats(
         loss=loss_sum / max(images, 1),
-        top1=100.0 * correct1 / max(images, 1),
-        top5=100.0 * correct5 / max(images, 1),
+        top1=100.0 * correct1 / max(labelled, 1),
+        top5=100.0 * correct5 / max(labelled, 1),
         images=int(images),
         skipped=int(skipped),
         seconds=time.perf_counter() - start,
@@ -125,7 +130,7 @@ def train_one_epoch(
         total = len(loader)
     except TypeError:
         total = None
-    loss_sum = correct1 = correct5 = images = skipped = 0.0
+    loss_sum = correct1 = correct5 = images = skipped = labelled = 0.0
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     bar = _progress(loader, progress and info.is_main, total, desc)
@@ -171,11 +176,13 @@ def train_one_epoch(
         if step_now:
             step()
         n = x.shape[0]
-        c1, c5 = topk_correct(logits.detach().float(), y)
+        known = y >= 0  # outlier-exposure images (target -1) have no class to be right about
+        c1, c5 = topk_correct(logits.detach().float()[known], y[known])
         loss_sum += loss_value * n
         correct1 += c1
         correct5 += c5
         images += n
+        labelled += int(known.sum())
         if bar is not loader:
             bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{images / (time.perf_counter() - start):.0f}")
         elif progress and info.is_main and total and (i + 1) % max(1, total // 10) == 0:
@@ -189,7 +196,7 @@ def train_one_epoch(
                     torch.distributed.all_reduce(p.grad)
                     p.grad /= info.world_size
         step()
-    return _totals(loss_sum, correct1, correct5, images, skipped, start, info, device)
+    return _totals(loss_sum, correct1, correct5, images, skipped, start, info, device, labelled)
 
 
 def iter_logits(

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, RandomSampler, Subset
 
 from .._io import write_text
 from ..data.folder import ImageFolder, collate_skip, eval_transform, read_class_names, split_indices, train_transform
@@ -31,6 +31,7 @@ from .config import TrainConfig, merge_for_resume
 from .distributed import DistInfo, ShardSampler, barrier, cleanup_distributed, init_distributed
 from .engine import EpochStats, evaluate, train_one_epoch
 from .optim import ModelEma, build_optimizer, build_scheduler
+from .outliers import OutlierExposureLoss, OutlierImages
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,16 @@ def build_data(cfg: TrainConfig, mean, std, classes: list[str] | None = None) ->
         )
     val_ds = ImageFolder(val_dir, transform=eval_transform(cfg.img_size, mean, std), classes=classes)
     return _Data(classes, train_ds, val_ds)
+
+
+def _with_outliers(cfg: TrainConfig, data: _Data, mean, std) -> _Data:
+    """Mix ``cfg.outliers`` (``outlier_repeat`` times) into the training set with target -1."""
+    if not cfg.outliers:
+        return data
+    outliers = OutlierImages(cfg.outliers, transform=train_transform(cfg.img_size, mean, std, cfg.crop_scale))
+    logger.info("--outliers: %d images of none of the classes, %d per epoch", len(outliers),
+                len(outliers) * cfg.outlier_repeat)
+    return _Data(data.classes, ConcatDataset([data.train, *[outliers] * cfg.outlier_repeat]), data.val)
 
 
 def _check_classes(cfg: TrainConfig, model: nn.Module, classes: list[str]) -> None:
@@ -214,6 +225,7 @@ def _run(cfg: TrainConfig, ckpt: dict | None, device: torch.device, info: DistIn
     model = create_model(cfg.model, pretrained=cfg.weights, **cfg.model_kwargs) if cfg.weights else None
     mean, std = (model.pretrained_cfg["mean"], model.pretrained_cfg["std"]) if model else (IMAGENET_MEAN, IMAGENET_STD)
     data = build_data(cfg, list(mean), list(std), classes=ckpt["classes"] if ckpt else None)
+    data = _with_outliers(cfg, data, list(mean), list(std))
     if model is None:
         model = create_model(cfg.model, num_classes=len(data.classes), **cfg.model_kwargs)
     else:
@@ -226,6 +238,7 @@ def _run(cfg: TrainConfig, ckpt: dict | None, device: torch.device, info: DistIn
     if info.enabled:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    train_criterion = OutlierExposureLoss(cfg.outlier_weight, cfg.label_smoothing) if cfg.outliers else criterion
     optimizer = build_optimizer(model, cfg)
     train_loader, val_loader, sampler, generator = _loaders(cfg, data, info, device)
     steps_per_epoch = -(-len(train_loader) // cfg.accum_steps)
@@ -257,7 +270,7 @@ def _run(cfg: TrainConfig, ckpt: dict | None, device: torch.device, info: DistIn
             desc = f"epoch {epoch + 1}/{cfg.epochs}"
             lr = optimizer.param_groups[0]["lr"]
             tr = train_one_epoch(
-                train_model, criterion, optimizer, train_loader, device, scheduler=scheduler, scaler=scaler,
+                train_model, train_criterion, optimizer, train_loader, device, scheduler=scheduler, scaler=scaler,
                 amp=cfg.amp, accum_steps=cfg.accum_steps, ema=ema, ema_steps=cfg.ema_steps,
                 channels_last=cfg.channels_last, info=info, progress=cfg.progress, desc=desc,
             )
