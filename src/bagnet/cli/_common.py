@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 from torch import nn
+
+from .._device import resolve_device  # noqa: F401  (the sub-commands take it from here)
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
@@ -23,18 +24,6 @@ def add_model_args(parser: argparse.ArgumentParser, *, required: bool = False) -
 def add_device_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("device")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA device is available")
-    return device
 
 
 def resolve_model(args: argparse.Namespace, **kwargs) -> nn.Module:

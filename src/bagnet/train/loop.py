@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, RandomSampler, Subset
 
+from .._device import resolve_device
 from .._io import write_text
 from ..data.folder import ImageFolder, collate_skip, eval_transform, read_class_names, split_indices, train_transform
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
@@ -206,8 +207,6 @@ def train(cfg: TrainConfig, explicit: set[str] | frozenset[str] = frozenset()) -
         cfg: the run's configuration.
         explicit: options the user set (compared against the stored run on resume).
     """
-    from ..cli._common import resolve_device
-
     cfg, ckpt = _resume_state(cfg, set(explicit))
     device = resolve_device(cfg.device)
     info = init_distributed(device)
