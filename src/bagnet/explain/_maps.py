@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import fuse
+from ..models._base import check_images, check_size
 from ..models.bagnet import BagNet
 
 __all__ = ["EvidenceMapper", "MapGeometry", "evidence_map", "map_geometry", "resolve_classes"]
@@ -69,11 +70,13 @@ def map_geometry(
     model: nn.Module, image_size: tuple[int, int], stride: int | str = 1, padded: bool = True
 ) -> MapGeometry:
     """Geometry of ``evidence_map(model, images, stride=stride)`` for images of ``image_size``."""
-    q = int(model.receptive_field)
-    s = _resolve_stride(model, stride)
+    return _geometry(int(model.receptive_field), _resolve_stride(model, stride), padded, image_size)
+
+
+def _geometry(q: int, stride: int, padded: bool, image_size: tuple[int, int]) -> MapGeometry:
     if padded and q % 2 == 0:
         raise ValueError(f"receptive field {q} is even, so no pixel is a patch centre; use pad_value=None")
-    return MapGeometry(q, s, (q - 1) // 2 if padded else 0, (int(image_size[0]), int(image_size[1])))
+    return MapGeometry(q, stride, (q - 1) // 2 if padded else 0, (int(image_size[0]), int(image_size[1])))
 
 
 def resolve_classes(classes: int | Sequence[int] | torch.Tensor | None, num_classes: int) -> list[int]:
@@ -348,8 +351,7 @@ class EvidenceMapper:
         if model.num_classes < 1:
             raise ValueError("this BagNet has no classifier (num_classes=0), so it has no class evidence")
         self.stride = _resolve_stride(model, stride)
-        if pad_value is not None and model.receptive_field % 2 == 0:
-            raise ValueError(f"receptive field {model.receptive_field} is even, so no pixel is a patch centre; use pad_value=None")
+        _geometry(model.receptive_field, self.stride, pad_value is not None, (0, 0))  # checks q against padding
         if tile_size is not None and (isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 1):
             raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
         if max_memory is not None and max_memory < 1:
@@ -374,45 +376,27 @@ class EvidenceMapper:
 
     def geometry(self, image_size: tuple[int, int]) -> MapGeometry:
         """Where the entries of the map of an image of ``image_size`` (H, W) sit."""
-        q = self.patch_size
-        return MapGeometry(q, self.stride, (q - 1) // 2 if self.pad_value is not None else 0,
-                           (int(image_size[0]), int(image_size[1])))
+        return _geometry(self.patch_size, self.stride, self.pad_value is not None, image_size)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """The model's inference-mode logits ``[B, num_classes]`` (``[num_classes]`` for one
         image): the mean of the unpadded native patch logits, like ``model.eval()(images)``."""
-        single, images = self._check(images)
-        q = self.patch_size
-        if min(images.shape[-2:]) < q:
-            h, w = images.shape[-2:]
-            raise ValueError(f"input is {h}x{w} pixels, smaller than the receptive field {q}x{q}")
+        images, single = check_images(images, self.in_chans, allow_single=True, floating=True,
+                                      receptive_field=self.patch_size)
         all_classes = torch.arange(self.num_classes, device=self.device)
         out = self._tiled(images, all_classes, self._native).mean(dim=(-2, -1))
         return out[0] if single else out
 
-    def _check(self, images: torch.Tensor) -> tuple[bool, torch.Tensor]:
-        single = images.dim() == 3
-        if single:
-            images = images[None]
-        if images.dim() != 4:
-            raise ValueError(f"expected images [B, C, H, W] or [C, H, W], got shape {tuple(images.shape)}")
-        if images.shape[1] != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} image channels, got {images.shape[1]}")
-        if not images.is_floating_point():
-            raise ValueError(f"images must be normalized float tensors, got {images.dtype}")
-        return single, images
-
     def __call__(self, images: torch.Tensor, classes: int | Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
         """Evidence maps ``[B, K, h, w]`` (``[K, h, w]`` for one ``[C, H, W]`` image)."""
-        single, images = self._check(images)
+        images, single = check_images(images, self.in_chans, allow_single=True, floating=True)
         q = self.patch_size
         class_idx = torch.as_tensor(resolve_classes(classes, self.num_classes), device=self.device)
         if self.pad_value is not None:
             p = (q - 1) // 2
             images = F.pad(images, (p, p, p, p), value=self.pad_value)
-        elif min(images.shape[-2:]) < q:
-            h, w = images.shape[-2:]
-            raise ValueError(f"input is {h}x{w} pixels, smaller than the receptive field {q}x{q}; pad it or use a larger image")
+        else:
+            check_size(images.shape[-2], images.shape[-1], q, "pad it or use a larger image")
         out = self._tiled(images, class_idx, self._run_stride)
         if self._subsample > 1:
             out = out[:, :, :: self._subsample, :: self._subsample].contiguous()

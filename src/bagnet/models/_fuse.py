@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bagnet import BagNet, Bottleneck, patch_head
+from ._base import BagNetBase, check_images, patch_head
 
 __all__ = [
     "INFERENCE_MODES",
@@ -102,7 +102,7 @@ def _merge_stem(conv1: nn.Conv2d, conv2: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Co
 class FusedBottleneck(nn.Module):
     """A :class:`~bagnet.models.bagnet.Bottleneck` with BatchNorm folded away."""
 
-    def __init__(self, block: Bottleneck):
+    def __init__(self, block: nn.Module):
         super().__init__()
         self.conv1 = fold_batchnorm(block.conv1, block.bn1)
         self.conv2 = fold_batchnorm(block.conv2, block.bn2)
@@ -142,7 +142,7 @@ def _conv_bn(downsample: nn.Module) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
     return parts[0], parts[1]
 
 
-class FusedBagNet(nn.Module):
+class FusedBagNet(BagNetBase):
     """Inference-only BagNet: the stem is one convolution, BatchNorm is folded everywhere.
 
     Built by :func:`fuse` (or ``BagNet.fuse()``). It offers the same ``forward``, ``forward_head``,
@@ -163,7 +163,7 @@ class FusedBagNet(nn.Module):
     through main memory (see ``benchmarks/README.md``). CUDA batches are never split.
     """
 
-    def __init__(self, model: BagNet):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.stem = _merge_stem(model.conv1, model.conv2, model.bn1)
         self.blocks = nn.Sequential(
@@ -189,25 +189,16 @@ class FusedBagNet(nn.Module):
             )
         return super().train(False)
 
-    # -- geometry: BagNet's own code, run on the fused modules -----------------------------
+    # -- geometry (receptive_field, patch_stride, patch_grid: see BagNetBase) -------------
 
     def _trunk_convs(self) -> list[nn.Conv2d]:
         return [self.stem] + [c for b in self.blocks for c in (b.conv1, b.conv2, b.conv3)]
-
-    receptive_field = BagNet.receptive_field
-    patch_stride = BagNet.patch_stride
-    patch_grid = BagNet.patch_grid
-    _check_size = BagNet._check_size
 
     # -- forward ------------------------------------------------------------------------
 
     def _run(self, x: torch.Tensor, head) -> torch.Tensor:
         """``head(features)`` for the batch ``x``, micro-batched on the CPU; in ``x``'s dtype."""
-        if x.dim() != 4:
-            raise ValueError(f"expected a batch of images [B, C, H, W], got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]}")
-        self._check_size(x.shape[-2], x.shape[-1])
+        x, _ = check_images(x, self.in_chans, receptive_field=self.receptive_field)
         out_dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
         x = x.to(dtype=self.stem.weight.dtype).contiguous(memory_format=self.memory_format)
         step = self.micro_batch
@@ -232,14 +223,17 @@ class FusedBagNet(nn.Module):
         # The classifier is linear, so averaging features first equals averaging patch logits.
         return self._run(x, self.forward_head)
 
-    forward_head = BagNet.forward_head
-    get_classifier = BagNet.get_classifier
-
     def extra_repr(self) -> str:
         return f"receptive_field={self.receptive_field}, patch_stride={self.patch_stride}"
 
 
-def fuse(model: BagNet) -> FusedBagNet:
+def _is_bagnet(model: nn.Module) -> bool:
+    """A trainable BagNet (this module sits below ``bagnet.py``, which imports it, so it
+    recognises a BagNet by its base class instead of importing it)."""
+    return isinstance(model, BagNetBase) and not isinstance(model, FusedBagNet)
+
+
+def fuse(model: nn.Module) -> FusedBagNet:
     """An inference-only copy of ``model`` with BatchNorm folded and the stem merged.
 
     ``model`` itself is not changed (its state dict stays the published format); the copy
@@ -248,7 +242,7 @@ def fuse(model: BagNet) -> FusedBagNet:
     Raises:
         TypeError: ``model`` is not a :class:`~bagnet.models.BagNet`.
     """
-    if not isinstance(model, BagNet):
+    if not _is_bagnet(model):
         raise TypeError(f"fuse() takes a BagNet, got {type(model).__name__}")
     return FusedBagNet(model).eval()
 
@@ -296,9 +290,9 @@ def prepare_for_inference(
         raise ValueError(f"dtype must be a floating-point type, got {dtype}")
     if micro_batch is not None and micro_batch < 1:
         raise ValueError(f"micro_batch must be a positive number of images or None, got {micro_batch}")
-    if isinstance(model, BagNet) and fuse:
+    if _is_bagnet(model) and fuse:
         prepared: nn.Module = FusedBagNet(model).eval()
-    elif isinstance(model, BagNet | FusedBagNet) or not fuse:
+    elif isinstance(model, BagNetBase) or not fuse:
         prepared = copy.deepcopy(model).eval()
     else:
         prepared = _fold_traced(model)

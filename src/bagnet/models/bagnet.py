@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ._base import BagNetBase, check_images, patch_head
+from ._fuse import FusedBagNet, fuse
 from ._registry import register_model
 
 __all__ = ["Bottleneck", "BagNet"]
@@ -66,7 +67,7 @@ class Bottleneck(nn.Module):
         return self.relu(out)
 
 
-class BagNet(nn.Module):
+class BagNet(BagNetBase):
     """A bag-of-local-features network.
 
     Every location of the final feature map depends on one ``receptive_field`` x
@@ -130,7 +131,7 @@ class BagNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    # -- geometry ---------------------------------------------------------------------
+    # -- geometry (receptive_field, patch_stride, patch_grid: see BagNetBase) -----------
 
     def _trunk_convs(self) -> list[nn.Conv2d]:
         """Convolutions along the main path, in order (the residual path adds nothing)."""
@@ -140,58 +141,17 @@ class BagNet(nn.Module):
                 convs += [block.conv1, block.conv2, block.conv3]
         return convs
 
-    @property
-    def receptive_field(self) -> int:
-        """Side q of the input patch that one output location sees, from the modules."""
-        rf, jump = 1, 1
-        for conv in self._trunk_convs():
-            rf += (conv.kernel_size[0] - 1) * conv.dilation[0] * jump
-            jump *= conv.stride[0]
-        return rf
-
-    @property
-    def patch_stride(self) -> int:
-        """Distance in input pixels between neighbouring output locations."""
-        jump = 1
-        for conv in self._trunk_convs():
-            jump *= conv.stride[0]
-        return jump
-
-    def patch_grid(self, height: int, width: int) -> tuple[int, int]:
-        """Output locations (H', W') for an input of the given size."""
-        q, s = self.receptive_field, self.patch_stride
-        self._check_size(height, width)
-        return (height - q) // s + 1, (width - q) // s + 1
-
-    def _check_size(self, height: int, width: int) -> None:
-        q = self.receptive_field
-        if height < q or width < q:
-            raise ValueError(
-                f"input is {height}x{width} pixels, smaller than the receptive field {q}x{q} "
-                f"of this BagNet; use images of at least {q}x{q}"
-            )
-
     # -- forward ----------------------------------------------------------------------
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature map ``[B, num_features, H', W']``; location (i, j) sees pixels
         ``[s*i, s*i + q) x [s*j, s*j + q)`` with ``s = patch_stride``, ``q = receptive_field``."""
-        if x.dim() != 4:
-            raise ValueError(f"expected a batch of images [B, C, H, W], got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]}")
-        self._check_size(x.shape[-2], x.shape[-1])
+        x, _ = check_images(x, self.in_chans, receptive_field=self.receptive_field)
         x = self.relu(self.bn1(self.conv2(self.conv1(x))))
         x = self.layer1(x)
         x = self.layer2(x)
         x = self.layer3(x)
         return self.layer4(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Logits ``[B, num_classes]`` of a feature map; with ``pre_logits`` the pooled
-        features ``[B, num_features]`` (timm's head interface)."""
-        x = x.mean(dim=(-2, -1))
-        return x if pre_logits else self.fc(x)
 
     def patch_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Class evidence of every patch, ``[B, num_classes, H', W']``."""
@@ -200,10 +160,6 @@ class BagNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The classifier is linear, so averaging features first equals averaging patch logits.
         return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        """The linear classifier applied to every patch feature (``nn.Identity`` without one)."""
-        return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the classifier by a new one with ``num_classes`` outputs (0: none).
@@ -226,14 +182,12 @@ class BagNet(nn.Module):
             for key in ("class_names", "label_names"):
                 self.pretrained_cfg.pop(key, None)
 
-    def fuse(self) -> nn.Module:
+    def fuse(self) -> FusedBagNet:
         """An inference-only copy with BatchNorm folded and the stem merged into one conv.
 
         This model is left unchanged (its state dict stays the published format). See
         :func:`bagnet.models.fuse` and :func:`bagnet.models.prepare_for_inference`.
         """
-        from ._fuse import fuse
-
         return fuse(self)
 
     def extra_repr(self) -> str:
@@ -242,14 +196,6 @@ class BagNet(nn.Module):
 
 def _classifier(num_features: int, num_classes: int) -> nn.Module:
     return nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-
-def patch_head(fc: nn.Module, features: torch.Tensor) -> torch.Tensor:
-    """The linear classifier ``fc`` applied at every location of ``features``."""
-    if getattr(fc, "weight", None) is None:
-        raise ValueError("this BagNet has no classifier (num_classes=0), so it has no patch evidence; "
-                         "use reset_classifier(num_classes)")
-    return F.conv2d(features, fc.weight[:, :, None, None], fc.bias)
 
 
 def _scaled(channels: int, width: float) -> int:
