@@ -7,7 +7,9 @@ import torchvision
 
 import bagnet
 from bagnet.analysis import LogitCache, ModelSpec, parse_model_spec, pearson, predictions
-from bagnet.analysis._common import build_model, cell_sums, class_columns, load_classifier, read_json, write_json
+from bagnet.analysis._cells import cell_sums
+from bagnet.analysis._classifier import build_model, class_columns, load_classifier
+from bagnet.analysis._output import read_json, write_json
 
 from .conftest import CLASSES
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bagnet.analysis import accuracy, error_distribution, logit_correlation, patch_size, predictions
-from bagnet.analysis._common import read_json
+from bagnet.analysis._output import read_json
 from bagnet.analysis.accuracy import accuracy_of, write_accuracy
 from bagnet.analysis.error_distribution import class_errors, write_error_distribution
 from bagnet.analysis.logit_correlation import correlations, write_logit_correlation
@@ -14,7 +14,7 @@ from .conftest import CLASSES
 
 
 def test_topk_against_a_loop():
-    from bagnet.analysis._common import Predictions
+    from bagnet.analysis._predictions import Predictions
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(40, 7)).astype(np.float32)

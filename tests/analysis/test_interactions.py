@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bagnet.analysis import choose_patches, interactions, mask_patches, predictions
-from bagnet.analysis._common import read_json
+from bagnet.analysis._output import read_json
 from bagnet.analysis.interactions import write_interactions
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bagnet.analysis import bagnet_cells, mask_top_cells, masking_scores, predictions, spatial_sensitivity
-from bagnet.analysis._common import read_json
+from bagnet.analysis._output import read_json
 from bagnet.analysis.spatial_sensitivity import write_spatial_sensitivity
 
 

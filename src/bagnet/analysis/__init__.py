@@ -10,18 +10,11 @@ once per model and image and kept in a :class:`LogitCache`.
 """
 
 from ._captum import METHODS, UnsupportedModelError, attribution_cells, captum_ready, check_lrp_supported
-from ._common import (
-    Classifier,
-    EvalData,
-    LogitCache,
-    ModelSpec,
-    Predictions,
-    load_classifier,
-    load_data,
-    parse_model_spec,
-    pearson,
-    predictions,
-)
+from ._classifier import Classifier, load_classifier
+from ._data import EvalData, load_data
+from ._predictions import LogitCache, Predictions, predictions
+from ._specs import ModelSpec, parse_model_spec
+from ._stats import pearson
 from .accuracy import ModelAccuracy, accuracy, write_accuracy
 from .error_distribution import ErrorDistribution, error_distribution, write_error_distribution
 from .interactions import InteractionResult, choose_patches, interactions, mask_patches, write_interactions

@@ -21,12 +21,14 @@ import copy
 import logging
 import operator
 import warnings
+import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import Classifier, cell_sums, channel_mean
+from ._cells import cell_sums, channel_mean
+from ._classifier import Classifier
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +114,33 @@ def captum_ready(model: nn.Module) -> nn.Module:
     return gm.eval()
 
 
+# Each classifier's captum-ready copy, built once and dropped with the classifier.
+_CAPTUM_COPIES: weakref.WeakKeyDictionary[Classifier, nn.Module] = weakref.WeakKeyDictionary()
+
+
+def captum_model(clf: Classifier) -> nn.Module:
+    """The :func:`captum_ready` copy of ``clf``'s network, built once per classifier.
+
+    A network that cannot be rewritten gets a plain frozen copy (DeepLift and LRP then
+    report it unsupported).
+    """
+    cached = _CAPTUM_COPIES.get(clf)
+    if cached is not None:
+        return cached
+    try:
+        model = captum_ready(clf.model)
+    except UnsupportedModelError as e:
+        logger.warning("%s: %s; DeepLift and LRP are unavailable for it", clf.label, e)
+        model = copy.deepcopy(clf.model).eval()
+        for m in model.modules():
+            if hasattr(m, "inplace"):
+                m.inplace = False
+        for p in model.parameters():
+            p.requires_grad_(False)
+    _CAPTUM_COPIES[clf] = model
+    return model
+
+
 def check_lrp_supported(model: nn.Module) -> None:
     """Raise :class:`UnsupportedModelError` naming the first operation captum's LRP has no rule for.
 
@@ -194,7 +223,7 @@ def _attribution_cells(clf, pixels, targets, method, cell, ig_steps, lrp_epsilon
     from captum.attr import LRP, DeepLift, IntegratedGradients, Occlusion, Saliency
     from captum.attr._utils.lrp_rules import EpsilonRule
 
-    model = clf.captum_model()
+    model = captum_model(clf)
     x = clf.normalize(pixels).detach()
     base = clf.normalize(channel_mean(pixels).expand_as(pixels)).detach()
     target = clf.column(targets)

@@ -19,7 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import Classifier, EvalData, LogitCache, Predictions, new_figure, predictions, write_result
+from ._classifier import Classifier
+from ._data import EvalData
+from ._output import new_figure, write_result
+from ._predictions import LogitCache, Predictions, predictions
 
 __all__ = ["ModelAccuracy", "accuracy", "accuracy_of", "plot_accuracy", "write_accuracy"]
 

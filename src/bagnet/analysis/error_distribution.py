@@ -14,7 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import Classifier, EvalData, LogitCache, aligned_predictions, panel_grid, pearson, write_result
+from ._classifier import Classifier
+from ._data import EvalData
+from ._output import panel_grid, write_result
+from ._predictions import LogitCache, aligned_predictions
+from ._stats import pearson
 
 __all__ = ["ErrorDistribution", "class_errors", "error_distribution", "plot_error_distribution", "write_error_distribution"]
 

@@ -26,7 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._common import Classifier, EvalData, LogitCache, predictions, progress, save_figure, slug, write_json
+from ._classifier import Classifier
+from ._data import EvalData
+from ._output import progress, save_figure, slug, write_json
+from ._predictions import LogitCache, predictions
 
 __all__ = ["class_patches", "misclassified", "write_class_patches", "write_misclassified"]
 

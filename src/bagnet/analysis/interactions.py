@@ -27,16 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._common import (
-    Classifier,
-    EvalData,
-    LogitCache,
-    channel_mean,
-    panel_grid,
-    pearson,
-    predictions,
-    write_result,
-)
+from ._cells import channel_mean
+from ._classifier import Classifier
+from ._data import EvalData
+from ._output import panel_grid, write_result
+from ._predictions import LogitCache, predictions
+from ._stats import pearson
 
 __all__ = [
     "InteractionResult",

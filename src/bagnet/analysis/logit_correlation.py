@@ -25,16 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import (
-    Classifier,
-    EvalData,
-    LogitCache,
-    aligned_predictions,
-    nan_if_none,
-    new_figure,
-    pearson,
-    write_result,
-)
+from ._classifier import Classifier
+from ._data import EvalData
+from ._output import new_figure, write_result
+from ._predictions import LogitCache, aligned_predictions
+from ._stats import nan_if_none, pearson
 
 __all__ = ["LogitCorrelation", "correlations", "logit_correlation", "plot_logit_correlation", "write_logit_correlation"]
 

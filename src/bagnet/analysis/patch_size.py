@@ -11,7 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._common import Classifier, EvalData, LogitCache, new_figure, write_result
+from ._classifier import Classifier
+from ._data import EvalData
+from ._output import new_figure, write_result
+from ._predictions import LogitCache
 from .accuracy import accuracy
 
 __all__ = ["PatchSizeResult", "patch_size", "plot_patch_size", "write_patch_size"]

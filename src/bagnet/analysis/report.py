@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._common import read_json, write_text
+from .._io import write_text
+from ._output import read_json
 
 __all__ = ["SECTIONS", "tables_for", "write_report"]
 

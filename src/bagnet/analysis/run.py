@@ -34,18 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._common import (
-    Classifier,
-    EvalData,
-    LogitCache,
-    ModelSpec,
-    build_model,
-    find_class_index,
-    load_data,
-    make_classifier,
-    parse_model_spec,
-    read_json,
-)
+from .._device import resolve_device
+from ._classifier import Classifier, build_model, make_classifier
+from ._data import EvalData, find_class_index, load_data
+from ._output import read_json
+from ._predictions import LogitCache
+from ._specs import ModelSpec, parse_model_spec
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +223,6 @@ class Session:
         seed: int = 0,
         class_map: str | None = None,
     ):
-        from ..cli._common import resolve_device
         from ..data.folder import read_class_index
 
         if batch_size < 1 or workers < 0 or (max_images is not None and max_images < 1):
@@ -474,7 +467,7 @@ def run_all(config: AnalysisConfig, *, force: bool = False, only: Sequence[str] 
         workers=config.workers, device=config.device, threads=config.threads, seed=config.seed,
         class_map=config.class_map,
     )
-    from ._common import write_json
+    from ._output import write_json
 
     write_json(config.to_dict(), session.out_dir / "config.json")
     steps = config.enabled()
@@ -484,7 +477,7 @@ def run_all(config: AnalysisConfig, *, force: bool = False, only: Sequence[str] 
         if bad:
             raise ValueError(f"unknown experiment(s) {sorted(bad)}; known: {', '.join(EXPERIMENTS)}")
         steps = [(n, o) for n, o in steps if n in wanted]
-    from ._common import progress
+    from ._output import progress
 
     for name, opts in progress(steps, "analyze all", total=len(steps)):
         run_experiment(session, name, opts, force=force)

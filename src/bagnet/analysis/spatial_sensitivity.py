@@ -32,16 +32,12 @@ import numpy as np
 import torch
 
 from ._captum import DEEPLIFT_DELTA_WARN, METHODS, UnsupportedModelError, attribution_cells, warn_deeplift
-from ._common import (
-    Classifier,
-    EvalData,
-    LogitCache,
-    channel_mean,
-    nan_if_none,
-    panel_grid,
-    predictions,
-    write_result,
-)
+from ._cells import channel_mean
+from ._classifier import Classifier
+from ._data import EvalData
+from ._output import panel_grid, write_result
+from ._predictions import LogitCache, predictions
+from ._stats import nan_if_none
 
 logger = logging.getLogger(__name__)
 

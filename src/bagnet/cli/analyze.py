@@ -158,7 +158,7 @@ def _int(text: str, flag: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis._common import parse_model_spec
+    from ..analysis._specs import parse_model_spec
     from ..analysis.report import tables_for, write_report
     from ..analysis.run import Session, run_experiment
 

@@ -1,0 +1,307 @@
+"""Models as the experiments see them: a network, its normalization and the output column
+of each class of the data (:class:`Classifier`), built from a :class:`ModelSpec`.
+
+Images reach a classifier in pixel space (``[0, 1]`` RGB); it applies its own
+normalization. Outputs are restricted to the data set's classes (``Classifier.columns``),
+so a model trained on the folder and an ImageNet-1k model are compared on the same labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ..models import BagNet
+from ._specs import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Classifier", "build_model", "class_columns", "load_classifier", "make_classifier"]
+
+# Prefixes under which a bagnet model file may name a torchvision classifier.
+_TV_PREFIXES = ("torchvision:", "torchvision/", "torchvision.")
+
+
+class Classifier:
+    """A model with its normalization and the output columns of the data set's classes.
+
+    Args:
+        label: name in results.
+        model: the network (put in eval mode here).
+        mean, std: per-channel normalization the network expects.
+        columns: output index of each data-set class; ``None`` means output k is class k.
+        fingerprint: identifies model and weights, for caches.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        model: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        columns: Sequence[int] | None = None,
+        fingerprint: str = "",
+    ):
+        self.label = label
+        self.model = model.eval()
+        device = _device_of(model)
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.columns = None if columns is None else torch.as_tensor(list(columns), dtype=torch.long, device=device)
+        self.fingerprint = fingerprint or label
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    @property
+    def is_bagnet(self) -> bool:
+        return isinstance(self.model, BagNet)
+
+    @property
+    def receptive_field(self) -> int | None:
+        return self.model.receptive_field if self.is_bagnet else None
+
+    @property
+    def name(self) -> str:
+        return getattr(self.model, "model_name", type(self.model).__name__)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels.to(self.device) - self.mean) / self.std
+
+    def column(self, classes: torch.Tensor) -> torch.Tensor:
+        """Model output index of data-set classes."""
+        classes = classes.to(self.device)
+        return classes if self.columns is None else self.columns[classes]
+
+    def full_logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """All outputs of the model for pixel-space images."""
+        with torch.inference_mode():
+            return self.model(self.normalize(pixels)).float()
+
+    def restrict(self, full: torch.Tensor) -> torch.Tensor:
+        """Columns of the data set's classes from full outputs."""
+        return full if self.columns is None else full[:, self.columns]
+
+    def target_scores(self, pixels: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logit, probability) of one data-set class per image; the probability is the
+        softmax over all of the model's outputs."""
+        full = self.full_logits(pixels)
+        col = self.column(targets)[:, None]
+        logit = full.gather(1, col)[:, 0]
+        return logit, (logit - full.logsumexp(1)).exp()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "model": self.name,
+            "kind": "bagnet" if self.is_bagnet else "reference",
+            "receptive_field": self.receptive_field,
+            "source": getattr(self.model, "pretrained_cfg", {}).get("source"),
+        }
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def torchvision_classifiers() -> list[str]:
+    import torchvision
+
+    return list(torchvision.models.list_models(module=torchvision.models))
+
+
+def build_model(spec: ModelSpec, num_classes: int | None = None) -> nn.Module:
+    """The network of ``spec`` with ``pretrained_cfg`` (mean, std, classes, img_size, source).
+
+    BagNets come from :func:`bagnet.create_model`; any other name is looked up among
+    torchvision's classifiers. A bagnet model file (as written by ``bagnet train``) may
+    name either kind. ``num_classes`` sizes the head of a model without weights (random
+    initialisation, for smoke runs); weights bring their own.
+    """
+    from ..models import create_model, list_models
+    from ..models._weights import model_file_info, read_checkpoint
+
+    name, weights = spec.model, spec.weights
+    if name is None:
+        if weights is None:
+            raise ValueError(f"{spec.label}: give a model name or a weight file")
+        stored, _, _ = model_file_info(read_checkpoint(weights))
+        if stored is None:
+            raise ValueError(f"{weights} is a plain state dict; name its model, e.g. resnet18@{weights}")
+        name = stored
+    extra = {"num_classes": num_classes} if weights is None and num_classes else {}
+    if name in list_models():
+        if weights is None:
+            logger.warning("%s has no weights: it is randomly initialised", name)
+        return create_model(name, pretrained=weights or False, **extra)
+    tv_name = _strip_tv_prefix(name)
+    if tv_name in torchvision_classifiers():
+        return _torchvision_model(tv_name, weights, **extra)
+    raise ValueError(
+        f"unknown model {name!r}: neither a registered BagNet (see `bagnet models`) "
+        "nor a torchvision classifier (torchvision.models.list_models())"
+    )
+
+
+def _strip_tv_prefix(name: str) -> str:
+    for p in _TV_PREFIXES:
+        if name.startswith(p):
+            return name[len(p) :]
+    return name
+
+
+def _torchvision_model(name: str, weights: str | None, **kwargs: Any) -> nn.Module:
+    """A torchvision classifier: random, torchvision's published weights, or a checkpoint."""
+    import torchvision
+
+    from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_classes
+    from ..models._weights import clean_state_dict, load_state_dict_strict, model_file_info, read_checkpoint
+
+    meta: dict[str, Any] = {}
+    if weights is None:
+        logger.warning("%s has no weights: it is randomly initialised", name)
+        model = torchvision.models.get_model(name, **kwargs)
+    elif weights.lower() in ("imagenet", "default") or weights.isupper():
+        # Only on explicit request: this downloads torchvision's published weights once.
+        enum = torchvision.models.get_model_weights(name)
+        tv_weights = enum.DEFAULT if weights.lower() in ("imagenet", "default") else enum[weights]
+        model = torchvision.models.get_model(name, weights=tv_weights)
+        crop = getattr(tv_weights.transforms(), "crop_size", [224])
+        meta = {"classes": list(imagenet_classes()), "img_size": int(crop[0]), "dataset": "imagenet"}
+    else:
+        checkpoint = read_checkpoint(weights)
+        stored, stored_args, meta = model_file_info(checkpoint)
+        if stored is not None and _strip_tv_prefix(stored) != name:
+            raise ValueError(f"{weights} holds a {stored!r} model, not {name!r}")
+        state_dict = clean_state_dict(checkpoint)
+        kwargs = dict(stored_args)
+        if "num_classes" not in kwargs:
+            kwargs["num_classes"] = _num_classes_of(name, state_dict)
+        model = torchvision.models.get_model(name, **kwargs)
+        try:
+            load_state_dict_strict(model, state_dict)
+        except ValueError as e:
+            raise ValueError(f"{weights}: {e}") from None
+    model.model_name = name
+    model.model_args = kwargs
+    classes = meta.get("classes")
+    n_out = _last_linear(model).out_features
+    model.pretrained_cfg = {
+        "mean": list(meta.get("mean", IMAGENET_MEAN)),
+        "std": list(meta.get("std", IMAGENET_STD)),
+        **{k: v for k, v in meta.items() if k not in ("mean", "std", "classes")},
+        "classes": list(classes) if classes is not None and len(classes) == n_out else None,
+        "source": weights,
+    }
+    return model
+
+
+def _last_linear(model: nn.Module) -> nn.Linear:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no linear classifier head")
+    return linears[-1]
+
+
+def _num_classes_of(name: str, state_dict: dict[str, torch.Tensor]) -> int:
+    """Outputs of a torchvision classifier from its checkpoint: the last linear layer's rows."""
+    import torchvision
+
+    with torch.device("meta"):
+        probe = torchvision.models.get_model(name)
+    head = _last_linear(probe)
+    key = next(n for n, m in probe.named_modules() if m is head) + ".weight"
+    if key not in state_dict:
+        raise ValueError(f"checkpoint has no {key!r}, so it is not a {name} classifier")
+    return int(state_dict[key].shape[0])
+
+
+def class_columns(
+    model_classes: Sequence[str] | None,
+    num_outputs: int,
+    data_classes: Sequence[str],
+    class_index: dict[str, int] | None = None,
+    label: str = "model",
+) -> list[int] | None:
+    """Output column of every data-set class, or ``None`` when output k is class k.
+
+    Matched by class name when the model knows its classes, by position when it has one
+    output per class, and through ``class_index`` (folder name -> output index, e.g. an
+    Imagenette ``classes.tsv`` for ImageNet-1k models) otherwise.
+    """
+    data_classes = list(data_classes)
+    if model_classes is not None and set(data_classes) <= set(model_classes):
+        cols = [list(model_classes).index(c) for c in data_classes]
+        return None if cols == list(range(num_outputs)) else cols
+    if num_outputs == len(data_classes) and model_classes is None:
+        return None
+    if class_index is not None:
+        missing = [c for c in data_classes if c not in class_index]
+        if missing:
+            raise ValueError(f"class map has no entry for the data's classes {missing[:5]}")
+        cols = [int(class_index[c]) for c in data_classes]
+        if max(cols) >= num_outputs:
+            raise ValueError(f"{label}: class map index {max(cols)} is beyond its {num_outputs} outputs")
+        return cols
+    if model_classes is not None and num_outputs == len(data_classes):
+        raise ValueError(
+            f"{label}: its classes ({', '.join(list(model_classes)[:3])}, ...) are not the data's "
+            f"({', '.join(data_classes[:3])}, ...); pass a class map or the matching data"
+        )
+    raise ValueError(
+        f"{label} has {num_outputs} outputs but the data has {len(data_classes)} classes and no class map "
+        "(e.g. --class-map classes.tsv with 'folder<TAB>output index' lines)"
+    )
+
+
+def load_classifier(
+    spec: ModelSpec,
+    data_classes: Sequence[str],
+    *,
+    device: torch.device | str = "cpu",
+    class_index: dict[str, int] | None = None,
+) -> Classifier:
+    """Build ``spec``'s model on ``device`` and map its outputs to ``data_classes``."""
+    model = build_model(spec, num_classes=len(data_classes)).to(device)
+    return make_classifier(spec, model, data_classes, class_index)
+
+
+def make_classifier(
+    spec: ModelSpec, model: nn.Module, data_classes: Sequence[str], class_index: dict[str, int] | None = None
+) -> Classifier:
+    """Wrap a model built by :func:`build_model` with its normalization and class columns."""
+    cfg = getattr(model, "pretrained_cfg", {})
+    n_out = model.num_classes if hasattr(model, "num_classes") else _last_linear(model).out_features
+    cols = class_columns(cfg.get("classes"), n_out, data_classes, class_index, label=spec.label)
+    return Classifier(
+        spec.label, model.eval(), cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD), cols,
+        fingerprint=_fingerprint(spec, model),
+    )
+
+
+def _fingerprint(spec: ModelSpec, model: nn.Module) -> str:
+    """Changes when the weights change (file size and time), so caches never serve stale outputs."""
+    parts = [spec.label, getattr(model, "model_name", ""), json.dumps(getattr(model, "model_args", {}), sort_keys=True)]
+    if spec.weights:
+        p = Path(spec.weights).expanduser()
+        parts.append(str(spec.weights))
+        if p.is_file():
+            st = p.stat()
+            parts += [str(st.st_size), str(st.st_mtime_ns)]
+    else:
+        # Random weights differ per process unless seeded; hash them so a cache never lies.
+        h = hashlib.sha1()
+        for t in model.state_dict().values():
+            h.update(t.detach().cpu().contiguous().numpy().tobytes()[:4096])
+        parts.append(h.hexdigest())
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
