@@ -1,4 +1,8 @@
-"""Atomic file writes: every file bagnet writes appears whole or not at all."""
+"""Atomic file writes: every file bagnet writes appears whole or not at all.
+
+Text (:func:`write_text`), ``torch.save`` objects (:func:`atomic_save`) and anything a
+writer can put at a path (:func:`atomic_path`, e.g. matplotlib's ``savefig``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import torch
 
 
 @contextlib.contextmanager
@@ -34,4 +41,13 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file through a temporary file and a rename, so it is never half-written."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` ``obj`` through a temporary file in the same folder, synced, then renamed."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     return Path(path)

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
-import tempfile
-from functools import partial
 from pathlib import Path
 
+from .._io import atomic_path, write_text
 from ._common import add_device_args, add_model_args, resolve_device, resolve_model
 
 
@@ -62,19 +60,6 @@ def _parse_stride(value: str) -> int | str:
     raise ValueError(f"--stride takes 1, 'native' or a positive integer, got {value!r}")
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
     from ..explain import EvidenceMapper, explain
 
@@ -106,19 +91,14 @@ def run(args: argparse.Namespace) -> int:
         fig, _ = result.plot()
         png, js = out / f"{name}.png", out / f"{name}.json"
         text = json.dumps(record, indent=2) + "\n"
-        _write_atomic(png, partial(fig.savefig, format="png", dpi=100))
-        _write_atomic(js, partial(_write_text, text=text))
+        with atomic_path(png) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        write_text(js, text)
         top = result.predictions[0]
         print(f"{image}: {top.name} ({top.probability:.3f}) -> {png}, {js}")
     if failed:
         print(f"bagnet explain: {failed} of {len(args.images)} images failed", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _write_text(path: str, text: str) -> None:
-    from .._io import write_text
-
-    write_text(path, text)
 
 
 def _unique_stem(path: Path, used: set[str]) -> str:

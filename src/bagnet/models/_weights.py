@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from .._io import atomic_path
+from .._io import atomic_save
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_classes
 
 MODEL_FILE_FORMAT = "bagnet-model/1"
@@ -80,12 +80,6 @@ class CheckpointMismatchError(ValueError):
 
 def pretrained_cfg(name: str, tag: str) -> PretrainedCfg | None:
     return _PRETRAINED.get((name, tag))
-
-
-def register_pretrained(name: str, tag: str, cfg: PretrainedCfg) -> None:
-    if (name, tag) in _PRETRAINED:
-        raise ValueError(f"weights {name}.{tag} are already registered")
-    _PRETRAINED[(name, tag)] = cfg
 
 
 def pretrained_tags(name: str) -> list[str]:
@@ -204,15 +198,6 @@ def save_model_file(path: str | os.PathLike, model: nn.Module, meta: dict | None
         "meta": meta,
     }
     return atomic_save(obj, path)
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    return Path(path)
 
 
 def meta_of(cfg: PretrainedCfg) -> dict:

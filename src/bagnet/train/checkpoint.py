@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models._weights import atomic_save
+from .._io import atomic_save
 
 CHECKPOINT_FORMAT = "bagnet-train/1"
 
