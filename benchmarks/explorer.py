@@ -34,12 +34,12 @@ def main() -> None:
     model = bagnet.load_model(args.weights) if args.weights else bagnet.create_model(args.model, num_classes=10)
     explorer = Explorer(model, img_size=args.img_size)
     images = [sample_image(n) for n in SAMPLE_NAMES]
-    explorer.analyse(images[0])  # warm-up: first-call allocations
+    explorer.explore(images[0])  # warm-up: first-call allocations
 
     upload, first, switch, figure = [], [], [], []
     for image in images:
         t0 = time.perf_counter()
-        analysis = explorer.analyse(image)
+        analysis = explorer.explore(image)
         t1 = time.perf_counter()
         a, b = analysis.ranking(2)
         analysis.view(a, "full")

@@ -353,7 +353,7 @@ def test_many_classes_get_full_maps_for_the_top_classes_and_on_demand(monkeypatc
         return original(self, x, classes, res)
 
     monkeypatch.setattr(Explorer, "evidence", spy)
-    analysis = explorer.analyse(Image.fromarray(random_image(IMG_SIZE, IMG_SIZE, seed=6)))
+    analysis = explorer.explore(Image.fromarray(random_image(IMG_SIZE, IMG_SIZE, seed=6)))
     top = analysis.ranking(3)
     rest = [c for c in range(40) if c not in top]
     analysis.evidence(rest[0], "full")

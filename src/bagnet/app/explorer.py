@@ -1,12 +1,12 @@
 """One image's explanation, computed once and then looked at class by class.
 
 :class:`Explorer` wraps a model for the demo report and the web page. Its
-:meth:`Explorer.analyse` returns an :class:`Analysis` holding the logits and the
+:meth:`Explorer.explore` returns an :class:`ExploredImage` holding the logits and the
 native-resolution evidence maps of every class (one cheap pass); full-resolution maps
 are computed the first time they are asked for, and kept. The maps, patches and
-figures are :mod:`bagnet.explain`'s; an Analysis turns into an
+figures are :mod:`bagnet.explain`'s; an ExploredImage turns into an
 :class:`~bagnet.explain.Explanation` for any set of classes without recomputing.
-Everything an Analysis holds is its own, so many can be used from many threads.
+Everything an ExploredImage holds is its own, so many can be used from many threads.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch import nn
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..explain import EvidenceMapper, Explanation, MapGeometry, Patch, Prediction, preprocess, top_patches
 
-__all__ = ["RESOLUTIONS", "Analysis", "Explorer"]
+__all__ = ["RESOLUTIONS", "ExploredImage", "Explorer"]
 
 RESOLUTIONS = ("native", "full")
 # Models with at most this many classes get the full-resolution maps of all classes from
@@ -122,14 +122,16 @@ class Explorer:
         """Class logits ``[K]`` of one image, resized as :meth:`prepare` does."""
         return self._logits(self.prepare(image)[0])
 
-    def analyse(self, image, name: str = "image") -> Analysis:
+    def explore(self, image, name: str = "image") -> ExploredImage:
         """Predictions and native evidence maps of all classes for one image."""
         x, shown = self.prepare(image)
-        return Analysis(self, name, x, shown, self._logits(x), self.evidence(x, None, "native"))
+        return ExploredImage(self, name, x, shown, self._logits(x), self.evidence(x, None, "native"))
+
+    analyse = explore  # the old name (the command line spells it "analyze"; the app explores)
 
 
-class Analysis:
-    """Predictions and evidence maps of one image (made by :meth:`Explorer.analyse`).
+class ExploredImage:
+    """Predictions and evidence maps of one image (made by :meth:`Explorer.explore`).
 
     Maps use the paper's padded geometry: at full resolution entry ``(y, x)`` is the
     evidence of the q x q patch centred on pixel ``(y, x)``; the native map holds every
@@ -280,6 +282,10 @@ class Analysis:
         out = {"image": self.name, "resolution": res, **self.explanation(classes, res, n=n).to_dict()}
         out["maps"] = {str(c): np.round(self.evidence(c, res).numpy(), 4).tolist() for c in classes}
         return out
+
+
+# The old name; it clashed with the ``bagnet.analysis`` package (the paper's experiments).
+Analysis = ExploredImage
 
 
 def colorize(m: np.ndarray, percentile: float = 99.0) -> tuple[np.ndarray, float]:
