@@ -141,13 +141,13 @@ def test_patches_do_not_overlap_and_classes_differ(running_server):
 
 def test_full_maps_are_computed_once_per_upload(running_server, monkeypatch):
     calls = []
-    original = Explorer.evidence
+    original = Explorer._evidence
 
     def spy(self, x, classes, res):
         calls.append((tuple(classes) if classes is not None else None, res))
         return original(self, x, classes, res)
 
-    monkeypatch.setattr(Explorer, "evidence", spy)
+    monkeypatch.setattr(Explorer, "_evidence", spy)
     server = running_server()
     summary = upload(server, random_image(IMG_SIZE, IMG_SIZE, seed=3))
     assert calls == [(None, "native")]
@@ -346,13 +346,13 @@ def test_many_classes_get_full_maps_for_the_top_classes_and_on_demand(monkeypatc
     model = bagnet.create_model("bagnet_tiny", num_classes=40)
     explorer = Explorer(model, img_size=IMG_SIZE, top_k=3)
     calls = []
-    original = Explorer.evidence
+    original = Explorer._evidence
 
     def spy(self, x, classes, res):
         calls.append((None if classes is None else list(classes), res))
         return original(self, x, classes, res)
 
-    monkeypatch.setattr(Explorer, "evidence", spy)
+    monkeypatch.setattr(Explorer, "_evidence", spy)
     analysis = explorer.explore(Image.fromarray(random_image(IMG_SIZE, IMG_SIZE, seed=6)))
     top = analysis.ranking(3)
     rest = [c for c in range(40) if c not in top]

@@ -203,3 +203,20 @@ def test_find_images_follows_links_once_and_skips_other_files(tmp_path):
     (split / "cats").symlink_to(real, target_is_directory=True)
     (real / "loop").symlink_to(tmp_path / "real", target_is_directory=True)  # a cycle
     assert [p.name for p in find_images(split)] == ["B.JPG", "a.png"]
+
+
+def test_shrink_to_decodes_jpegs_at_a_reduced_scale(tmp_path):
+    """A 400 x 320 JPEG asked for a short side of at least 80 decodes at 1/4 scale (100 x 80),
+    looking like the full image scaled down; rotated by EXIF, and PNGs keep their size."""
+    rng = np.random.default_rng(0)
+    blocks = np.kron(rng.integers(0, 256, (8, 10, 3), dtype=np.uint8), np.ones((40, 40, 1), np.uint8))  # 320 x 400
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(blocks).save(tmp_path / "x.jpg", quality=95, exif=exif)
+    Image.fromarray(blocks).save(tmp_path / "x.png")
+    img = load_image(tmp_path / "x.jpg", shrink_to=80)
+    assert img.size == (80, 100)  # upright: 320 high by 400 wide, rotated, at 1/4
+    expected = np.rot90(blocks[::4, ::4], k=-1).astype(float)
+    assert np.abs(np.asarray(img, float) - expected).mean() < 6
+    assert load_image(tmp_path / "x.jpg", shrink_to=200).size == (320, 400)  # 1/2 would be too small
+    assert load_image(tmp_path / "x.png", shrink_to=80).size == (400, 320)  # no EXIF, full size

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import threading
 from collections.abc import Sequence
 
@@ -22,7 +23,9 @@ from PIL import Image
 from torch import nn
 
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ..data.images import load_image
 from ..explain import EvidenceMapper, Explanation, MapGeometry, Patch, Prediction, preprocess, top_patches
+from ..explain._images import image_tensor
 
 __all__ = ["RESOLUTIONS", "ExploredImage", "Explorer"]
 
@@ -44,12 +47,13 @@ class Explorer:
             it has them, else its ``classes``).
         device: where to compute.
         img_size: short side, in pixels, that images are resized to (default: the size the
-            model was trained at, else 224). The long side is centre-cropped to at most
-            twice that, which bounds the work one upload can ask for.
+            model was trained at, else 224). Before resizing, the long side is cut to at
+            most twice the short side (the centre is kept), which bounds the memory and
+            work one image can ask for whatever its shape.
         top_k: number of most predictive patches outlined per class.
-        max_concurrent: model passes that may run at the same time (others wait). One by
-            default: a pass already uses every core, and parallel passes would only
-            fight over them.
+        max_concurrent: images decoded, prepared or passed through the model at the same
+            time (others wait). One by default: a pass already uses every core, and
+            parallel passes would only fight over them.
     """
 
     def __init__(
@@ -84,50 +88,96 @@ class Explorer:
             "native": EvidenceMapper(model, stride="native", device=self.device),
             "full": EvidenceMapper(model, stride=1, device=self.device),
         }
-        self._passes = threading.BoundedSemaphore(max_concurrent)
+        # One bound for everything that takes memory or cores per image: decoding,
+        # resizing and the model passes.
+        self._slots = threading.BoundedSemaphore(max_concurrent)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     def prepare(self, image) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(normalized, display)`` ``[3, H, W]`` tensors of an image (path, PIL, array, tensor),
-        resized as :func:`bagnet.explain.explain` resizes it, long side capped at twice the short."""
+        """``(normalized, display)`` ``[3, H, W]`` tensors of an image (path, PIL, array, tensor).
+
+        The long side is first cut to at most twice the short side (the centre is kept),
+        in the original image's pixels, and only then is the short side resized to
+        ``img_size``: the work is bounded for every shape (a 2000x1 image becomes its
+        centre 2x1 pixels, not a 224 x 448,000 tensor).
+        """
+        x, shown, _ = self._prepare(image)
+        return x, shown
+
+    def _prepare(self, image) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """:meth:`prepare` and where the model's input lies in the original image:
+        ``{"size": [W, H], "box": [x0, y0, x1, y1]}`` in original pixels."""
+        if isinstance(image, (str, os.PathLike)):
+            image = load_image(image, shrink_to=2 * self.img_size)
         if isinstance(image, Image.Image):
+            size = image.size
+            box = _centre_box(*size)
+            if box != (0, 0, *size):
+                image = image.crop(box)
             factor = min(image.size) // (2 * self.img_size)
             if factor >= 2:
                 # Box-filter large photos first: a 40-megapixel upload would otherwise pass
                 # through a half-gigabyte float tensor on its way down to a few hundred pixels.
                 image = image.reduce(factor)
+        else:
+            image = image_tensor(image)
+            size = (image.shape[-1], image.shape[-2])
+            box = _centre_box(*size)
+            image = image[:, box[1] : box[3], box[0] : box[2]]
         x, shown = preprocess(image, self.cfg, img_size=self.img_size)
-        h, w = x.shape[-2:]
-        ch, cw = min(h, 2 * self.img_size), min(w, 2 * self.img_size)
-        if (ch, cw) != (h, w):
-            top, left = (h - ch) // 2, (w - cw) // 2
-            x, shown = (t[:, top : top + ch, left : left + cw] for t in (x, shown))
-        return x, shown
+        return x, shown, {"size": list(size), "box": list(box)}
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(x[None].to(self.device))[0].float().cpu()
+
+    def _evidence(self, x: torch.Tensor, classes: Sequence[int] | None, res: str) -> torch.Tensor:
+        if res not in RESOLUTIONS:
+            raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {res!r}")
+        return self._mappers[res](x.to(self.device), classes).float().cpu()
 
     def evidence(self, x: torch.Tensor, classes: Sequence[int] | None, res: str) -> torch.Tensor:
         """Padded evidence maps ``[len(classes), h, w]`` of one normalized image, on the CPU."""
-        if res not in RESOLUTIONS:
-            raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {res!r}")
-        with self._passes:
-            return self._mappers[res](x.to(self.device), classes).float().cpu()
-
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        with self._passes, torch.inference_mode():
-            return self.model(x[None].to(self.device))[0].float().cpu()
+        with self._slots:
+            return self._evidence(x, classes, res)
 
     def logits(self, image) -> torch.Tensor:
         """Class logits ``[K]`` of one image, resized as :meth:`prepare` does."""
-        return self._logits(self.prepare(image)[0])
+        with self._slots:
+            return self._logits(self.prepare(image)[0])
 
-    def explore(self, image, name: str = "image") -> ExploredImage:
-        """Predictions and native evidence maps of all classes for one image."""
-        x, shown = self.prepare(image)
-        return ExploredImage(self, name, x, shown, self._logits(x), self.evidence(x, None, "native"))
+    def explore(self, image, name: str = "image", *, max_pixels: int | None = None) -> ExploredImage:
+        """Predictions and native evidence maps of all classes for one image.
+
+        ``image`` may also be an image file's bytes or a binary file object: it is decoded
+        here, inside the same concurrency bound as the model passes (``max_concurrent``),
+        JPEGs at a reduced scale where the model does not need the full one.
+
+        Raises:
+            ImageError: unreadable file, or more than ``max_pixels`` pixels.
+        """
+        with self._slots:
+            if isinstance(image, (bytes, bytearray, memoryview)):
+                image = io.BytesIO(image)
+                image.name = name  # load_image's messages name the file
+            if isinstance(image, io.IOBase):
+                image = load_image(image, max_pixels=max_pixels, shrink_to=2 * self.img_size)
+            elif max_pixels is not None:
+                raise ValueError("max_pixels applies to image files and bytes only")
+            x, shown, where = self._prepare(image)
+            return ExploredImage(self, name, x, shown, self._logits(x), self._evidence(x, None, "native"), where)
 
     analyse = explore  # the old name (the command line spells it "analyze"; the app explores)
+
+
+def _centre_box(w: int, h: int) -> tuple[int, int, int, int]:
+    """The centre of a ``w x h`` image whose long side is at most twice its short side."""
+    cw, ch = min(w, 2 * h), min(h, 2 * w)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return left, top, left + cw, top + ch
 
 
 class ExploredImage:
@@ -139,13 +189,19 @@ class ExploredImage:
 
     Attributes:
         name: the image's name (file name, sample name).
+        source: ``{"size": [W, H], "box": [x0, y0, x1, y1]}``: the original image's size
+            and the part of it the model saw (the centre, when its long side was more than
+            twice the short side).
         display: the resized image in [0, 1], ``[3, H, W]``; ``image`` is it as PIL.
         logits, probs: ``[K]``.
     """
 
-    def __init__(self, explorer: Explorer, name: str, x: torch.Tensor, display: torch.Tensor, logits, native):
+    def __init__(self, explorer: Explorer, name: str, x: torch.Tensor, display: torch.Tensor, logits, native,
+                 source: dict | None = None):
         self.explorer = explorer
         self.name = name
+        h, w = display.shape[-2:]
+        self.source = source or {"size": [w, h], "box": [0, 0, w, h]}
         self.display = display
         self.image = Image.fromarray((display.permute(1, 2, 0) * 255).round().byte().numpy())
         self._x = x
@@ -263,7 +319,17 @@ class ExploredImage:
             "image": png_data_url(self.image, "JPEG"),
             "predictions": self.predictions(n),
             "top_class": self.top_class,
+            "original_size": self.source["size"],
+            "note": self.crop_note(),
         }
+
+    def crop_note(self) -> str | None:
+        """A sentence saying which part of the image was analysed, if not all of it."""
+        (w, h), (x0, y0, x1, y1) = self.source["size"], self.source["box"]
+        if (x1 - x0, y1 - y0) == (w, h):
+            return None
+        return (f"only the centre {x1 - x0}x{y1 - y0} pixels of this {w}x{h} image were analysed "
+                "(the long side is limited to twice the short side)")
 
     def figure_png(self, cls: int, res: str = "native") -> bytes:
         """The explanation figure of one class (image | heatmap with top patches), as PNG."""

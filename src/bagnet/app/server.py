@@ -5,7 +5,18 @@ no shared "current image". Every upload gets an unguessable id; its analysis (lo
 the evidence maps of every class, computed once) lives in a bounded LRU store under that
 id, so clicking through classes only re-colours cached maps.
 
-Routes (JSON errors are ``{"error": message}`` with a 4xx status)::
+Every answer that is not a page, a script, an image or a download is JSON; errors are
+``{"error": message}`` with a 4xx status (405 names the allowed methods in ``Allow``), or
+500 "internal error" with the details in the server's log only.
+
+Any web page the user visits can send requests to a server on localhost, so requests
+whose ``Host`` is not this server's (DNS rebinding) and state-changing requests from
+another origin are refused with 403. Memory is bounded: request bodies by
+``max_upload_bytes``, concurrent requests by ``max_threads``, images by ``max_pixels``
+and by cutting extreme aspect ratios before resizing, and decoding and the model passes
+by the explorer's ``max_concurrent``.
+
+Routes::
 
     GET  /                                  the page (static/index.html)
     GET  /static/<file>                     its script and style sheet
@@ -21,22 +32,24 @@ Routes (JSON errors are ``{"error": message}`` with a 4xx status)::
 from __future__ import annotations
 
 import io
-import ipaddress
 import json
 import logging
 import re
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import PurePath
 from urllib.parse import parse_qs, urlsplit
 
-from ..data.images import ImageError, load_image
-from .explorer import RESOLUTIONS, Analysis, Explorer
+from ..data.images import ImageError
+from ._hosts import WILDCARDS, HostPolicy, is_loopback, reachable_urls
+from .explorer import RESOLUTIONS, ExploredImage, Explorer
 from .samples import SAMPLE_NAMES, sample_image
 
 __all__ = ["DEFAULT_MAX_PIXELS", "ExplorerServer", "make_server"]
@@ -51,15 +64,18 @@ _ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 # A request body over the limit is still read (and thrown away) up to this many extra
 # bytes, so that the browser receives the 413 answer instead of a reset connection.
 _DRAIN_SLACK = 64 * 2**20
+# A client going away mid-request is not the server's problem: no traceback for these.
+_DISCONNECTS = (ConnectionError, TimeoutError)
 
 
 class HTTPError(Exception):
     """An error answered to the client as ``{"error": message}`` with ``status``."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 class _Store:
@@ -67,10 +83,10 @@ class _Store:
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._items: OrderedDict[str, Analysis] = OrderedDict()
+        self._items: OrderedDict[str, ExploredImage] = OrderedDict()
         self._lock = threading.Lock()
 
-    def add(self, analysis: Analysis) -> str:
+    def add(self, analysis: ExploredImage) -> str:
         key = secrets.token_urlsafe(18)
         with self._lock:
             self._items[key] = analysis
@@ -78,7 +94,7 @@ class _Store:
                 self._items.popitem(last=False)
         return key
 
-    def get(self, key: str) -> Analysis:
+    def get(self, key: str) -> ExploredImage:
         with self._lock:
             analysis = self._items.get(key) if _ID.match(key) else None
             if analysis is None:
@@ -96,6 +112,11 @@ class ExplorerServer(ThreadingHTTPServer):
         max_upload_bytes: larger request bodies are refused with 413.
         max_pixels: images with more pixels are refused before decoding.
         max_uploads: analyses kept in memory (least recently used dropped first).
+        max_threads: requests handled at the same time; further connections wait in the
+            listen queue. Bounds the memory of request bodies to
+            ``max_threads * max_upload_bytes``.
+        allow_hosts: host names (or addresses) besides the bound address and localhost
+            that the page may be reached by, e.g. this machine's name on the network.
     """
 
     daemon_threads = True
@@ -110,22 +131,53 @@ class ExplorerServer(ThreadingHTTPServer):
         max_upload_bytes: int = 10 * 2**20,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_uploads: int = 32,
+        max_threads: int = 16,
+        allow_hosts: Iterable[str] = (),
     ):
-        if max_upload_bytes < 1 or max_pixels < 1 or max_uploads < 1:
-            raise ValueError("max_upload_bytes, max_pixels and max_uploads must be positive")
+        if min(max_upload_bytes, max_pixels, max_uploads, max_threads) < 1:
+            raise ValueError("max_upload_bytes, max_pixels, max_uploads and max_threads must be positive")
         self.explorer = explorer
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
+        self.max_threads = max_threads
         self.store = _Store(max_uploads)
         self._thumbs: dict[str, bytes] = {}
         self._thumbs_lock = threading.Lock()
+        self._handler_slots = threading.BoundedSemaphore(max_threads)
+        self.hosts = HostPolicy(address[0], allow_hosts)
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
+    def process_request(self, request, client_address) -> None:
+        # Blocks the accept loop while max_threads requests are being handled: further
+        # clients wait in the kernel's listen queue instead of each getting a thread.
+        self._handler_slots.acquire()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._handler_slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._handler_slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, _DISCONNECTS):
+            logger.debug("%s went away: %s", client_address[0], error)
+        else:
+            logger.error("error handling a request from %s", client_address[0], exc_info=error)
+
     @property
     def url(self) -> str:
+        """The page's address on this machine (loopback for a wildcard bind)."""
         host, port = self.server_address[:2]
+        if host in WILDCARDS:
+            host = "::1" if self.address_family == socket.AF_INET6 else "127.0.0.1"
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{port}/"
 
@@ -162,20 +214,17 @@ def make_server(
     """An :class:`ExplorerServer` bound to ``host:port`` (not yet serving).
 
     Binding to anything but a loopback address makes the page (and the model) reachable
-    from other machines; that is logged as a warning.
+    from other machines, without authentication: that is logged as a warning that names
+    the URLs it can be reached at.
     """
-    if not _is_loopback(host):
-        logger.warning("serving on %s: the page is reachable from other machines", host)
-    return ExplorerServer((host, port), explorer, **kwargs)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    server = ExplorerServer((host, port), explorer, **kwargs)
+    if not is_loopback(host):
+        logger.warning(
+            "WARNING: bagnet serve is listening on %s: anyone who can reach this machine can use "
+            "the page, which has no authentication. Reachable at %s",
+            host or "every interface", " or ".join(reachable_urls(*server.server_address[:2])),
+        )
+    return server
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -203,29 +252,75 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, obj, status: int = 200, headers: dict | None = None) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json", headers)
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's errors (malformed request line or headers, unknown
+        method, over-long URL) as JSON instead of its HTML page."""
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # not parsed far enough: answer with a status line anyway
+            self.request_version = "HTTP/1.0"
+        reason = self.responses.get(code, ("error",))[0]
+        text = message or reason
+        if code == 501:
+            text = f"method {self.command!r} is not supported; this server answers GET, HEAD and POST"
+        try:
+            self.send_response(code, reason)
+            body = json.dumps({"error": text}).encode()
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+                self.wfile.write(body)
+        except _DISCONNECTS:
+            pass
+
     def _dispatch(self) -> None:
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        method = "GET" if self.command == "HEAD" else self.command
         try:
-            for method, pattern, fn in _ROUTES:
-                if method == self.command.replace("HEAD", "GET"):
-                    m = re.fullmatch(pattern, url.path)
-                    if m:
-                        fn(self, *m.groups(), query=query)
-                        return
+            self._check_origin()
+            allowed = []
+            for route_method, pattern, fn in _ROUTES:
+                m = re.fullmatch(pattern, url.path)
+                if m and route_method == method:
+                    fn(self, *m.groups(), query=query)
+                    return
+                if m:
+                    allowed += ["GET", "HEAD"] if route_method == "GET" else [route_method]
+            if allowed:
+                raise HTTPError(405, f"{url.path} does not take {self.command}; use {' or '.join(allowed)}",
+                                {"Allow": ", ".join(allowed)})
             raise HTTPError(404, f"no such page: {url.path}")
         except HTTPError as e:
-            self._json({"error": e.message}, e.status)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the browser went away; nothing to answer
-        except Exception as e:  # never a traceback page: one message, logged in full here
-            logger.exception("error answering %s %s", self.command, self.path)
-            self._json({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
+            self._answer_error(e.status, e.message, e.headers)
+        except _DISCONNECTS as e:
+            # The browser went away (or stalled past the timeout): nothing to answer.
+            logger.debug("%s %s: client gone (%s)", self.command, url.path, e)
+            self.close_connection = True
+        except Exception:  # never a traceback or internals to the client: logged here in full
+            logger.exception("error answering %s %s", self.command, url.path)
+            self._answer_error(500, "internal error (the details are in the server's log)")
+
+    def _answer_error(self, status: int, message: str, headers: dict | None = None) -> None:
+        try:
+            self._json({"error": message}, status, headers)
+        except _DISCONNECTS:
+            self.close_connection = True
+
+    def _check_origin(self) -> None:
+        """403 for requests addressed to another site's name (DNS rebinding) and for
+        state-changing requests sent by a page of another origin (see ``_hosts``)."""
+        problem = self.server.hosts.refusal(self.command, self.headers)
+        if problem:
+            self.close_connection = True
+            raise HTTPError(403, problem)
 
     def do_GET(self) -> None:
         self._dispatch()
 
-    do_HEAD = do_POST = do_GET
+    # Every method reaches the router, so that a known path answers 405 with Allow.
+    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET
 
     # -- request bodies --------------------------------------------------------------
 
@@ -279,24 +374,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _upload(self, query=None) -> None:
         body = self._read_body()
         name = query.get("name") or "upload"
-        file = io.BytesIO(body)
-        file.name = name  # load_image's messages name the file
-        try:
-            image = load_image(file, max_pixels=self.server.max_pixels)
-        except ImageError as e:
-            raise HTTPError(415 if "not an image" in str(e) else 400, str(e)) from None
-        self._analyse(image, name)
+        self._analyse(body, name, max_pixels=self.server.max_pixels)
 
     def _sample(self, name: str, query=None) -> None:
         if name not in SAMPLE_NAMES:
             raise HTTPError(404, f"no sample image {name!r}")
         self._analyse(sample_image(name), name)
 
-    def _analyse(self, image, name: str) -> None:
+    def _analyse(self, image, name: str, **kwargs) -> None:
         try:
-            analysis = self.server.explorer.analyse(image, name=name)
-        except ValueError as e:  # e.g. smaller than the receptive field
-            raise HTTPError(400, f"{name}: {e}") from None
+            analysis = self.server.explorer.explore(image, name=name, **kwargs)
+        except ImageError as e:
+            raise HTTPError(415 if "not an image" in str(e) else 400, str(e)) from None
         key = self.server.store.add(analysis)
         self._json({"id": key, **analysis.summary()}, 201)
 
@@ -343,7 +432,7 @@ def _parse_res(query: dict) -> str:
     return res
 
 
-def _parse_class(analysis: Analysis, query: dict) -> tuple[int, str]:
+def _parse_class(analysis: ExploredImage, query: dict) -> tuple[int, str]:
     """``(class, resolution)`` of a view request; the top class when none is named."""
     res = _parse_res(query)
     raw = query.get("class")

@@ -1,7 +1,9 @@
 """``bagnet serve``: a web page to upload an image (or pick a sample) and explore its
 evidence maps class by class, at the model's native stride or at full resolution.
 
-Binds to 127.0.0.1 unless ``--host`` says otherwise.
+Binds to 127.0.0.1 unless ``--host`` says otherwise. The page has no authentication;
+requests that name another host (DNS rebinding) or come from another site's page are
+refused. Reach it by another name with ``--allow-host NAME``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests addressed to this host name (repeatable; localhost and the "
+                        "--host address are always allowed)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads are refused (default: 10)")
     add_model_args(p)
     add_device_args(p)
@@ -39,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     explorer = Explorer(resolve_demo_model(args), device=device, img_size=args.img_size)
     try:
-        server = make_server(explorer, args.host, args.port, max_upload_bytes=int(args.max_upload_mb * 2**20))
+        server = make_server(explorer, args.host, args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
+                             allow_hosts=args.allow_host)
     except OSError as e:
         raise OSError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e}); choose another --port") from None
     print(f"bagnet serve: {explorer.model_name} on {server.url} (Ctrl+C to stop)", flush=True)

@@ -21,13 +21,17 @@ class ImageError(ValueError):
     """A file that cannot be read as an image."""
 
 
-def load_image(source, *, max_pixels: int | None = None) -> Image.Image:
+def load_image(source, *, max_pixels: int | None = None, shrink_to: int | None = None) -> Image.Image:
     """Open ``source`` (path or binary file object) as an 8-bit RGB image, upright.
 
     Args:
         source: path or file object.
         max_pixels: refuse images with more pixels than this (decompression bombs);
             ``None`` keeps Pillow's own limit.
+        shrink_to: decode JPEGs at the coarsest of the scales 1/2, 1/4, 1/8 whose short
+            side is still at least this many pixels (the decoder skips the detail, so a
+            40-megapixel photo never exists at full size in memory); other formats are
+            decoded at full size. ``None``: always full size.
 
     Raises:
         ImageError: unreadable, truncated, non-image or oversized file.
@@ -44,8 +48,12 @@ def load_image(source, *, max_pixels: int | None = None) -> Image.Image:
                     raise ImageError(
                         f"{name}: image is {img.width}x{img.height} pixels, more than the limit of {max_pixels}"
                     )
+                if shrink_to is not None and min(img.size) >= 2 * shrink_to:
+                    img.draft(None, (shrink_to, shrink_to))
                 img.load()
-                img = ImageOps.exif_transpose(img)
+                # In place: without an orientation tag a copy would double the memory of a
+                # large image for nothing.
+                ImageOps.exif_transpose(img, in_place=True)
                 return to_rgb(img)
     except ImageError:
         raise

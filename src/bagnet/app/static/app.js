@@ -110,6 +110,8 @@ async function analyse(url, options, name) {
 function render(summary) {
   $("#result").hidden = false;
   $("#photo").src = summary.image;
+  $("#note").textContent = summary.note || "";
+  $("#note").hidden = !summary.note;
   // The previous image's heatmap must not sit on the new photo while its own is computed.
   const heat = $("#heatmap");
   heat.removeAttribute("src");
