@@ -10,7 +10,7 @@ from bagnet.analysis.error_distribution import class_errors, write_error_distrib
 from bagnet.analysis.logit_correlation import correlations, write_logit_correlation
 from bagnet.analysis.patch_size import write_patch_size
 
-from .conftest import CLASSES
+from .conftest import CLASSES, classifier, tiny_bagnet
 
 
 def test_topk_against_a_loop():
@@ -19,7 +19,7 @@ def test_topk_against_a_loop():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(40, 7)).astype(np.float32)
     targets = rng.integers(0, 7, 40)
-    p = Predictions(np.arange(40), targets, logits, np.zeros(40, np.float32), 1.0)
+    p = Predictions(np.arange(40), targets, logits, np.zeros(40, np.float32), 1.0, -np.sort(-logits, 1)[:, :5])
     for k in (1, 2, 5, 9):
         hits = sum(int(t in sorted(range(7), key=lambda c: -row[c])[:k]) for row, t in zip(logits, targets))
         assert accuracy_of(p, k) == pytest.approx(100.0 * hits / 40)
@@ -42,6 +42,50 @@ def test_accuracy_and_patch_size(data, bag9, bag3, resnet, cache, tmp_path):
     assert read_json(tmp_path / "patch_size.json")["bagnets"][0]["receptive_field"] == 3
     with pytest.raises(ValueError, match="at least one BagNet"):
         patch_size([resnet], data, cache=cache)
+
+
+def test_accuracy_over_all_outputs_is_reported_next_to_the_restricted_one(data, tmp_path):
+    """A 7-output model on the 3-class folder: top1/top5 choose among the folder's classes
+    (the paper's subset evaluation); top1/top5_all_outputs among all 7, checked by hand."""
+    import torch
+
+    from bagnet.analysis import LogitCache
+    from bagnet.analysis.report import tables_for
+
+    model = tiny_bagnet(9, seed=3)
+    wide = type(model)(layers=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), width=0.0625, num_classes=7)
+    wide.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}, strict=False)
+    with torch.no_grad():
+        wide.fc.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(5))
+        wide.fc.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0]))  # an output outside the data
+    clf = classifier("W", wide.eval())
+    columns = [4, 0, 2]
+    clf.columns = torch.tensor(columns)
+    hits = {"top1": 0, "top5": 0, "top1_all": 0, "top5_all": 0}
+    n = 0
+    for x, y, _ in data.iter_batches(data.indices(), 4):
+        with torch.no_grad():
+            full = wide(clf.normalize(x))
+        for row, t in zip(full, y.tolist()):
+            order = torch.argsort(row, descending=True).tolist()
+            sub = torch.argsort(row[columns], descending=True).tolist()
+            hits["top1"] += sub[0] == t
+            hits["top5"] += t in sub[:5]
+            hits["top1_all"] += order[0] == columns[t]
+            hits["top5_all"] += columns[t] in order[:5]
+            n += 1
+    [row] = accuracy([clf], data, batch_size=4, cache=LogitCache(tmp_path / "cache"))
+    assert row.top1 == pytest.approx(100 * hits["top1"] / n) and row.top5 == 100.0
+    assert row.top1_all_outputs == pytest.approx(100 * hits["top1_all"] / n)
+    assert row.top5_all_outputs == pytest.approx(100 * hits["top5_all"] / n)
+    assert row.top1_all_outputs < row.top1  # the bias pulls predictions outside the data's classes
+    assert row.outputs == 7 and row.classes == 3
+    # read back from the cache on disk, the same numbers
+    [again] = accuracy([clf], data, batch_size=4, cache=LogitCache(tmp_path / "cache"))
+    assert again.top1_all_outputs == row.top1_all_outputs
+    write_accuracy([row], tmp_path)
+    [(caption, header, _)] = tables_for("accuracy", read_json(tmp_path / "accuracy.json"))
+    assert "RESTRICTED to the data set's 3 classes" in caption and "top-1 % (all outputs)" in header
 
 
 def test_correlations_against_numpy():

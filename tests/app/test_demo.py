@@ -87,16 +87,26 @@ def test_imagenet_model_on_wordnet_folders_uses_classes_tsv(tmp_path, capsys):
             Image.fromarray(a).save(root / "val" / wnid / f"{i}.png")
             images[(wnid, i)] = (a, index)
     (root / "classes.tsv").write_text("wnid\timagenet_index\tname\n" + "".join(f"{w}\t{i}\tx\n" for w, i in folders.items()))
-    code, out, err = run_demo(capsys, "--weights", weights, "--data", root, "--out", tmp_path / "out",
-                              "--show", "1", "--res", "native")
-    assert code == 0, err
     outputs = list(folders.values())
-    hits = 0
+    hits = hits_restricted = 0
     for a, index in images.values():
         with torch.no_grad():
             logits = model(normalized(a)[None])[0]
-        hits += outputs[int(logits[outputs].argmax())] == index  # best of the folder's classes
-    assert f"top1 {100 * hits / len(images):.1f}% on {len(images)} images" in out
+        hits += int(logits.argmax()) == index  # the best of all 1000 outputs
+        hits_restricted += outputs[int(logits[outputs].argmax())] == index  # best of the folder's classes
+    assert hits_restricted > hits  # the case where restricting flatters the model
+    n = len(images)
+    code, out, err = run_demo(capsys, "--weights", weights, "--data", root, "--out", tmp_path / "out",
+                              "--show", "1", "--res", "native")
+    assert code == 0, err
+    assert f"top1 {100 * hits / n:.1f}%" in out and f"on {n} images" in out
+    assert "predicted among all 1000 classes" in out
+    code, out, err = run_demo(capsys, "--weights", weights, "--data", root, "--out", tmp_path / "r",
+                              "--show", "1", "--res", "native", "--restrict-to-folder-classes")
+    assert code == 0, err
+    assert f"top1 {100 * hits_restricted / n:.1f}% on {n} images" in out  # 3 classes: no top-5
+    assert "RESTRICTED: predicted among the folder's 3 classes only" in out
+    assert "RESTRICTED: predicted among the folder&#x27;s 3 classes only" in (tmp_path / "r" / "report.html").read_text()
 
 
 def test_flat_folder_and_a_corrupt_file(tmp_path, tiny_model_file, capsys):

@@ -3,7 +3,9 @@ of each class of the data (:class:`Classifier`), built from a :class:`ModelSpec`
 
 Images reach a classifier in pixel space (``[0, 1]`` RGB); it applies its own
 normalization. Outputs are restricted to the data set's classes (``Classifier.columns``),
-so a model trained on the folder and an ImageNet-1k model are compared on the same labels.
+so a model trained on the folder and an ImageNet-1k model are compared on the same labels
+(the paper's subset evaluation, done on purpose); the accuracy experiment reports the
+unrestricted numbers next to them.
 """
 
 from __future__ import annotations
@@ -105,8 +107,14 @@ class Classifier:
             "model": self.name,
             "kind": "bagnet" if self.is_bagnet else "reference",
             "receptive_field": self.receptive_field,
+            "outputs": self.num_outputs,
             "source": getattr(self.model, "pretrained_cfg", {}).get("source"),
         }
+
+    @property
+    def num_outputs(self) -> int:
+        """How many classes the model itself has (the data set may have fewer)."""
+        return _num_outputs(self.model)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -206,6 +214,10 @@ def _torchvision_model(name: str, weights: str | None, **kwargs: Any) -> nn.Modu
     return model
 
 
+def _num_outputs(model: nn.Module) -> int:
+    return model.num_classes if hasattr(model, "num_classes") else _last_linear(model).out_features
+
+
 def _last_linear(model: nn.Module) -> nn.Linear:
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
@@ -281,7 +293,7 @@ def make_classifier(
 ) -> Classifier:
     """Wrap a model built by :func:`build_model` with its normalization and class columns."""
     cfg = getattr(model, "pretrained_cfg", {})
-    n_out = model.num_classes if hasattr(model, "num_classes") else _last_linear(model).out_features
+    n_out = _num_outputs(model)
     cols = class_columns(cfg.get("classes"), n_out, data_classes, class_index, label=spec.label)
     return Classifier(
         spec.label, model.eval(), cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD), cols,

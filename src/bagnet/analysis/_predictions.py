@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -22,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["LogitCache", "Predictions", "aligned_predictions", "predictions"]
 
+# Largest logits over all outputs kept per image: enough for top-1 and top-5.
+TOP_LOGITS = 5
+
 
 @dataclass
 class Predictions:
@@ -34,6 +38,9 @@ class Predictions:
         logsumexp: log-sum-exp over all outputs of the model ``[N]`` (so softmax
             probabilities over the full output follow from ``logits`` without rerunning).
         seconds: time spent in the model's forward passes (not in data loading).
+        top_logits: the ``TOP_LOGITS`` largest logits over all outputs of the model,
+            descending ``[N, TOP_LOGITS]`` (``-inf`` beyond a smaller model's outputs), so
+            top-k accuracy over all outputs follows from ``logits`` too.
     """
 
     indices: np.ndarray
@@ -41,6 +48,7 @@ class Predictions:
     logits: np.ndarray
     logsumexp: np.ndarray
     seconds: float
+    top_logits: np.ndarray
 
     @property
     def images_per_s(self) -> float:
@@ -56,7 +64,8 @@ class Predictions:
         rows = np.asarray([pos[int(i)] for i in indices if int(i) in pos], dtype=np.int64)
         frac = len(rows) / max(len(self.indices), 1)
         return Predictions(
-            self.indices[rows], self.targets[rows], self.logits[rows], self.logsumexp[rows], self.seconds * frac
+            self.indices[rows], self.targets[rows], self.logits[rows], self.logsumexp[rows], self.seconds * frac,
+            self.top_logits[rows],
         )
 
 
@@ -97,8 +106,10 @@ class LogitCache:
             return None
         try:
             with np.load(path) as z:
+                if "top_logits" not in z:
+                    return None  # written by an older bagnet: computed again
                 return Predictions(
-                    z["indices"], z["targets"], z["logits"], z["logsumexp"], float(z["seconds"])
+                    z["indices"], z["targets"], z["logits"], z["logsumexp"], float(z["seconds"]), z["top_logits"]
                 )
         except (OSError, KeyError, ValueError) as e:
             logger.warning("ignoring unreadable cache %s (%s)", path, e)
@@ -110,11 +121,11 @@ class LogitCache:
             return
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, indices=p.indices, targets=p.targets, logits=p.logits, logsumexp=p.logsumexp,
-                     seconds=np.float64(p.seconds))
+                     seconds=np.float64(p.seconds), top_logits=p.top_logits)
 
 
 def _compute(clf: Classifier, data: EvalData, indices: list[int], batch_size: int) -> Predictions:
-    out_idx, out_y, out_logits, out_lse = [], [], [], []
+    out_idx, out_y, out_logits, out_lse, out_top = [], [], [], [], []
     seconds = 0.0
     for x, y, idx in data.iter_batches(indices, batch_size, desc=f"outputs of {clf.label}"):
         x = x.to(clf.device)
@@ -127,11 +138,13 @@ def _compute(clf: Classifier, data: EvalData, indices: list[int], batch_size: in
         out_y.append(y.numpy())
         out_logits.append(clf.restrict(full).cpu().numpy())
         out_lse.append(full.logsumexp(1).cpu().numpy())
+        top = full.topk(min(TOP_LOGITS, full.shape[1]), dim=1).values
+        out_top.append(torch.nn.functional.pad(top, (0, TOP_LOGITS - top.shape[1]), value=-math.inf).cpu().numpy())
     if not out_idx:
         raise ValueError(f"none of the {len(indices)} requested images could be read")
     return Predictions(
         np.concatenate(out_idx), np.concatenate(out_y), np.concatenate(out_logits).astype(np.float32),
-        np.concatenate(out_lse).astype(np.float32), seconds,
+        np.concatenate(out_lse).astype(np.float32), seconds, np.concatenate(out_top),
     )
 
 
@@ -139,6 +152,7 @@ def _concat(a: Predictions, b: Predictions) -> Predictions:
     return Predictions(
         np.concatenate([a.indices, b.indices]), np.concatenate([a.targets, b.targets]),
         np.concatenate([a.logits, b.logits]), np.concatenate([a.logsumexp, b.logsumexp]), a.seconds + b.seconds,
+        np.concatenate([a.top_logits, b.top_logits]),
     )
 
 

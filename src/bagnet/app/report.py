@@ -22,6 +22,7 @@ from PIL import Image
 
 from .. import __version__
 from .._io import write_text
+from .._text import plural
 from ..data.images import ImageError, load_image
 from ..explain import plot_misclassification, plot_patches
 from .explorer import Analysis, Explorer, figure_png
@@ -58,6 +59,7 @@ class Report:
     html: str
     num_images: int
     accuracy: dict[str, float] = field(default_factory=dict)  # top1/top5 in %, labelled images only
+    scoring: str = ""  # among which outputs the labelled images' predictions were chosen
     misclassified: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -86,9 +88,10 @@ def build_report(
         top: classes per image whose evidence maps are drawn.
         show: images explained in detail (and at most this many misclassified ones).
         res: ``"full"`` or ``"native"`` resolution of the drawn maps.
-        label_outputs: the model outputs the labels can take; a labelled image's
-            prediction is the best of these (e.g. the 10 Imagenette classes of an ImageNet
-            model, as ``bagnet eval --class-map`` scores them). ``None``: all outputs.
+        label_outputs: restrict the predictions of labelled images to these model outputs
+            (e.g. the 10 Imagenette classes of an ImageNet model, as
+            ``bagnet eval --restrict-to-folder-classes`` scores them); the report says so.
+            ``None``: the prediction is the best of all outputs.
         notes: extra lines for the header (e.g. why labels were ignored).
 
     Raises:
@@ -134,6 +137,7 @@ def build_report(
         accuracy["top1"] = 100.0 * hits1 / len(labelled)
         if (len(allowed) if allowed is not None else explorer.num_classes) > 5:
             accuracy["top5"] = 100.0 * hits5 / len(labelled)
+    scoring = _scoring(explorer.num_classes, None if allowed is None else len(set(allowed.tolist())))
 
     start = time.perf_counter()
     analyses: dict[int, Analysis] = {}
@@ -149,7 +153,7 @@ def build_report(
 
     body = [_header(explorer, title, source, len(items), res, notes)]
     if labelled:
-        body.append(_accuracy_section(explorer, accuracy, per_class, len(labelled), len(wrong)))
+        body.append(_accuracy_section(explorer, accuracy, per_class, len(labelled), len(wrong), scoring))
     body.append(f"<h2>Explanations</h2><p class=note>{_EXPLAIN_NOTE}</p>" + "".join(cards))
     if labelled:
         shown = f" (the first {len(mistakes)})" if len(wrong) > len(mistakes) else ""
@@ -167,7 +171,8 @@ def build_report(
         f"({res} resolution, device {html.escape(str(explorer.device))}).</footer>"
     )
     page = _PAGE.format(title=html.escape(title), style=_STYLE, body="\n".join(body))
-    return Report(page, len(items), accuracy, [items[i].name for i, _ in wrong], timing)
+    return Report(page, len(items), accuracy, scoring=scoring if labelled else "",
+                  misclassified=[items[i].name for i, _ in wrong], seconds=timing)
 
 
 def write_report(report: Report | str, path: str | os.PathLike) -> Path:
@@ -206,7 +211,14 @@ def _header(explorer: Explorer, title: str, source: str, n: int, res: str, notes
     return "\n".join(lines)
 
 
-def _accuracy_section(explorer: Explorer, accuracy: dict, per_class: dict, n: int, n_wrong: int) -> str:
+def _scoring(num_outputs: int, allowed: int | None) -> str:
+    if allowed is None or allowed >= num_outputs:
+        return f"predicted among all {plural(num_outputs, 'class', 'classes')} of the model"
+    return (f"RESTRICTED: predicted among the folder's {plural(allowed, 'class')} only, ignoring the model's "
+            f"{num_outputs - allowed} other outputs (--restrict-to-folder-classes)")
+
+
+def _accuracy_section(explorer: Explorer, accuracy: dict, per_class: dict, n: int, n_wrong: int, scoring: str) -> str:
     parts = [f"top-1 accuracy <b>{accuracy['top1']:.1f}%</b>"]
     if "top5" in accuracy:
         parts.append(f"top-5 accuracy <b>{accuracy['top5']:.1f}%</b>")
@@ -215,7 +227,8 @@ def _accuracy_section(explorer: Explorer, accuracy: dict, per_class: dict, n: in
         for c, v in sorted(per_class.items())
     )
     return (
-        f"<h2>Accuracy</h2><p>{', '.join(parts)} on {n} labelled images ({n_wrong} misclassified).</p>"
+        f"<h2>Accuracy</h2><p>{', '.join(parts)} on {plural(n, 'labelled image')} ({n_wrong} misclassified); "
+        f"{html.escape(scoring)}.</p>"
         f"<table><tr><th>class</th><th>images</th><th>top-1</th></tr>{rows}</table>"
     )
 

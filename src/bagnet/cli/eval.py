@@ -1,8 +1,12 @@
 """``bagnet eval``: top-1, top-5, per-class accuracy, confusion matrix and speed on a folder.
 
-``--class-map imagenet`` evaluates an ImageNet-1k model on a folder of WordNet-id class
-folders (e.g. Imagenette) by restricting its logits to those classes, read from the
-dataset's ``classes.tsv`` (``wnid<TAB>imagenet_index``) or from ``--class-map FILE.tsv``.
+The model's outputs are matched to the folder's classes by name. A prediction counts as
+right only if it is the image's class: predicting one of the model's other classes is
+wrong, also when the folder holds only some of them. ``--class-map imagenet`` names the
+ImageNet-1k output of each WordNet-id class folder (e.g. Imagenette) from the data set's
+``classes.tsv`` (``wnid<TAB>imagenet_index``), or ``--class-map FILE.tsv``; the model still
+chooses among all its outputs. ``--restrict-to-folder-classes`` scores it among the
+folder's classes only (the ImageNet-subset evaluation of papers); the output says so.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import time
 from pathlib import Path
 
+from .._text import plural
 from ._common import add_device_args, add_model_args
 
 logger = logging.getLogger(__name__)
@@ -26,6 +31,9 @@ def add_parser(sub) -> None:
     add_device_args(p)
     p.add_argument("--class-map", default=None, metavar="imagenet|FILE.tsv",
                    help="map folder names to model outputs ('imagenet': the dataset's classes.tsv)")
+    p.add_argument("--restrict-to-folder-classes", action="store_true",
+                   help="choose the prediction among the folder's classes only, ignoring the model's other "
+                        "outputs (the ImageNet-subset evaluation); by default predicting any other class is wrong")
     p.add_argument("--img-size", type=int, default=None, help="default: the model's training size, else 224")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
@@ -57,6 +65,9 @@ def output_index(model, classes: list[str], class_map: str | None, data_root: Pa
         bad = [i for i in index if not 0 <= i < num_outputs]
         if bad:
             raise ValueError(f"{tsv} maps to output {bad[0]}, but the model has {num_outputs} outputs")
+        twice = sorted({c for c, i in zip(classes, index) if index.count(i) > 1})
+        if twice:
+            raise ValueError(f"{tsv} maps class folders {', '.join(twice[:5])} to the same output")
         return index
     own = model.pretrained_cfg.get("classes")
     if own is None:
@@ -81,7 +92,8 @@ def output_index(model, classes: list[str], class_map: str | None, data_root: Pa
 
 
 def collect_logits(model, loader, device, index: list[int] | None, amp: str = "none"):
-    """All logits (restricted to ``index``) and targets of ``loader``; one per-batch loop.
+    """All logits (restricted to the columns ``index`` unless ``None``) and targets of
+    ``loader``; one per-batch loop.
 
     Returns:
         ``(logits [N, K], targets [N], skipped, seconds)``.
@@ -127,24 +139,31 @@ def run(args: argparse.Namespace) -> int:
     cfg = model.pretrained_cfg
     img_size = args.img_size or cfg.get("img_size") or 224
     dataset = ImageFolder(folder, transform=eval_transform(img_size, cfg["mean"], cfg["std"]))
-    index = output_index(model, list(dataset.classes), args.class_map, data_root)
+    classes = list(dataset.classes)
+    index = output_index(model, classes, args.class_map, data_root)
+    # Restricted: only the folder's columns are kept, and column k is class k. Otherwise the
+    # model chooses among all its outputs, and `index` says which one is each class's.
+    restrict = index if args.restrict_to_folder_classes else None
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_skip,
                         pin_memory=device.type == "cuda")
-    logits, targets, skipped, seconds = collect_logits(model, loader, device, index)
-    report = classification_report(logits, targets, list(dataset.classes))
+    logits, targets, skipped, seconds = collect_logits(model, loader, device, restrict)
+    report = classification_report(logits, targets, classes, None if restrict is not None else index)
     report.update(
         model=getattr(model, "model_name", args.model),
         weights=args.weights,
         data=str(folder),
         img_size=img_size,
         class_map=args.class_map,
+        model_outputs=model.num_classes,
+        restricted_to_folder_classes=bool(args.restrict_to_folder_classes),
+        scored_among=logits.shape[1],
         skipped=skipped,
         seconds=seconds,
         images_per_s=report["images"] / seconds if seconds > 0 else 0.0,
     )
     if args.fast:
-        report["fast"] = evaluate_fast(model, args.fast, loader, device, index, logits, targets)
-    print_report(report, list(dataset.classes))
+        report["fast"] = evaluate_fast(model, args.fast, loader, device, restrict, index, logits, targets)
+    print_report(report, classes)
     if args.json:
         from .._io import write_text
 
@@ -153,19 +172,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_fast(model, mode: str, loader, device, index: list[int] | None, logits, targets) -> dict:
+def evaluate_fast(model, mode: str, loader, device, restrict: list[int] | None, index: list[int] | None,
+                  logits, targets) -> dict:
     """Top-1 accuracy, speed and top-1 agreement with the float32 ``logits`` of ``model`` run
-    in the inference mode ``mode`` (see ``bagnet bench``)."""
+    in the inference mode ``mode`` (see ``bagnet bench``), scored as ``bagnet eval`` scores:
+    among the columns ``restrict`` only if given, else among all outputs, class k's being
+    ``index[k]`` (``None``: output k)."""
+    import torch
+
     from ..models import INFERENCE_MODES, prepare_for_inference, top1_agreement
 
     fast = prepare_for_inference(model, **INFERENCE_MODES[mode])
-    fast_logits, fast_targets, _, seconds = collect_logits(fast, loader, device, index)
+    fast_logits, fast_targets, _, seconds = collect_logits(fast, loader, device, restrict)
     n = len(fast_targets)
     if n == 0:
         raise ValueError(f"--fast {mode}: no readable images to compare on")
+    right = fast_targets if restrict is not None or index is None else torch.as_tensor(index)[fast_targets]
     return {
         "mode": mode,
-        "top1": 100.0 * (fast_logits.argmax(1) == fast_targets).sum().item() / n,
+        "top1": 100.0 * (fast_logits.argmax(1) == right).sum().item() / n,
         "top1_agreement": 100.0 * top1_agreement(logits, fast_logits),
         "max_abs_logit_diff": (fast_logits - logits).abs().max().item(),
         "seconds": seconds,
@@ -177,6 +202,8 @@ def print_report(report: dict, classes: list[str]) -> None:
     print(f"{report['model']} on {report['data']} ({report['images']} images at {report['img_size']} px"
           + (f", {report['skipped']} unreadable skipped" if report["skipped"] else "") + ")")
     print(f"top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  {report['images_per_s']:.1f} images/s")
+    print(scoring_note(report["scored_among"], len(classes), report["model_outputs"],
+                       report["restricted_to_folder_classes"]))
     fast = report.get("fast")
     if fast:
         print(f"--fast {fast['mode']}: top-1 {fast['top1']:.2f}%  {fast['images_per_s']:.1f} images/s  "
@@ -190,7 +217,22 @@ def print_report(report: dict, classes: list[str]) -> None:
         print(f"{name.ljust(width)}  {row['images']:>6}  {acc:>6}")
     if len(classes) <= 20:
         cm = report["confusion"]
-        cell = max(4, len(str(max(max(r) for r in cm))) + 1)
-        print("\nconfusion (rows: true class, columns: predicted, in the order above)")
+        cell = max(6, len(str(max(max(r) for r in cm))) + 1)
+        other = len(report["confusion_columns"]) > len(classes)
+        print("\nconfusion (rows: true class, columns: predicted, in the order above"
+              + (", then 'other': any of the model's other outputs" if other else "") + ")")
+        if other:
+            print(" " * width + " " * (cell * len(classes)) + "other".rjust(cell))
         for name, row in zip(classes, cm):
             print(name.ljust(width) + "".join(str(v).rjust(cell) for v in row))
+
+
+def scoring_note(scored_among: int, num_classes: int, outputs: int, restricted: bool) -> str:
+    """One line that says among which outputs predictions were chosen."""
+    if outputs == num_classes:
+        return f"scored among the model's {plural(outputs, 'output')}, one per folder class"
+    if restricted:
+        return (f"RESTRICTED: predictions chosen among the folder's {plural(scored_among, 'class')} only, "
+                f"ignoring the model's {outputs - scored_among} other outputs (--restrict-to-folder-classes)")
+    return (f"scored among all {plural(outputs, 'output')}: predicting any of the {outputs - num_classes} "
+            "classes not in the folder counts as wrong (--restrict-to-folder-classes to ignore them)")
