@@ -80,6 +80,37 @@ def test_val_split_when_there_is_no_val_folder(tiny_data, tmp_path):
     assert log["val_top1"] * 6 / 100 == pytest.approx(round(log["val_top1"] * 6 / 100))  # 2 of 8 per class
 
 
+def test_a_folder_of_class_folders_trains_with_val_split(tiny_data, tmp_path, capsys):
+    """No train/ and val/: the class folders themselves, as Caltech-101 ships."""
+    data = tmp_path / "caltech"
+    shutil.copytree(tiny_data / "train", data)
+    args = ["train", "--data", str(data), "--model", "bagnet_tiny", "--img-size", "32", "--epochs", "1",
+            "--batch-size", "6", "--workers", "0", "--device", "cpu", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--val-split 0.1 to train on the class folders of" in err
+    assert main([*args, "--out", str(tmp_path / "b"), "--val-split", "0.25"]) == 0
+    [record] = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert record["train_images"] == 3 * 6 and record["val_images"] == 3 * 2  # 2 of 8 per class held out
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["classes"] == ["circle", "square", "stripes"]
+
+
+@pytest.mark.parametrize("layout", ["one-class", "one-class-with-images"])
+def test_fewer_than_two_classes_are_refused_before_training(tiny_data, tmp_path, capsys, layout):
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        shutil.copytree(tiny_data / split / "circle", data / split / "circle")
+        if layout == "one-class-with-images":  # a second class folder, but empty
+            (data / split / "square").mkdir()
+    out = tmp_path / "r"
+    assert main(["train", "--data", str(data), "--model", "bagnet_tiny", "--out", str(out), "--workers", "0",
+                 "--epochs", "1", "--img-size", "32", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "has images of 1 class (circle); a classifier needs at least 2 classes" in err
+    assert not (out / "model.pt").exists() and not (out / "last.pt").exists()
+
+
 def test_resume_refuses_other_classes_changed_options_and_an_existing_run(tiny_data, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)

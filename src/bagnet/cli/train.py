@@ -12,6 +12,26 @@ import sys
 
 from ._common import add_device_args, add_model_args
 
+# Namespace attribute: the destinations of the options typed on the command line.
+GIVEN = "given_options"
+
+
+def _tracked(action: type[argparse.Action]) -> type[argparse.Action]:
+    """``action`` that also records its destination in ``namespace.given_options`` when
+    the option is typed, so a resumed run knows what the user asked for, whatever the value
+    (a typed value equal to the default is still a request)."""
+
+    class Tracked(action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            super().__call__(parser, namespace, values, option_string)
+            given = getattr(namespace, GIVEN, None)
+            if given is None:
+                given = set()
+                setattr(namespace, GIVEN, given)
+            given.add(self.dest)
+
+    return Tracked
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -20,7 +40,11 @@ def add_parser(sub) -> None:
         description=__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--data", help="folder with train/<class>/ and val/<class>/ image folders")
+    for name, action in ((None, argparse._StoreAction), ("store", argparse._StoreAction),
+                         ("store_true", argparse._StoreTrueAction), ("store_false", argparse._StoreFalseAction)):
+        p.register("action", name, _tracked(action))
+    p.add_argument("--data", help="folder with train/<class>/ and val/<class>/ image folders, or (with --val-split) "
+                                  "train/<class>/ alone or the <class>/ folders themselves")
     p.add_argument("--out", help="run folder: config.json, log.jsonl, TensorBoard events, checkpoints, model.pt")
     add_model_args(p)
     add_device_args(p)
@@ -46,7 +70,8 @@ def add_parser(sub) -> None:
         "--crop-scale", type=float, default=0.08,
         help="smallest random crop, as a fraction of the image's area (larger keeps more of the object)",
     )
-    g.add_argument("--val-split", type=float, default=None, help="hold out this fraction of train/ when there is no val/")
+    g.add_argument("--val-split", type=float, default=None,
+                   help="hold out this fraction of every class for validation, when --data has no val/")
     g.add_argument(
         "--outliers", default=None, metavar="DIR",
         help="images of none of the classes (searched recursively), trained towards a uniform prediction "
@@ -71,13 +96,13 @@ def add_parser(sub) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    """The :class:`~bagnet.train.TrainConfig` of the parsed arguments, and which were set."""
+    """The :class:`~bagnet.train.TrainConfig` of the parsed arguments, and the names of the
+    options typed on the command line (whatever their values)."""
     from ..train import TrainConfig
 
-    default = TrainConfig()
     values = {k: getattr(args, k) for k in TrainConfig.__dataclass_fields__ if hasattr(args, k)}
     values = {k: ("" if v is None and k in ("data", "out", "model") else v) for k, v in values.items()}
-    explicit = {k for k, v in values.items() if v != getattr(default, k)}
+    explicit = set(getattr(args, GIVEN, None) or ()) & set(values)
     values["command"] = shlex.join(["bagnet", *sys.argv[1:]])
     return TrainConfig(**values), explicit
 

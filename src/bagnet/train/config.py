@@ -9,12 +9,16 @@ from typing import Any
 AMP_MODES = ("none", "bf16", "fp16")
 SCHEDULES = ("cosine", "step")
 
-# Options of one sitting: a resumed run takes them from its own command line.
-SITTING = frozenset({"stop_after", "resume", "progress", "command"})
-# Options a resumed run may change when given explicitly. ``epochs`` alters the schedule,
-# but extending a run is a reason to resume; a moved ``data`` folder is checked against the
-# stored classes; ``workers`` and ``device`` change the random stream (each loader worker
-# draws its own augmentations), so a resumed run keeps the stored ones unless told.
+# Options of one sitting: a resumed run takes them from its own command line. ``out`` is
+# the folder being resumed (it may be spelled another way than when the run started).
+SITTING = frozenset({"stop_after", "resume", "progress", "command", "out"})
+# Options a resumed run may change when given explicitly. ``epochs`` alters the schedule
+# (it is re-planned over the new length, see ``loop._resume_schedule``), but extending a
+# run is a reason to resume; a moved ``data`` folder is checked against the stored
+# classes; ``workers`` and ``device`` change the random stream (each loader worker draws
+# its own augmentations), so a resumed run keeps the stored ones unless told. Every other
+# option changes what the run computes: typed with another value than the run's, it is
+# refused.
 RESUME_MAY_CHANGE = SITTING | {"data", "epochs", "workers", "device"}
 
 
@@ -107,17 +111,19 @@ def merge_for_resume(stored: dict[str, Any], given: TrainConfig, explicit: set[s
     Args:
         stored: the configuration saved in the checkpoint.
         given: the configuration of this invocation.
-        explicit: names of the options the user set in this invocation.
+        explicit: names of the options the user typed in this invocation, whatever their
+            values: a typed default is a request like any other. Options not typed keep
+            the run's values (sitting options excepted).
 
     Raises:
-        ValueError: an explicitly given option differs from the run being resumed and
-            would change what it computes.
+        ValueError: a typed option differs from the run being resumed and would change
+            what it computes.
     """
-    merged = TrainConfig.from_dict(stored)
-    given_d = given.to_dict()
-    changed = [k for k in explicit if k in given_d and k not in RESUME_MAY_CHANGE and given_d[k] != stored.get(k)]
+    merged = TrainConfig.from_dict(stored)  # a key an older run lacks gets today's default
+    given_d, run_d = given.to_dict(), merged.to_dict()
+    changed = [k for k in explicit if k in given_d and k not in RESUME_MAY_CHANGE and given_d[k] != run_d[k]]
     if changed:
-        shown = ", ".join(f"--{k.replace('_', '-')} {given_d[k]!r} (run has {stored.get(k)!r})" for k in sorted(changed))
+        shown = ", ".join(f"--{k.replace('_', '-')} {given_d[k]!r} (run has {run_d[k]!r})" for k in sorted(changed))
         raise ValueError(f"cannot change {shown} when resuming; start a new run with another --out instead")
     for k in RESUME_MAY_CHANGE:
         if k in SITTING or k in explicit:

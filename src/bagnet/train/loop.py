@@ -24,6 +24,7 @@ from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, Rand
 
 from .._device import resolve_device
 from .._io import write_text
+from .._text import plural
 from ..data.folder import ImageFolder, collate_skip, eval_transform, read_class_names, split_indices, train_transform
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..models import create_model, save_model_file
@@ -66,13 +67,38 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def build_data(cfg: TrainConfig, mean, std, classes: list[str] | None = None) -> _Data:
-    """Train and val datasets of ``cfg.data``; ``classes`` (from a checkpoint) must match."""
+    """Train and val datasets of ``cfg.data``; ``classes`` (from a checkpoint) must match.
+
+    ``cfg.data`` holds ``train/<class>/`` and ``val/<class>/``, or ``train/<class>/`` with
+    ``val_split``, or (with ``val_split``) the class folders themselves, as data sets
+    without a split ship (Caltech-101).
+
+    Raises:
+        FileNotFoundError: no such layout.
+        ValueError: fewer than two classes with images (nothing to learn).
+    """
     root = Path(cfg.data)
     train_dir, val_dir = root / "train", root / "val"
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data {root} does not exist")
     if not train_dir.is_dir():
-        raise FileNotFoundError(f"{train_dir} does not exist; --data needs train/<class>/ (and val/<class>/) folders")
+        if not cfg.val_split:
+            raise FileNotFoundError(
+                f"{train_dir} does not exist; --data needs train/<class>/ and val/<class>/ folders, or "
+                f"pass --val-split 0.1 to train on the class folders of {root} and hold out 10% of each"
+            )
+        if val_dir.is_dir():
+            raise FileNotFoundError(f"{root} has a val/ folder but no train/ folder next to it")
+        train_dir = root  # a folder of class folders, no split
     train_ds = ImageFolder(train_dir, transform=train_transform(cfg.img_size, mean, std, cfg.crop_scale), classes=classes)
     classes = list(train_ds.classes)
+    with_images = [c for c in classes if c not in train_ds.empty_classes]
+    if len(with_images) < 2:
+        raise ValueError(
+            f"{train_dir} has images of {plural(len(with_images), 'class', 'classes')}"
+            + (f" ({', '.join(with_images)})" if with_images else "")
+            + "; a classifier needs at least 2 classes, each a folder of images"
+        )
     if cfg.val_split:
         indices_train, indices_val = split_indices(train_ds.targets, cfg.val_split, seed=cfg.seed)
         val_ds = copy.copy(train_ds)
@@ -200,6 +226,29 @@ def _resume_state(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, di
     return cfg, ckpt
 
 
+def _resume_schedule(optimizer: torch.optim.Optimizer, scheduler, stored_epochs: int, cfg: TrainConfig) -> None:
+    """Set the learning rate of the next step from this sitting's schedule.
+
+    The schedule is a function of the step and of ``--epochs``. A resumed run with the run's
+    own ``--epochs`` gets the very rate the stored optimizer holds. With another
+    ``--epochs`` the schedule is re-planned over the new length, from the current step on:
+    the next step runs at the rate a run planned for that length has at this step, and the
+    cosine decays from there to ``--min-lr`` at the new end. (The stored optimizer holds
+    the rate the old plan gave, ``--min-lr`` for a finished run: a plain resume would take
+    one step at it.)
+    """
+    before = optimizer.param_groups[0]["lr"]
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    if stored_epochs != cfg.epochs:
+        logger.info(
+            "--epochs %d (the run was planned for %d): the %s schedule is re-planned over %d epochs from step %d; "
+            "the next step runs at lr %.6g (the old plan: %.6g)",
+            cfg.epochs, stored_epochs, cfg.schedule, cfg.epochs, scheduler.last_epoch,
+            optimizer.param_groups[0]["lr"], before,
+        )
+
+
 def train(cfg: TrainConfig, explicit: set[str] | frozenset[str] = frozenset()) -> Path:
     """Run training as ``cfg`` describes; returns the path of ``model.pt``.
 
@@ -249,6 +298,7 @@ def _run(cfg: TrainConfig, ckpt: dict | None, device: torch.device, info: DistIn
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["lr_scheduler"])
+        _resume_schedule(optimizer, scheduler, int(ckpt["config"].get("epochs", cfg.epochs)), cfg)
         scaler.load_state_dict(ckpt["scaler"])
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
