@@ -101,3 +101,26 @@ def test_bad_input_is_one_line(tmp_path, folder, argv, message, capsys):
     assert main(argv + ["--out", str(tmp_path / "o")] if argv[1] != "all" else argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+def test_progress_in_a_log_file_is_plain_lines(tmp_path, folder, models):
+    """stderr redirected to a file: progress lines as `bagnet train` writes them, no tqdm
+    carriage-return frames."""
+    import os
+    import subprocess
+    import sys
+
+    log = tmp_path / "analyze.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BAGNET_PROGRESS": "1"}
+    with open(log, "w") as f:
+        done = subprocess.run(
+            [sys.executable, "-m", "bagnet", "analyze", "accuracy", "--data", str(folder), "--bagnet",
+             "B9=" + str(models / "b9.pt"), "--batch-size", "1", "--out", str(tmp_path / "out"), "--threads", "1"],
+            stdout=subprocess.DEVNULL, stderr=f, env=env, timeout=300, check=False,
+        )
+    text = log.read_text()
+    assert done.returncode == 0, text
+    assert "\r" not in text
+    lines = [line for line in text.splitlines() if line.startswith("outputs of B9: ")]
+    n = 3 * len(CLASSES)  # val images, one per batch
+    assert lines and lines[-1].startswith(f"outputs of B9: {n}/{n}, ")

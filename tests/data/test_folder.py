@@ -73,7 +73,7 @@ def test_empty_class_folders_and_non_image_files_are_reported(tmp_path, caplog):
     assert ds.classes == ["circle", "empty", "square", "stripes"]
     assert ds.empty_classes == ["empty"]
     assert [p.rsplit("/", 1)[-1] for p in ds.non_image_files] == ["README.txt"]
-    assert "without images: empty" in caplog.text and "1 file(s) that are not images" in caplog.text
+    assert "without images: empty" in caplog.text and "ignored 1 file without an image extension" in caplog.text
     assert len(ds) == 6
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._text import plural
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..models import BagNet
 from ._specs import ModelSpec
@@ -263,7 +264,7 @@ def class_columns(
             raise ValueError(f"class map has no entry for the data's classes {missing[:5]}")
         cols = [int(class_index[c]) for c in data_classes]
         if max(cols) >= num_outputs:
-            raise ValueError(f"{label}: class map index {max(cols)} is beyond its {num_outputs} outputs")
+            raise ValueError(f"{label}: class map index {max(cols)} is beyond its {plural(num_outputs, 'output')}")
         return cols
     if model_classes is not None and num_outputs == len(data_classes):
         raise ValueError(
@@ -271,7 +272,8 @@ def class_columns(
             f"({', '.join(data_classes[:3])}, ...); pass a class map or the matching data"
         )
     raise ValueError(
-        f"{label} has {num_outputs} outputs but the data has {len(data_classes)} classes and no class map "
+        f"{label} has {plural(num_outputs, 'output')} but the data has {plural(len(data_classes), 'class')} "
+        "and no class map "
         "(e.g. --class-map classes.tsv with 'folder<TAB>output index' lines)"
     )
 

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._io import atomic_path, write_text
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["new_figure", "panel_grid", "progress", "read_json", "save_figure", "slug", "write_json", "write_result"]
 
@@ -91,9 +96,28 @@ def write_result(out_dir: str | os.PathLike, stem: str, experiment: str, payload
 
 
 def progress(iterable, desc: str | None, total: int | None = None):
-    """tqdm when a description is given and progress is on (``BAGNET_PROGRESS=0`` turns it off)."""
+    """Progress of a loop when a description is given (``BAGNET_PROGRESS=0`` turns it off).
+
+    On a terminal, a tqdm bar; otherwise (a log file, a batch job) a plain log line every
+    tenth of the loop, as ``bagnet train`` writes: carriage-return frames would fill a
+    redirected log with one unreadable line per update.
+    """
     if desc is None or os.environ.get("BAGNET_PROGRESS", "1") == "0":
         return iterable
-    from tqdm.auto import tqdm
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+        return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+    return _progress_lines(iterable, desc, total)
+
+
+def _progress_lines(iterable, desc: str, total: int | None):
+    start = time.perf_counter()
+    every = max(1, total // 10) if total else None
+    i = 0
+    for i, item in enumerate(iterable, 1):
+        yield item
+        if every is not None and i % every == 0:
+            logger.info("%s: %d/%d, %.0f s", desc, i, total, time.perf_counter() - start)
+    if every is None or i % every:
+        logger.info("%s: %d/%s, %.0f s", desc, i, total or i, time.perf_counter() - start)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._text import plural
 from ._classifier import Classifier
 from ._data import EvalData
 from ._output import new_figure, write_result
@@ -112,7 +113,7 @@ def plot_accuracy(rows: Sequence[ModelAccuracy | dict]):
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.legend(loc="lower right")
-    ax.set_title(f"accuracy ({rows[0]['images'] if rows else 0} images)")
+    ax.set_title(f"accuracy ({plural(rows[0]['images'] if rows else 0, 'image')})")
     return fig, ax
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._text import plural
 from ._classifier import Classifier
 from ._data import EvalData
 from ._output import progress, save_figure, slug, write_json
@@ -83,7 +84,7 @@ def class_patches(
             results[b.label].append({**cp.to_dict(), "class": name})
             figures.append({"label": b.label, "class": name, "png": rel.as_posix(),
                             "caption": f"{b.label}: patches with the most evidence for '{name}' "
-                                       f"({cp.num_images} images)"})
+                                       f"({plural(cp.num_images, 'image')})"})
     return {"figures": figures, "results": results, "stride": stride, "top": top}
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._text import plural
 from ._cells import channel_mean
 from ._classifier import Classifier
 from ._data import EvalData
@@ -71,7 +72,7 @@ def choose_patches(height: int, width: int, n: int, size: int, gap: int = 0, *, 
     cols = (width - size) // step + 1 if width >= size else 0
     if rows * cols < n:
         raise ValueError(
-            f"only {rows * cols} patches of {size}x{size} with gap {gap} fit into a {height}x{width} image, "
+            f"only {plural(rows * cols, 'patch')} of {size}x{size} with gap {gap} fit into a {height}x{width} image, "
             f"fewer than the {n} asked for; use fewer or smaller patches, a smaller gap or larger images"
         )
     rng = np.random.default_rng(seed)
@@ -203,7 +204,7 @@ def plot_interactions(result: InteractionResult | dict):
         ax.set_xlabel("sum of single changes")
         ax.set_ylabel("joint change")
     fig.suptitle(
-        f"target logit change, {r['n_patches']} patches of {r['patch_size']}x{r['patch_size']} px", fontsize=10
+        f"target logit change, {plural(r['n_patches'], 'patch')} of {r['patch_size']}x{r['patch_size']} px", fontsize=10
     )
     return fig, axes
 

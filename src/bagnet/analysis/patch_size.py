@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._text import plural
 from ._classifier import Classifier
 from ._data import EvalData
 from ._output import new_figure, write_result
@@ -69,7 +70,7 @@ def plot_patch_size(result: PatchSizeResult | dict):
     ax.set_xticks(sorted(set(qs)))
     ax.set_ylim(0, 100)
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(f"accuracy vs patch size ({r['images']} images)")
+    ax.set_title(f"accuracy vs patch size ({plural(r['images'], 'image')})")
     return fig, ax
 
 

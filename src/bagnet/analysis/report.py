@@ -95,16 +95,16 @@ def tables_for(name: str, d: dict[str, Any]) -> list[tuple[str, list[str], list[
                  _fmt(p["r_per_image_median"], 3)] for p in d["pairs"]]
         rows += [[b["a"], "(reference)", b["b"], _fmt(b["r_all"], 3), _fmt(b["r_per_image"], 3),
                   _fmt(b["r_per_image_median"], 3)] for b in d["baselines"]]
-        return [(f"{d['images']} images; r over all (image, class) entries, and per image over classes",
+        return [(f"{plural(d['images'], 'image')}; r over all (image, class) entries, and per image over classes",
                  ["model", "q", "vs", "r (all entries)", "r per image (mean)", "r per image (median)"], rows)]
     if name == "error-distribution":
         rows = [[p["bagnet"], p["reference"], _fmt(p["r"], 3)] for p in d["pairs"]]
-        return [(f"{d['images']} images, {len(d['classes'])} classes", ["BagNet", "reference", "r of per-class errors"], rows)]
+        return [(f"{plural(d['images'], 'image')}, {plural(len(d['classes']), 'class')}", ["BagNet", "reference", "r of per-class errors"], rows)]
     if name == "interactions":
         rows = [[m["label"], m["kind"], _fmt(m["receptive_field"]), _fmt(m["slope"], 3), _fmt(m["intercept"], 3),
                  _fmt(m["r"], 3), _fmt(m["mean_abs_deviation"], 4), _fmt(m["relative_deviation"], 3)]
                 for m in d["models"]]
-        cap = (f"{d['images']} images, {d['n_patches']} patches of {d['patch_size']}x{d['patch_size']} px "
+        cap = (f"{plural(d['images'], 'image')}, {plural(d['n_patches'], 'patch')} of {d['patch_size']}x{d['patch_size']} px "
                f"(gap {d['gap']} px), {d['target']} class; fit: joint = slope x sum + intercept")
         return [(cap, ["model", "kind", "q", "slope", "intercept", "r", "mean |joint - sum|", "relative"], rows)]
     if name == "spatial-sensitivity":
@@ -116,7 +116,7 @@ def tables_for(name: str, d: dict[str, Any]) -> list[tuple[str, list[str], list[
             for rk, c in sorted(m["curves"].items(), key=lambda kv: -_mean(kv[1]["prob_drop"])):
                 rows.append([rk, *[_fmt(_at(c["prob_drop"], i), 3) for i in show], _fmt(_mean(c["prob_drop"]), 3),
                              _fmt(_at(c["logit_drop"], len(ks) - 1), 2)])
-            cap = f"tested network {m['label']} ({d['images']} images; best ranking first)"
+            cap = f"tested network {m['label']} ({plural(d['images'], 'image')}; best ranking first)"
             if m.get("unsupported"):
                 cap += "; left out: " + "; ".join(f"{k} ({v})" for k, v in m["unsupported"].items())
             out.append((cap, ["ranking", *[f"drop k={ks[i]}" for i in show], "mean drop", f"logit drop k={ks[-1]}"], rows))
@@ -180,7 +180,7 @@ def write_report(out_dir: str | os.PathLike, *, title: str = "BagNet analyses") 
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     models = meta.get("models", [])
     model_line = ", ".join(f"{m['label']} ({m['model']})" for m in models)
-    intro = (f"Data: {meta.get('data', '?')} at {meta.get('img_size', '?')} px, {len(meta.get('classes', []))} classes. "
+    intro = (f"Data: {meta.get('data', '?')} at {meta.get('img_size', '?')} px, {plural(len(meta.get('classes', [])), 'class')}. "
              f"Models: {model_line}.")
     h = [(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
           f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"),

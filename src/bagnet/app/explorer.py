@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .._text import plural
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..data.images import load_image
 from ..explain import EvidenceMapper, Explanation, MapGeometry, Patch, Prediction, preprocess, top_patches
@@ -71,7 +72,7 @@ class Explorer:
         self.cfg = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, **(getattr(model, "pretrained_cfg", None) or {})}
         k = int(model.num_classes)
         if class_names is not None and len(class_names) != k:
-            raise ValueError(f"{len(class_names)} class names for a model with {k} classes")
+            raise ValueError(f"{plural(len(class_names), 'class name')} for a model with {plural(k, 'class')}")
         names = class_names or self.cfg.get("class_names") or self.cfg.get("classes")
         self.classes = [str(c) for c in names] if names and len(names) == k else [f"class {i}" for i in range(k)]
         self.model_name = getattr(model, "model_name", type(model).__name__)
@@ -240,7 +241,7 @@ class ExploredImage:
     def evidence(self, cls: int, res: str = "native") -> torch.Tensor:
         """The ``[h, w]`` evidence map of class ``cls``; full resolution is computed once."""
         if not 0 <= cls < self.num_classes:
-            raise ValueError(f"class {cls} is out of range for {self.num_classes} classes")
+            raise ValueError(f"class {cls} is out of range for {plural(self.num_classes, 'class')}")
         if res not in RESOLUTIONS:
             raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {res!r}")
         maps = self._maps[res]

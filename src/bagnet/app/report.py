@@ -166,7 +166,7 @@ def build_report(
         )
     timing["total"] = timing["classify"] + timing["explain"]
     body.append(
-        f"<footer>bagnet {__version__}: classified {len(items)} images in {timing['classify']:.1f} s, "
+        f"<footer>bagnet {__version__}: classified {plural(len(items), 'image')} in {timing['classify']:.1f} s, "
         f"explained {len(cards) + len(mistakes)} in {timing['explain']:.1f} s "
         f"({res} resolution, device {html.escape(str(explorer.device))}).</footer>"
     )
@@ -202,8 +202,8 @@ def _header(explorer: Explorer, title: str, source: str, n: int, res: str, notes
         f"<h1>{html.escape(title)}</h1>",
         (
             f"<p class=meta>{html.escape(source)}<br>model <b>{html.escape(ex.model_name)}</b>: "
-            f"{ex.num_classes} classes, {ex.receptive_field}&times;{ex.receptive_field} px patches every "
-            f"{ex.patch_stride} px; images resized so their short side is {ex.img_size} px; {n} images; "
+            f"{plural(ex.num_classes, 'class')}, {ex.receptive_field}&times;{ex.receptive_field} px patches every "
+            f"{ex.patch_stride} px; images resized so their short side is {ex.img_size} px; {plural(n, 'image')}; "
             f"maps at {res} resolution.</p>"
         ),
     ]

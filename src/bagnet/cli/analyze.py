@@ -52,7 +52,7 @@ def add_parser(sub) -> None:
     a.set_defaults(func=run_all)
     r = asub.add_parser("report", help="rebuild report.html and summary.md from the results in --out")
     r.add_argument("--out", required=True, help="folder with the experiments' JSON and PNG files")
-    r.add_argument("--title", default="BagNet analyses")
+    r.add_argument("--title", default="BagNet analyses", help="title of the report")
     r.set_defaults(func=run_report)
 
 

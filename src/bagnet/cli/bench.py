@@ -26,6 +26,7 @@ import statistics
 import time
 from pathlib import Path
 
+from .._text import plural
 from ._common import add_device_args
 
 MODE_HELP = (
@@ -40,8 +41,8 @@ def add_parser(sub) -> None:
     p.add_argument("--models", default="bagnet33,resnet50",
                    help="comma-separated registered BagNets and torchvision classifiers (default: bagnet33,resnet50)")
     p.add_argument("--mode", default="fused", help=f"comma-separated inference modes (default: fused). {MODE_HELP}")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=16, help="images per timed forward pass")
+    p.add_argument("--img-size", type=int, default=224, help="side of the random square input, in pixels")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (default 3); the median is reported")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per model first (default 1, at least 1)")
     p.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: PyTorch's choice)")
@@ -294,7 +295,7 @@ def _loadavg() -> list[float] | None:
 def print_table(report: dict) -> None:
     cfg = report["config"]
     load = cfg["loadavg_before"]
-    print(f"batch {cfg['batch_size']}, {cfg['img_size']} px, {cfg['device']} ({cfg['threads']} threads), "
+    print(f"batch {cfg['batch_size']}, {cfg['img_size']} px, {cfg['device']} ({plural(cfg['threads'], 'thread')}), "
           f"median of {cfg['repeats']} interleaved rounds after {cfg['warmup']} warm-up"
           + (f"; load average {load[0]:.2f} -> {cfg['loadavg_after'][0]:.2f}" if load else ""))
     header = ("model", "mode", "img/s", "vs resnet50", "GMACs/img", "GMAC/s", "peak MB")

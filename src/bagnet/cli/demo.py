@@ -17,6 +17,7 @@ import logging
 import os
 from pathlib import Path
 
+from .._text import plural
 from ._common import add_device_args, add_model_args
 
 logger = logging.getLogger(__name__)
@@ -106,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
     path = write_report(report, Path(args.out) / "report.html")
     if report.accuracy:
         acc = ", ".join(f"{k} {v:.1f}%" for k, v in report.accuracy.items())
-        print(f"{acc} on {report.num_images} images; {len(report.misclassified)} misclassified; {report.scoring}")
-    print(f"{report.num_images} images, {report.seconds['total']:.1f} s; report: {path}")
+        print(f"{acc} on {plural(report.num_images, 'image')}; {len(report.misclassified)} misclassified; {report.scoring}")
+    print(f"{plural(report.num_images, 'image')}, {report.seconds['total']:.1f} s; report: {path}")
     return 0
 
 
@@ -155,7 +156,7 @@ def _folder_items(root: Path, model, max_images: int):
             order += [(v[k], t) for t, v in sorted(by_class.items()) if k < len(v)]
         picked = [(Path(p), index[t] if index is not None else None) for p, t in order]
     if len(picked) > max_images:
-        notes.append(f"{len(picked)} images found; the first {max_images} are used (--max-images)")
+        notes.append(f"{plural(len(picked), 'image')} found; the first {max_images} are used (--max-images)")
         picked = picked[:max_images]
     items = [DemoItem(str(path.relative_to(root)), path, label) for path, label in picked]
     return items, f"images from {root}", outputs, notes

@@ -35,8 +35,8 @@ def add_parser(sub) -> None:
                    help="choose the prediction among the folder's classes only, ignoring the model's other "
                         "outputs (the ImageNet-subset evaluation); by default predicting any other class is wrong")
     p.add_argument("--img-size", type=int, default=None, help="default: the model's training size, else 224")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results here as JSON")
     p.add_argument("--fast", default=None, metavar="MODE",
                    help="also run the model in a faster inference mode (fused: exact; bf16: bfloat16) and report "
@@ -64,7 +64,7 @@ def output_index(model, classes: list[str], class_map: str | None, data_root: Pa
         index = [mapping[c] for c in classes]
         bad = [i for i in index if not 0 <= i < num_outputs]
         if bad:
-            raise ValueError(f"{tsv} maps to output {bad[0]}, but the model has {num_outputs} outputs")
+            raise ValueError(f"{tsv} maps to output {bad[0]}, but the model has {plural(num_outputs, 'output')}")
         twice = sorted({c for c, i in zip(classes, index) if index.count(i) > 1})
         if twice:
             raise ValueError(f"{tsv} maps class folders {', '.join(twice[:5])} to the same output")
@@ -73,7 +73,7 @@ def output_index(model, classes: list[str], class_map: str | None, data_root: Pa
     if own is None:
         if num_outputs != len(classes):
             raise ValueError(
-                f"the model has {num_outputs} outputs and no class names; the folder has {len(classes)} classes "
+                f"the model has {plural(num_outputs, 'output')} and no class names; the folder has {plural(len(classes), 'class')} "
                 "(use --class-map for ImageNet models)"
             )
         logger.warning("the model carries no class names; assuming its outputs follow the folder order")
@@ -199,7 +199,7 @@ def evaluate_fast(model, mode: str, loader, device, restrict: list[int] | None, 
 
 
 def print_report(report: dict, classes: list[str]) -> None:
-    print(f"{report['model']} on {report['data']} ({report['images']} images at {report['img_size']} px"
+    print(f"{report['model']} on {report['data']} ({plural(report['images'], 'image')} at {report['img_size']} px"
           + (f", {report['skipped']} unreadable skipped" if report["skipped"] else "") + ")")
     print(f"top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  {report['images_per_s']:.1f} images/s")
     print(scoring_note(report["scored_among"], len(classes), report["model_outputs"],

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .._io import atomic_path, write_text
+from .._text import plural
 from ._common import add_device_args, add_model_args, resolve_device, resolve_model
 
 
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(classes, list):
         bad = [c for c in classes if not 0 <= c < model.num_classes]
         if bad:
-            raise ValueError(f"class index {bad[0]} is out of range for a model with {model.num_classes} classes")
+            raise ValueError(f"class index {bad[0]} is out of range for a model with {plural(model.num_classes, 'class')}")
     mapper = EvidenceMapper(model, stride=stride)  # fold the weights once for all images
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         top = result.predictions[0]
         print(f"{image}: {top.name} ({top.probability:.3f}) -> {png}, {js}")
     if failed:
-        print(f"bagnet explain: {failed} of {len(args.images)} images failed", file=sys.stderr)
+        print(f"bagnet explain: {failed} of {plural(len(args.images), 'image')} failed", file=sys.stderr)
     return 1 if failed else 0
 
 

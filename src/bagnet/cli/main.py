@@ -14,6 +14,7 @@ import os
 import sys
 
 from .. import __version__
+from ._help import HelpFormatter, all_parsers
 
 # Order is the order of `bagnet --help`.
 COMMANDS = ("models", "train", "eval", "explain", "calibrate", "analyze", "demo", "serve", "bench")
@@ -28,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"bagnet.cli.{name.replace('-', '_')}").add_parser(sub)
+    for p in all_parsers(parser):
+        p.formatter_class = HelpFormatter  # whatever a sub-command asked for: one look for all
     return parser
 
 

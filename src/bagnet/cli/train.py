@@ -38,7 +38,6 @@ def add_parser(sub) -> None:
         "train",
         help="train a model on an image folder (train/ and val/)",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for name, action in ((None, argparse._StoreAction), ("store", argparse._StoreAction),
                          ("store_true", argparse._StoreTrueAction), ("store_false", argparse._StoreFalseAction)):
@@ -49,20 +48,21 @@ def add_parser(sub) -> None:
     add_model_args(p)
     add_device_args(p)
     g = p.add_argument_group("schedule")
-    g.add_argument("--epochs", type=int, default=90)
+    g.add_argument("--epochs", type=int, default=90, help="length of the run; on --resume, a new length re-plans the schedule")
     g.add_argument("--batch-size", type=int, default=32, help="images per process and step")
     g.add_argument("--accum-steps", type=int, default=1, help="batches whose gradients add up to one step")
-    g.add_argument("--lr", type=float, default=0.1)
-    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--lr", type=float, default=0.1,
+                   help="peak SGD learning rate, reached after warmup (see docs/training.md to scale it)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="on conv/linear weights, not norms or biases")
-    g.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
+    g.add_argument("--schedule", choices=("cosine", "step"), default="cosine", help="learning-rate decay after warmup")
     g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warmup (fractions allowed)")
     g.add_argument("--min-lr", type=float, default=0.0, help="end of the cosine schedule")
     g.add_argument("--step-size", type=int, default=30, help="epochs between decays (--schedule step)")
     g.add_argument("--gamma", type=float, default=0.1, help="decay factor (--schedule step)")
-    g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
     g.add_argument("--ema", action="store_true", help="keep an EMA of the weights; it is evaluated and shipped")
-    g.add_argument("--ema-decay", type=float, default=0.9998)
+    g.add_argument("--ema-decay", type=float, default=0.9998, help="EMA weight of the old average per update (--ema)")
     g.add_argument("--ema-steps", type=int, default=1, help="optimizer steps between EMA updates")
     g = p.add_argument_group("input")
     g.add_argument("--img-size", type=int, default=224, help="training crop and evaluation size")
@@ -84,14 +84,15 @@ def add_parser(sub) -> None:
     g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision (bf16 on CPU)")
     g.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster on recent GPUs)")
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seeds python, numpy, torch, the loader and --val-split")
     g.add_argument("--deterministic", action="store_true", help="reproducible to the bit (slower on GPU)")
     g.add_argument(
         "--resume", nargs="?", const="last", default=None, metavar="CHECKPOINT",
         help="continue the run in --out (its last.pt) or from CHECKPOINT",
     )
     g.add_argument("--stop-after", type=int, default=None, metavar="EPOCH", help="end this sitting after EPOCH")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars on a terminal, nor progress lines in a log")
     p.set_defaults(func=run)
 
 

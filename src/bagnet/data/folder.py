@@ -19,6 +19,7 @@ import torch
 from torchvision import transforms as T
 from torchvision.datasets import DatasetFolder
 
+from .._text import plural
 from .images import ImageError, is_image_file, load_image
 
 __all__ = [
@@ -67,12 +68,12 @@ class ImageFolder(DatasetFolder):
         self._warned: set[str] = set()
         if self.empty_classes:
             logger.warning(
-                "%s: %d class folder(s) without images: %s",
-                root, len(self.empty_classes), ", ".join(self.empty_classes[:10]),
+                "%s: %s without images: %s",
+                root, plural(len(self.empty_classes), "class folder"), ", ".join(self.empty_classes[:10]),
             )
         if self.non_image_files:
             shown = ", ".join(os.path.relpath(p, root) for p in self.non_image_files[:5])
-            logger.warning("%s: ignored %d file(s) that are not images: %s", root, len(self.non_image_files), shown)
+            logger.warning("%s: ignored %s without an image extension: %s", root, plural(len(self.non_image_files), "file"), shown)
         if not self.samples:
             raise ValueError(f"{root}: no images found in its class folders")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._text import plural
 from ..data.images import ImageError, is_image_file
 from ._explain import class_names, model_config
 from ._figures import new_figure
@@ -85,7 +86,7 @@ def _folder_labels(root: Path, model: nn.Module, labels: dict[str, int] | None) 
     if len(dirs) == model.num_classes:
         return {d: i for i, d in enumerate(dirs)}  # torchvision ImageFolder's convention
     raise ValueError(
-        f"cannot tell which class each folder of {root} is ({len(dirs)} folders, {model.num_classes} classes, "
+        f"cannot tell which class each folder of {root} is ({plural(len(dirs), 'folder')}, {plural(model.num_classes, 'class')}, "
         "names that are not the model's class names); pass labels={folder: class_index}"
     )
 
@@ -131,7 +132,7 @@ def class_patches(
     if not root.is_dir():
         raise ValueError(f"{root} is not a folder")
     if not 0 <= class_index < model.num_classes:
-        raise ValueError(f"class index {class_index} is out of range for a model with {model.num_classes} classes")
+        raise ValueError(f"class index {class_index} is out of range for a model with {plural(model.num_classes, 'class')}")
     if k < 1 or per_image < 1 or batch_size < 1:
         raise ValueError("k, per_image and batch_size must be positive")
     folder_labels = _folder_labels(root, model, labels)

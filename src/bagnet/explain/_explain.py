@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .._text import plural
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ._figures import new_figure, plot_heatmap, plot_image, plot_misclassification
 from ._images import preprocess
@@ -231,7 +232,7 @@ def explain(
     chosen = list(dict.fromkeys(chosen))  # unique, first occurrence wins
     for c in chosen:
         if not 0 <= c < num_classes:
-            raise ValueError(f"class index {c} is out of range for a model with {num_classes} classes")
+            raise ValueError(f"class index {c} is out of range for a model with {plural(num_classes, 'class')}")
 
     evidence = mapper(x.to(mapper.device), chosen).float().cpu()
     geometry = mapper.geometry((h, w))

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._text import plural
 from ..models import fuse
 from ..models._base import check_images, check_size
 from ..models.bagnet import BagNet
@@ -93,7 +94,7 @@ def resolve_classes(classes: int | Sequence[int] | torch.Tensor | None, num_clas
             raise TypeError(f"class indices must be integers, got {c!r}")
         c = operator.index(c)
         if not 0 <= c < num_classes:
-            raise ValueError(f"class index {c} is out of range for a model with {num_classes} classes")
+            raise ValueError(f"class index {c} is out of range for a model with {plural(num_classes, 'class')}")
         out.append(c)
     if not out:
         raise ValueError("classes is empty; pass None for all classes")

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._text import plural
+
 __all__ = ["UNKNOWN_METHODS", "UnknownCalibration", "UnknownCheck", "calibrate_unknown", "familiarity", "unknown_check"]
 
 UNKNOWN_METHODS = ("max_softmax", "max_logit", "energy")
@@ -107,7 +109,7 @@ def unknown_check(model: nn.Module, logits: torch.Tensor) -> UnknownCheck | list
     checks = []
     for s in scores:
         flag = s < threshold
-        message = f"probably none of the {n} classes this model knows" if flag else ""
+        message = f"probably none of the {plural(n, 'class')} this model knows" if flag else ""
         checks.append(UnknownCheck(flag, float(s), threshold, method, n, message))
     return checks[0] if logits.dim() == 1 else checks
 

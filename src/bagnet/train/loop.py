@@ -103,8 +103,8 @@ def build_data(cfg: TrainConfig, mean, std, classes: list[str] | None = None) ->
         indices_train, indices_val = split_indices(train_ds.targets, cfg.val_split, seed=cfg.seed)
         val_ds = copy.copy(train_ds)
         val_ds.transform = eval_transform(cfg.img_size, mean, std)
-        logger.info("--val-split %.3g: %d train, %d val images from %s", cfg.val_split, len(indices_train),
-                    len(indices_val), train_dir)
+        logger.info("--val-split %.3g: %s of %s, %d to train on and %d held out for validation", cfg.val_split,
+                    plural(len(train_ds), "image"), train_dir, len(indices_train), len(indices_val))
         return _Data(classes, Subset(train_ds, indices_train), Subset(val_ds, indices_val))
     if not val_dir.is_dir():
         raise FileNotFoundError(
@@ -129,7 +129,7 @@ def _check_classes(cfg: TrainConfig, model: nn.Module, classes: list[str]) -> No
     own = model.pretrained_cfg.get("classes")
     if model.num_classes != len(classes) or (own is not None and list(own) != classes):
         raise ValueError(
-            f"--weights {cfg.weights} has {model.num_classes} classes"
+            f"--weights {cfg.weights} has {plural(model.num_classes, 'class')}"
             + (f" ({', '.join(list(own)[:3])}, ...)" if own else "")
             + f" but {cfg.data} has {len(classes)} ({', '.join(classes[:3])}, ...); "
             "train from scratch or use weights trained on these classes"
@@ -242,9 +242,9 @@ def _resume_schedule(optimizer: torch.optim.Optimizer, scheduler, stored_epochs:
         group["lr"] = base * factor(scheduler.last_epoch)
     if stored_epochs != cfg.epochs:
         logger.info(
-            "--epochs %d (the run was planned for %d): the %s schedule is re-planned over %d epochs from step %d; "
+            "--epochs %d (the run was planned for %d): the %s schedule is re-planned over %s from step %d; "
             "the next step runs at lr %.6g (the old plan: %.6g)",
-            cfg.epochs, stored_epochs, cfg.schedule, cfg.epochs, scheduler.last_epoch,
+            cfg.epochs, stored_epochs, cfg.schedule, plural(cfg.epochs, "epoch"), scheduler.last_epoch,
             optimizer.param_groups[0]["lr"], before,
         )
 
@@ -308,8 +308,8 @@ def _run(cfg: TrainConfig, ckpt: dict | None, device: torch.device, info: DistIn
     files = _RunFiles(Path(cfg.out), info, start_epoch)
     files.write_config(cfg, data.classes)
     logger.info(
-        "training %s on %d images of %d classes (val %d) for %d epochs; writing to %s",
-        cfg.model, len(data.train), len(data.classes), len(data.val), cfg.epochs, cfg.out,
+        "training %s on %s of %s (val %d) for %s; writing to %s", cfg.model, plural(len(data.train), "image"),
+        plural(len(data.classes), "class"), len(data.val), plural(cfg.epochs, "epoch"), cfg.out,
     )
     try:
         for epoch in range(start_epoch, cfg.epochs):
