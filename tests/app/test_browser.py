@@ -1,6 +1,9 @@
 """The `bagnet serve` page in a real headless browser (Debian's chromium, driven by playwright).
 
-These tests fail, never skip, when chromium is missing: `.ci/run` installs it.
+Without chromium (``/usr/bin/chromium``, or the path in ``BAGNET_CHROMIUM``) these tests
+are skipped with a reason that says how to install it, so the README's test command passes
+on a fresh machine; in CI (``CI=true``, which ``.ci/run`` sets after installing chromium)
+they fail instead, so a broken install cannot hide them.
 """
 
 import io
@@ -17,7 +20,8 @@ import bagnet
 from .conftest import CLASSES, IMG_SIZE, png_bytes, random_image
 from .test_server import bomb_header, normalized
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("BAGNET_CHROMIUM", "/usr/bin/chromium")
+INSTALL = "install Debian's chromium (sudo apt-get install -y chromium), as .ci/run does"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -29,10 +33,40 @@ CHROMIUM_ARGS = [
 TIMEOUT_MS = 60_000
 
 
+def in_ci(env=os.environ) -> bool:
+    return env.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require_browser(path: str = CHROMIUM, env=os.environ) -> None:
+    """Skip (outside CI) or fail (in CI) unless chromium and playwright are there."""
+    problem = None
+    if not os.access(path, os.X_OK):
+        problem = f"{path} is missing: {INSTALL}"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            problem = "the playwright package is missing: pip install -e '.[dev]'"
+    if problem is None:
+        return
+    if in_ci(env):
+        pytest.fail(f"CI=true and {problem}")
+    pytest.skip(f"browser tests skipped: {problem}")
+
+
+def test_missing_chromium_skips_with_how_to_install_and_fails_in_ci(tmp_path):
+    missing = str(tmp_path / "no-chromium")
+    with pytest.raises(pytest.skip.Exception, match=r"no-chromium is missing: install Debian's chromium \(sudo apt"):
+        require_browser(missing, env={})
+    with pytest.raises(pytest.skip.Exception):
+        require_browser(missing, env={"CI": "false"})
+    with pytest.raises(pytest.fail.Exception, match="CI=true and .*no-chromium is missing"):
+        require_browser(missing, env={"CI": "true"})
+
+
 @pytest.fixture(scope="module")
 def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium), as .ci/run does")
+    require_browser()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
