@@ -108,7 +108,7 @@ def test_upload_predictions_and_maps_match_the_model(running_server, tiny_model)
     best = view["patches"][0]
     x0, y0 = int(j) - p, int(i) - p  # the patch centred on the best pixel, clipped to the image
     assert best["box"] == [max(x0, 0), max(y0, 0), min(x0 + q, IMG_SIZE), min(y0 + q, IMG_SIZE)]
-    assert best["center"] == [int(i), int(j)] and best["class_index"] == cls
+    assert best["center"] == [int(j), int(i)] and best["class_index"] == cls  # [x, y]
     assert best["score"] == pytest.approx(float(full.max()), abs=2e-3)
     heat = decode_data_url(view["heatmap"])
     assert heat.size == (IMG_SIZE, IMG_SIZE) and heat.mode == "RGBA"

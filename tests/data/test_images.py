@@ -161,7 +161,7 @@ def test_bad_files_raise_image_error_naming_the_file(tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "folder.png").mkdir()
     for name, message in [("cut.jpg", "truncated"), ("cut.png", "truncated"), ("notes.txt", "not an image"),
-                          ("fake.jpg", "corrupt"), ("empty.png", "not an image"), ("folder.png", "folder")]:
+                          ("fake.jpg", "corrupt"), ("empty.png", "empty file"), ("folder.png", "folder")]:
         with pytest.raises(ImageError, match=message) as info:
             load_image(tmp_path / name)
         assert name in str(info.value) and isinstance(info.value, ValueError)

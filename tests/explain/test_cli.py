@@ -41,14 +41,16 @@ def test_writes_png_and_json_per_image_and_reports_failures(files, tmp_path, cap
         "gray.json", "gray.png", "photo-2.json", "photo-2.png", "photo.json", "photo.png"]
     record = json.loads((out / "photo.json").read_text())
     assert record["file"] == str(files / "photo.jpg")
-    assert record["image_size"] == [20, 26]  # short side resized to the model file's img_size
+    assert record["image_size"] == [34, 26]  # [width, height] of the original
+    assert record["resized_size"] == [26, 20]  # short side resized to the model file's img_size
     # the same numbers as the library call
     model = bagnet.load_model(files / "tiny.pt")
     e = explain(model, files / "photo.jpg", k=2)
     assert [p["index"] for p in record["predictions"]] == [p.index for p in e.predictions]
     assert [c["index"] for c in record["explained"]] == e.classes[:3]
-    assert record["explained"][0]["patches"] == [{"box": list(p.box), "score": pytest.approx(p.score, abs=1e-5),
-                                                  "center": list(p.center)} for p in e.patches[0]]
+    assert [{k: p[k] for k in ("box_resized", "center_resized", "score")} for p in record["explained"][0]["patches"]] == [
+        {"box_resized": list(p.box), "score": pytest.approx(p.score, abs=1e-5), "center_resized": list(p.center)}
+        for p in e.patches[0]]
     with Image.open(out / "photo.png") as png:
         assert png.format == "PNG" and png.width > 200
 
@@ -59,7 +61,7 @@ def test_classes_and_native_stride(files, tmp_path, capsys):
                "--classes", "3", "1", "--stride", "native", "--out", str(out), "--device", "cpu"])
     assert rc == 0, capsys.readouterr().err
     record = json.loads((out / "gray.json").read_text())
-    assert [c["index"] for c in record["explained"]] == [3, 1] and record["stride"] == 8
+    assert [c["index"] for c in record["explained"]] == [3, 1] and record["stride_resized"] == 8
     assert "gray.png" in capsys.readouterr().out
 
 
@@ -82,3 +84,63 @@ def test_all_images_fail(files, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and "no such file" in err and "2 of 2 images failed" in err
     assert not list(tmp_path.iterdir())
+
+
+def test_img_size_explains_at_that_resolution_and_maps_back_to_the_original(files, tmp_path, capsys):
+    """A 60x40 image at --img-size 20 is seen at 30x20, half size: every box and centre
+    maps back to the original by x2 on both axes."""
+    out = tmp_path / "o"
+    photo = tmp_path / "big.png"
+    rng = np.random.default_rng(5)
+    Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(photo)  # 60 wide, 40 high
+    rc = main(["explain", str(photo), "--weights", str(files / "tiny.pt"), "--img-size", "20", "--out", str(out),
+               "-k", "3", "--classes", "0"])
+    assert rc == 0, capsys.readouterr().err
+    record = json.loads((out / "big.json").read_text())
+    assert record["image_size"] == [60, 40] and record["resized_size"] == [30, 20]
+    assert record["patch_size"] == [18, 18] and record["patch_size_resized"] == [9, 9]
+    e = explain(bagnet.load_model(files / "tiny.pt"), photo, classes=[0], k=3, img_size=20)
+    patches = record["explained"][0]["patches"]
+    assert [p["box_resized"] for p in patches] == [list(p.box) for p in e.patches[0]]
+    for p in patches:
+        assert p["box"] == [2 * v for v in p["box_resized"]]
+        assert p["center"] == [2 * c + 1 for c in p["center_resized"]]  # the centre pixel of a 2x2 block
+        x0, y0, x1, y1 = p["box"]
+        assert x0 <= p["center"][0] < x1 and y0 <= p["center"][1] < y1
+    assert main(["explain", str(photo), "--weights", str(files / "tiny.pt"), "--img-size", "4", "--out", str(out)]) == 1
+    assert "--img-size 4 is smaller than the model's 9x9 px patches" in capsys.readouterr().err
+
+
+def test_classes_by_name(files, tmp_path, capsys):
+    base = ["explain", str(files / "gray.png"), "--weights", str(files / "tiny.pt"), "--out", str(tmp_path)]
+    assert main([*base, "--classes", "d", "B", "0"]) == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "gray.json").read_text())
+    assert [c["index"] for c in record["explained"]] == [3, 1, 0]
+    assert main([*base, "--classes", "e"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the model has no class 'e'" in err
+
+
+def test_a_folder_explains_the_images_in_it(files, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    (folder / "cats").mkdir(parents=True)
+    (folder / "dogs").mkdir()
+    rng = np.random.default_rng(1)
+    for sub in ("cats", "dogs"):
+        Image.fromarray(rng.integers(0, 256, (24, 30, 3), dtype=np.uint8)).save(folder / sub / "1.png")
+    (folder / "notes.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    rc = main(["explain", str(folder), str(tmp_path / "empty"), "--weights", str(files / "tiny.pt"), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.json")) == ["cats/1.json", "dogs/1.json"]
+    assert json.loads((out / "dogs" / "1.json").read_text())["file"] == str(folder / "dogs" / "1.png")
+    assert "empty: a folder without images" in captured.err and "1 of 3 images failed" in captured.err
+
+
+def test_a_zero_byte_file_is_called_empty(files, tmp_path, capsys):
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    rc = main(["explain", str(tmp_path / "zero.jpg"), "--weights", str(files / "tiny.pt"), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "zero.jpg: empty file (0 bytes)" in err

@@ -64,14 +64,21 @@ def test_predictions_maps_and_patches(model, photo):
 def test_to_dict_is_json_and_complete(model, photo):
     e = explain(model, photo, classes=[4, 1], k=2, stride="native")
     d = json.loads(json.dumps(e.to_dict()))
-    assert d["model"] == "bagnet_tiny" and d["image_size"] == [24, 36] and d["patch_size"] == 9
-    assert d["stride"] == 8 and d["padded"] is True
+    # [width, height]: the 45x30 photo, resized to a short side of 24 (x1.25 smaller)
+    assert d["model"] == "bagnet_tiny" and d["image_size"] == [45, 30] and d["resized_size"] == [36, 24]
+    assert d["analysed_box"] == [0, 0, 45, 30] and "x to the right" in d["coordinates"]
+    assert d["patch_size_resized"] == [9, 9] and d["patch_size"] == [11, 11]  # round(9 * 1.25)
+    assert d["stride_resized"] == 8 and d["padded"] is True
     assert [c["index"] for c in d["explained"]] == [4, 1]
     assert [c["name"] for c in d["explained"]] == ["eel", "bee"]
     first = d["explained"][0]
     assert first["probability"] == pytest.approx(float(e.probabilities[4]))
     assert first["evidence"]["max"] == pytest.approx(float(e.evidence[0].max()))
-    assert [p["box"] for p in first["patches"]] == [list(p.box) for p in e.patches[0]]
+    assert [p["box_resized"] for p in first["patches"]] == [list(p.box) for p in e.patches[0]]
+    assert [p["center_resized"] for p in first["patches"]] == [list(p.center) for p in e.patches[0]]
+    for p in first["patches"]:  # original pixels, by hand: x1.25 on both axes
+        assert p["box"] == [round(1.25 * v) for v in p["box_resized"]]
+        assert p["center"] == [int((c + 0.5) * 1.25) for c in p["center_resized"]]
     assert len(d["predictions"]) == 5 and sum(p["probability"] for p in d["predictions"]) == pytest.approx(1.0)
 
 

@@ -76,8 +76,8 @@ def test_ties_smallest_and_centres():
     ev[4, 5] = ev[1, 2] = 3.0  # a tie: row-major order decides
     ev[0, 0] = -2.0
     best = top_patches(ev, geom, k=2)
-    assert [p.center for p in best] == [(1, 2), (4, 5)]
-    assert best[0].box == (0, 0, 5, 4)  # centred at (y=1, x=2), clipped at the top
+    assert [p.center for p in best] == [(2, 1), (5, 4)]  # (x, y), as the boxes
+    assert best[0].box == (0, 0, 5, 4)  # centred at (x=2, y=1), clipped at the top
     worst = top_patches(ev, geom, k=1, largest=False)[0]
     assert worst.center == (0, 0) and worst.box == (0, 0, 3, 3) and worst.score == -2.0
 

@@ -280,6 +280,7 @@ class ExploredImage:
             logits=self.logits,
             class_names=self.explorer.classes,
             model_name=self.explorer.model_name,
+            source=self.source,
         )
 
     # -- what the page and the downloads show -----------------------------------------

@@ -1,13 +1,20 @@
 """``bagnet explain``: class-evidence heatmaps and top patches of images, as PNG + JSON.
 
-For every IMAGE, writes ``OUT/<name>.png`` (the image and one heatmap per explained class,
-most predictive patches outlined) and ``OUT/<name>.json`` (top predictions with
-probabilities, and per explained class its top patches with boxes and scores).
+For every IMAGE (or every image in a FOLDER, searched recursively), writes
+``OUT/<name>.png`` (the image and one heatmap per explained class, most predictive
+patches outlined) and ``OUT/<name>.json`` (top predictions with probabilities, and per
+explained class its top patches with boxes and scores). Images from a folder keep their
+path relative to it under OUT.
+
+Positions in the JSON are x before y: points [x, y], sizes [width, height], boxes
+[x0, y0, x1, y1] (x1, y1 excluded), in the original image's pixels; keys ending in
+``_resized`` give the same in the resized frame the model saw (``resized_size``).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import re
 import sys
@@ -19,38 +26,80 @@ from ._common import add_device_args, add_model_args, resolve_device, resolve_mo
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "explain",
-        help="class-evidence heatmaps and top patches of images",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, BMP, TIFF, ...)")
+    p = sub.add_parser("explain", help="class-evidence heatmaps and top patches of images", description=__doc__)
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files (JPEG, PNG, WebP, BMP, TIFF, ...) or folders of them")
     add_model_args(p)
     g = p.add_argument_group("explanation")
     g.add_argument(
         "--classes",
         nargs="+",
         default=["top3"],
-        metavar="top3|IDX",
-        help="'topN' for the N most probable classes, or class indices (default: top3)",
+        metavar="top3|IDX|NAME",
+        help="'topN' for the N most probable classes, or classes by index or name, e.g. 0 'golf ball' (default: top3)",
     )
+    g.add_argument("--img-size", type=int, default=None,
+                   help="short side the image is resized to before explaining (default: the model's training size)")
     g.add_argument("--stride", default="1", help="1 (full resolution, default), 'native' (the model's), or N")
-    g.add_argument("-k", "--patches", dest="k", type=int, default=5, help="top patches per class (default 5)")
+    g.add_argument("-k", "--patches", dest="k", type=int, default=5, help="top patches per class (default: 5)")
     g.add_argument("--out", default="out/explain", help="output folder (default: out/explain)")
     add_device_args(p)
     p.set_defaults(func=run)
 
 
-def _parse_classes(values: list[str]) -> str | list[int]:
+def _parse_classes(values: list[str], model) -> str | list[int]:
+    """``topN``, or class indices for indices and names (display or folder names, any case)."""
+    from ..explain._explain import class_names
+
     if len(values) == 1 and re.fullmatch(r"top\d+", values[0]):
         if int(values[0][3:]) < 1:
             raise ValueError("--classes topN needs N >= 1")
         return values[0]
-    try:
-        return [int(v) for v in values]
-    except ValueError:
-        raise ValueError(f"--classes takes 'topN' or class indices, got {' '.join(values)}") from None
+    n = model.num_classes
+    names = {}  # lower-case name -> indices
+    for i, name in enumerate(class_names(model)):
+        names.setdefault(name.lower(), set()).add(i)
+    for i, name in enumerate(model.pretrained_cfg.get("classes") or []):
+        names.setdefault(str(name).lower(), set()).add(i)
+    out = []
+    for v in values:
+        if re.fullmatch(r"\d+", v):
+            if int(v) >= n:
+                raise ValueError(f"class index {v} is out of range for a model with {plural(n, 'class')}")
+            out.append(int(v))
+        elif re.fullmatch(r"top\d+", v):
+            raise ValueError(f"--classes {v} cannot be combined with other classes")
+        elif len(names.get(v.lower(), ())) == 1:
+            out.extend(names[v.lower()])
+        elif v.lower() in names:
+            found = sorted(names[v.lower()])
+            raise ValueError(f"--classes {v!r} names several classes ({', '.join(map(str, found))}); give the index")
+        else:
+            close = difflib.get_close_matches(v.lower(), list(names), n=3)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(f"--classes: the model has no class {v!r} (give 'topN', indices or class names){hint}")
+    return out
+
+
+def _inputs(paths: list[str]):
+    """``(path, output name or None)`` for every image; a folder's images are named by their
+    path relative to it, a file given directly by its stem. Folders without images are
+    reported as ``(folder, None)`` too, and fail when read."""
+    from ..data.images import is_image_file
+
+    for arg in paths:
+        root = Path(arg)
+        if not root.is_dir():
+            yield arg, None
+            continue
+        found = sorted(
+            f for f in root.rglob("*")
+            if f.is_file() and is_image_file(f) and not any(part.startswith(".") for part in f.relative_to(root).parts)
+        )
+        if not found:
+            yield arg, None  # explain() reports that it is a folder
+        for f in found:
+            yield str(f), f.relative_to(root).with_suffix("").as_posix()
 
 
 def _parse_stride(value: str) -> int | str:
@@ -64,33 +113,37 @@ def _parse_stride(value: str) -> int | str:
 def run(args: argparse.Namespace) -> int:
     from ..explain import EvidenceMapper, explain
 
-    classes = _parse_classes(args.classes)
     stride = _parse_stride(args.stride)
     if args.k < 1:
         raise ValueError(f"-k must be at least 1, got {args.k}")
     device = resolve_device(args.device)
     model = resolve_model(args).to(device)
-    if isinstance(classes, list):
-        bad = [c for c in classes if not 0 <= c < model.num_classes]
-        if bad:
-            raise ValueError(f"class index {bad[0]} is out of range for a model with {plural(model.num_classes, 'class')}")
+    classes = _parse_classes(args.classes, model)
+    q = model.receptive_field
+    if args.img_size is not None and args.img_size < q:
+        raise ValueError(f"--img-size {args.img_size} is smaller than the model's {q}x{q} px patches")
     mapper = EvidenceMapper(model, stride=stride)  # fold the weights once for all images
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    failed, used = 0, set()
-    for image in args.images:
+    failed = total = 0
+    used: set[str] = set()
+    for image, relative in _inputs(args.images):
+        total += 1
         try:
-            result = explain(model, image, classes=classes, k=args.k, mapper=mapper)
+            result = explain(model, image, classes=classes, k=args.k, mapper=mapper, img_size=args.img_size)
         except (ValueError, FileNotFoundError, IsADirectoryError) as e:  # ImageError is a ValueError
             failed += 1
             reason = f"no such file: {image}" if isinstance(e, FileNotFoundError) else str(e).splitlines()[0]
+            if Path(image).is_dir():
+                reason = f"{image}: a folder without images (searched recursively for JPEG, PNG, ...)"
             print(f"bagnet explain: error: {reason}", file=sys.stderr)
             continue
-        name = _unique_stem(Path(image), used)
+        name = _unique(relative or Path(image).stem or "image", used)
         record = {"file": str(image), **result.to_dict()}
         fig, _ = result.plot()
         png, js = out / f"{name}.png", out / f"{name}.json"
+        png.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(record, indent=2) + "\n"
         with atomic_path(png) as tmp:
             fig.savefig(tmp, format="png", dpi=100)
@@ -98,13 +151,13 @@ def run(args: argparse.Namespace) -> int:
         top = result.predictions[0]
         print(f"{image}: {top.name} ({top.probability:.3f}) -> {png}, {js}")
     if failed:
-        print(f"bagnet explain: {failed} of {plural(len(args.images), 'image')} failed", file=sys.stderr)
+        print(f"bagnet explain: {failed} of {plural(total, 'image')} failed", file=sys.stderr)
     return 1 if failed else 0
 
 
-def _unique_stem(path: Path, used: set[str]) -> str:
-    """The file's stem, made unique among this run's outputs (a.jpg and a.png both exist)."""
-    stem, n = path.stem or "image", 2
+def _unique(stem: str, used: set[str]) -> str:
+    """``stem``, made unique among this run's outputs (a.jpg and a.png both exist)."""
+    n = 2
     name = stem
     while name in used:
         name, n = f"{stem}-{n}", n + 1

@@ -34,7 +34,7 @@ def load_image(source, *, max_pixels: int | None = None, shrink_to: int | None =
             decoded at full size. ``None``: always full size.
 
     Raises:
-        ImageError: unreadable, truncated, non-image or oversized file.
+        ImageError: unreadable, empty, truncated, non-image or oversized file.
     """
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "image")
     try:
@@ -60,6 +60,8 @@ def load_image(source, *, max_pixels: int | None = None, shrink_to: int | None =
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"{name}: refused as a possible decompression bomb ({e})") from None
     except UnidentifiedImageError:
+        if _is_empty(source):
+            raise ImageError(f"{name}: empty file (0 bytes)") from None
         raise ImageError(f"{name}: not an image file (or a format Pillow cannot read)") from None
     except FileNotFoundError:
         raise
@@ -69,6 +71,15 @@ def load_image(source, *, max_pixels: int | None = None, shrink_to: int | None =
         raise ImageError(f"{name}: cannot be read ({e.strerror})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"{name}: corrupt or truncated image ({e})") from None
+
+
+def _is_empty(source) -> bool:
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            return os.path.getsize(source) == 0
+        return source.seek(0, os.SEEK_END) == 0
+    except (OSError, AttributeError, ValueError):
+        return False
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

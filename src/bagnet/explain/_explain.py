@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from torch import nn
 from .._text import plural
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ._figures import new_figure, plot_heatmap, plot_image, plot_misclassification
-from ._images import preprocess
+from ._images import image_tensor, preprocess
 from ._maps import EvidenceMapper, MapGeometry
 from ._patches import Patch, top_patches
 from ._unknown import UnknownCheck, unknown_check
@@ -20,6 +21,13 @@ from ._unknown import UnknownCheck, unknown_check
 __all__ = ["Explanation", "Prediction", "explain", "model_config"]
 
 _TOP = re.compile(r"^top(\d+)$")
+
+# How Explanation.to_dict gives positions; also written into every JSON it makes.
+COORDINATES = (
+    "pixels, x to the right and y down from the top-left corner; points [x, y], sizes [width, height], "
+    "boxes [x0, y0, x1, y1] with x1 and y1 excluded; keys without a suffix are in the original image "
+    "(upright, after EXIF rotation), keys ending in _resized in the resized frame the model saw"
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,9 @@ class Explanation:
         model_name: the model's registered name, if known.
         unknown: whether the image is probably none of the model's classes, when the
             model carries a calibrated threshold (see :func:`unknown_check`); else ``None``.
+        source: where ``image`` comes from: ``{"size": [W, H], "box": [x0, y0, x1, y1]}``,
+            the original image's size and the part of it that was resized into ``image``, in
+            original pixels; ``None``: ``image`` is the original.
     """
 
     image: torch.Tensor
@@ -67,6 +78,7 @@ class Explanation:
     true_class: int | None = None
     model_name: str | None = None
     unknown: UnknownCheck | None = None
+    source: dict | None = None
 
     def prediction(self, index: int) -> Prediction:
         """Name, probability and logit of any class."""
@@ -87,20 +99,44 @@ class Explanation:
 
     def to_dict(self) -> dict:
         """JSON-serializable summary: predictions, and per explained class its evidence
-        range and top patches (boxes ``[x0, y0, x1, y1]`` in pixels of the resized image)."""
+        range and top patches.
+
+        Positions follow :data:`COORDINATES` (x before y everywhere): ``image_size``,
+        ``patch_size`` and each patch's ``box`` and ``center`` are in the original image's
+        pixels (rounded; ``analysed_box`` is the part of it the model saw), and
+        ``resized_size``, ``patch_size_resized``, ``stride_resized``, ``box_resized`` and
+        ``center_resized`` in the resized frame the model saw.
+        """
+        g = self.geometry
+        h, w = g.image_size
+        source = self.source or {"size": [w, h], "box": [0, 0, w, h]}
+        bx0, by0, bx1, by1 = source["box"]
+        sx, sy = (bx1 - bx0) / w, (by1 - by0) / h
+
+        def box(b):
+            return [round(bx0 + b[0] * sx), round(by0 + b[1] * sy), round(bx0 + b[2] * sx), round(by0 + b[3] * sy)]
+
+        def center(c):  # the original pixel under the centre of resized pixel c
+            return [min(bx0 + math.floor((c[0] + 0.5) * sx), bx1 - 1), min(by0 + math.floor((c[1] + 0.5) * sy), by1 - 1)]
+
         explained = []
         for c, ev, patches in zip(self.classes, self.evidence, self.patches):
             explained.append({
                 **self.prediction(c).to_dict(),
                 "evidence": {"min": float(ev.min()), "max": float(ev.max()), "mean": float(ev.mean())},
-                "patches": [{"box": list(p.box), "score": p.score, "center": list(p.center)} for p in patches],
+                "patches": [{"box": box(p.box), "center": center(p.center), "score": p.score,
+                             "box_resized": list(p.box), "center_resized": list(p.center)} for p in patches],
             })
-        g = self.geometry
+        q = g.patch_size
         d = {
             "model": self.model_name,
-            "image_size": list(g.image_size),
-            "patch_size": g.patch_size,
-            "stride": g.stride,
+            "coordinates": COORDINATES,
+            "image_size": list(source["size"]),
+            "analysed_box": [bx0, by0, bx1, by1],
+            "patch_size": [round(q * sx), round(q * sy)],
+            "resized_size": [w, h],
+            "patch_size_resized": [q, q],
+            "stride_resized": g.stride,
             "padded": g.offset > 0,
             "predictions": [p.to_dict() for p in self.predictions],
             "unknown": None if self.unknown is None else self.unknown.to_dict(),
@@ -209,7 +245,9 @@ def explain(
     """
     num_classes = model.num_classes
     mapper = mapper or EvidenceMapper(model, stride=stride, pad_value=pad_value)
-    x, shown = preprocess(image, model_config(model), img_size=img_size)
+    original = image_tensor(image)
+    height, width = original.shape[-2:]
+    x, shown = preprocess(original, model_config(model), img_size=img_size)
     h, w = x.shape[-2:]
     q = model.receptive_field
     if min(h, w) < q:
@@ -250,4 +288,5 @@ def explain(
         true_class=None if true_class is None else int(true_class),
         model_name=getattr(model, "model_name", None),
         unknown=unknown_check(model, logits),
+        source={"size": [width, height], "box": [0, 0, width, height]},
     )

@@ -20,7 +20,8 @@ class Patch:
         box: ``(x0, y0, x1, y1)`` in image pixels, end-exclusive, clipped to the image.
         score: the class evidence (logit) of the patch.
         class_index: the class the evidence is for.
-        center: ``(y, x)``, the pixel the (unclipped) patch is centred on.
+        center: ``(x, y)``, the pixel the (unclipped) patch is centred on (the same order
+            as ``box``).
         source: image file the patch comes from, when patches are collected over a data set.
         label: that image's label, when known.
     """
@@ -127,7 +128,7 @@ def _select(scores, boxes, k, non_overlapping, max_overlap, largest, geom, class
             box=tuple(int(v) for v in boxes[i]),
             score=float(scores[i]),
             class_index=int(class_index),
-            center=(int(i // w) * geom.stride + half, int(i % w) * geom.stride + half),
+            center=(int(i % w) * geom.stride + half, int(i // w) * geom.stride + half),
         )
         for i in chosen
     ]
