@@ -298,22 +298,27 @@ def start_cli_server(tiny_model_file, *args):
 
 
 def stop_cli_server(proc):
+    """Ctrl+C; returns (stdout, stderr)."""
     proc.send_signal(signal.SIGINT)
     try:
-        return proc.communicate(timeout=30)
-    finally:
+        return proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
         proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"bagnet serve did not stop on Ctrl+C within 60 s:\n{err}") from None
 
 
 def test_all_interfaces_prints_a_warning_and_a_reachable_url(tiny_model_file):
     proc, url = start_cli_server(tiny_model_file, "--host", "0.0.0.0")
     try:
-        with urllib.request.urlopen(url + "api/config", timeout=30) as r:
-            assert r.status == 200
+        with urllib.request.urlopen(url + "api/config", timeout=60) as r:
+            status = r.status
     finally:
         _, err = stop_cli_server(proc)
-    warning = next(line for line in err.splitlines() if "WARNING" in line)
-    assert "no authentication" in warning
+    assert status == 200, err
+    warnings = [line for line in err.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "no authentication" in warnings[0], err
+    warning = warnings[0]
     urls = re.findall(r"http://([^/\s]+)/", warning)
     assert urls and all(not u.startswith(("0.0.0.0", "[::]")) for u in urls)
     assert "Traceback" not in err
