@@ -16,3 +16,10 @@ def image_folder(tmp_path):
     from bagnet.testing import make_image_folder
 
     return make_image_folder(tmp_path / "data")
+
+
+@pytest.fixture(autouse=True)
+def _own_torch_hub(tmp_path_factory, monkeypatch):
+    """Every test sees an empty torch hub cache of its own, never the user's: nothing a test
+    loads comes from what this machine downloaded (the default model depends on it)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch-home")))

@@ -131,7 +131,8 @@ def test_missing_shipped_model_is_a_one_line_error(tmp_path, capsys, monkeypatch
         monkeypatch.setitem(_weights._PRETRAINED, key, _weights.PretrainedCfg(file="bagnet17_slim-gone.pt"))
     code, out, err = run_demo(capsys, "--out", tmp_path)
     assert code == 1 and out == ""
-    assert err == "bagnet demo: error: the shipped demo model is missing; reinstall bagnet or pass --weights\n"
+    assert err == ("bagnet demo: error: the shipped default model bagnet17_slim (imagenette) is missing; "
+                   "reinstall bagnet or pass --weights\n")
     assert not (tmp_path / "report.html").exists()
 
 
@@ -166,12 +167,10 @@ def test_bad_arguments_are_one_line_errors(tmp_path, tiny_model_file, capsys, ar
 
 
 def test_imagenet_weights_mean_bagnet33_and_fail_offline_in_one_line(tmp_path, capsys, monkeypatch):
-    from bagnet.models import _factory
-
-    def offline(url):
+    def offline(url, **kwargs):
         raise OSError(f"could not download {url}: network unreachable")
 
-    monkeypatch.setattr(_factory, "fetch", offline)
+    monkeypatch.setattr(_weights, "fetch", offline)
     code, out, err = run_demo(capsys, "--weights", "imagenet", "--out", tmp_path)
     assert code == 1 and out == "" and err.count("\n") == 1
     assert "could not download" in err and "bagnet32-2ddd53ed" in err  # BagNet-33's published file

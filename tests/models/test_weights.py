@@ -86,11 +86,15 @@ def test_mismatch_lists_keys_and_loads_nothing(tmp_path):
         assert torch.equal(v, before[k]), f"{k} was changed by a failed load"
 
 
-def test_wrong_number_of_classes_is_clear(tmp_path):
+def test_head_size_comes_from_the_file_and_a_conflicting_one_is_clear(tmp_path):
     path = tmp_path / "c.pth"
-    torch.save(random_state_dict("bagnet9", num_classes=5), path)
+    sd = random_state_dict("bagnet9", num_classes=5)
+    torch.save(sd, path)
+    model = bagnet.create_model("bagnet9", pretrained=str(path))
+    assert model.num_classes == 5 and model.fc.out_features == 5
+    torch.testing.assert_close(model.fc.weight, sd["fc.weight"])
     with pytest.raises(ValueError, match=r"fc.weight: checkpoint \(5, 2048\) vs model \(1000, 2048\)"):
-        bagnet.create_model("bagnet9", pretrained=str(path))
+        bagnet.create_model("bagnet9", pretrained=str(path), num_classes=1000)
 
 
 def test_model_file_roundtrip_carries_metadata(tmp_path):

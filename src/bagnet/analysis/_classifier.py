@@ -22,16 +22,12 @@ from torch import nn
 
 from .._text import plural
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from ..models import BagNet
+from ..models import BagNet, create_model, load_model
 from ._specs import ModelSpec
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Classifier", "build_model", "class_columns", "load_classifier", "make_classifier"]
-
-# Prefixes under which a bagnet model file may name a torchvision classifier.
-_TV_PREFIXES = ("torchvision:", "torchvision/", "torchvision.")
-
 
 class Classifier:
     """A model with its normalization and the output columns of the data set's classes.
@@ -123,96 +119,25 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def torchvision_classifiers() -> list[str]:
-    import torchvision
-
-    return list(torchvision.models.list_models(module=torchvision.models))
-
-
 def build_model(spec: ModelSpec, num_classes: int | None = None) -> nn.Module:
-    """The network of ``spec`` with ``pretrained_cfg`` (mean, std, classes, img_size, source).
+    """The network of ``spec``, through bagnet's one loader, with ``pretrained_cfg`` (mean,
+    std, classes, img_size, source).
 
-    BagNets come from :func:`bagnet.create_model`; any other name is looked up among
-    torchvision's classifiers. A bagnet model file (as written by ``bagnet train``) may
-    name either kind. ``num_classes`` sizes the head of a model without weights (random
-    initialisation, for smoke runs); weights bring their own.
+    A registered BagNet or any torchvision classifier; weights are a registered tag, a
+    bagnet model file, a training checkpoint or run folder (which may stand alone: they name
+    their model), a state dict or a URL (see :func:`bagnet.create_model`).
+    ``num_classes`` sizes the head of a model without weights (random initialisation, for
+    smoke runs); weights bring their own.
     """
-    from ..models import create_model, list_models
-    from ..models._weights import model_file_info, read_checkpoint
-
     name, weights = spec.model, spec.weights
     if name is None:
         if weights is None:
             raise ValueError(f"{spec.label}: give a model name or a weight file")
-        stored, _, _ = model_file_info(read_checkpoint(weights))
-        if stored is None:
-            raise ValueError(f"{weights} is a plain state dict; name its model, e.g. resnet18@{weights}")
-        name = stored
-    extra = {"num_classes": num_classes} if weights is None and num_classes else {}
-    if name in list_models():
-        if weights is None:
-            logger.warning("%s has no weights: it is randomly initialised", name)
-        return create_model(name, pretrained=weights or False, **extra)
-    tv_name = _strip_tv_prefix(name)
-    if tv_name in torchvision_classifiers():
-        return _torchvision_model(tv_name, weights, **extra)
-    raise ValueError(
-        f"unknown model {name!r}: neither a registered BagNet (see `bagnet models`) "
-        "nor a torchvision classifier (torchvision.models.list_models())"
-    )
-
-
-def _strip_tv_prefix(name: str) -> str:
-    for p in _TV_PREFIXES:
-        if name.startswith(p):
-            return name[len(p) :]
-    return name
-
-
-def _torchvision_model(name: str, weights: str | None, **kwargs: Any) -> nn.Module:
-    """A torchvision classifier: random, torchvision's published weights, or a checkpoint."""
-    import torchvision
-
-    from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_classes
-    from ..models._weights import clean_state_dict, load_state_dict_strict, model_file_info, read_checkpoint
-
-    meta: dict[str, Any] = {}
+        return load_model(weights)
     if weights is None:
         logger.warning("%s has no weights: it is randomly initialised", name)
-        model = torchvision.models.get_model(name, **kwargs)
-    elif weights.lower() in ("imagenet", "default") or weights.isupper():
-        # Only on explicit request: this downloads torchvision's published weights once.
-        enum = torchvision.models.get_model_weights(name)
-        tv_weights = enum.DEFAULT if weights.lower() in ("imagenet", "default") else enum[weights]
-        model = torchvision.models.get_model(name, weights=tv_weights)
-        crop = getattr(tv_weights.transforms(), "crop_size", [224])
-        meta = {"classes": list(imagenet_classes()), "img_size": int(crop[0]), "dataset": "imagenet"}
-    else:
-        checkpoint = read_checkpoint(weights)
-        stored, stored_args, meta = model_file_info(checkpoint)
-        if stored is not None and _strip_tv_prefix(stored) != name:
-            raise ValueError(f"{weights} holds a {stored!r} model, not {name!r}")
-        state_dict = clean_state_dict(checkpoint)
-        kwargs = dict(stored_args)
-        if "num_classes" not in kwargs:
-            kwargs["num_classes"] = _num_classes_of(name, state_dict)
-        model = torchvision.models.get_model(name, **kwargs)
-        try:
-            load_state_dict_strict(model, state_dict)
-        except ValueError as e:
-            raise ValueError(f"{weights}: {e}") from None
-    model.model_name = name
-    model.model_args = kwargs
-    classes = meta.get("classes")
-    n_out = _last_linear(model).out_features
-    model.pretrained_cfg = {
-        "mean": list(meta.get("mean", IMAGENET_MEAN)),
-        "std": list(meta.get("std", IMAGENET_STD)),
-        **{k: v for k, v in meta.items() if k not in ("mean", "std", "classes")},
-        "classes": list(classes) if classes is not None and len(classes) == n_out else None,
-        "source": weights,
-    }
-    return model
+        return create_model(name, **({"num_classes": num_classes} if num_classes else {}))
+    return create_model(name, pretrained=weights)
 
 
 def _num_outputs(model: nn.Module) -> int:
@@ -224,19 +149,6 @@ def _last_linear(model: nn.Module) -> nn.Linear:
     if not linears:
         raise ValueError(f"{type(model).__name__} has no linear classifier head")
     return linears[-1]
-
-
-def _num_classes_of(name: str, state_dict: dict[str, torch.Tensor]) -> int:
-    """Outputs of a torchvision classifier from its checkpoint: the last linear layer's rows."""
-    import torchvision
-
-    with torch.device("meta"):
-        probe = torchvision.models.get_model(name)
-    head = _last_linear(probe)
-    key = next(n for n, m in probe.named_modules() if m is head) + ".weight"
-    if key not in state_dict:
-        raise ValueError(f"checkpoint has no {key!r}, so it is not a {name} classifier")
-    return int(state_dict[key].shape[0])
 
 
 def class_columns(

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..models import list_models
+from ..models._weights import registered_tags
+
 __all__ = ["ModelSpec", "parse_model_spec"]
 
 
@@ -33,7 +36,9 @@ def parse_model_spec(text: str | dict) -> ModelSpec:
     """Read ``[LABEL=]NAME[@WEIGHTS]`` or ``[LABEL=]PATH`` (or a dict with those keys).
 
     Examples: ``bagnet33_slim@runs/b33/model.pt``, ``R18=resnet18@runs/r18/model.pt``,
-    ``vgg16@imagenet``, ``runs/b9/model.pt`` (a bagnet model file names its model).
+    ``vgg16@imagenet``, ``runs/b9/model.pt``, ``runs/b9/last.pt`` or ``runs/b9`` (files and
+    run folders of ``bagnet train`` name their model), ``imagenette`` (a registered tag
+    names its model too).
     """
     if isinstance(text, dict):
         unknown = set(text) - {"label", "model", "weights"}
@@ -51,7 +56,7 @@ def parse_model_spec(text: str | dict) -> ModelSpec:
     if "=" in text and not Path(text).exists():
         label, text = text.split("=", 1)
         label = label.strip() or None
-    if Path(text).expanduser().is_file():
+    if Path(text).expanduser().exists() or (text in registered_tags() and text not in list_models()):
         model, weights = None, text
     elif "@" in text:
         model, weights = text.split("@", 1)
@@ -65,4 +70,9 @@ def parse_model_spec(text: str | dict) -> ModelSpec:
 def _default_label(model: str | None, weights: str | None) -> str:
     if model:
         return model
-    return Path(str(weights)).parent.name or Path(str(weights)).stem
+    path = Path(str(weights))
+    if path.is_dir():  # a run folder
+        return path.resolve().name
+    if not path.exists():  # a tag or URL
+        return path.stem or str(weights)
+    return path.parent.name or path.stem

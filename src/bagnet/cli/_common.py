@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import logging
 
 from torch import nn
 
 from .._device import resolve_device  # noqa: F401  (the sub-commands take it from here)
 
+logger = logging.getLogger(__name__)
 
-def add_model_args(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
-    """``--model`` and ``--weights``. With a bagnet model file, ``--model`` may be left out."""
+
+def add_model_args(parser: argparse.ArgumentParser, *, required: bool = False, training: bool = False) -> None:
+    """``--model`` and ``--weights`` (and ``--weights-file``), resolved by :func:`resolve_model`.
+
+    ``training``: the weights are a run's initial weights (no default model, no file copy).
+    """
     g = parser.add_argument_group("model")
-    g.add_argument("--model", required=required, help="registered model name (see `bagnet models`)")
+    if training:
+        g.add_argument("--model", required=required, help="model to train (see `bagnet models`)")
+        g.add_argument("--weights", default=None,
+                       help="initial weights: a registered tag, a checkpoint path or URL (classes must match)")
+        return
+    g.add_argument("--model", required=required,
+                   help="registered model or torchvision classifier (see `bagnet models`); alone, its published weights")
     g.add_argument(
         "--weights",
         default=None,
-        help="'imagenet' (published weights), another registered tag, or a checkpoint path or URL",
+        help="a registered tag (imagenet, imagenette; alone it names its model), a model file, last.pt/best.pt or "
+             "run folder of `bagnet train` (these name their model too), a state dict, or a URL",
     )
+    g.add_argument("--weights-file", default=None, metavar="PATH",
+                   help="a local copy of the registered weights --weights names (checked against their hash)")
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
@@ -27,12 +41,35 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_model(args: argparse.Namespace, **kwargs) -> nn.Module:
-    """Build the model that ``--model``/``--weights`` name."""
-    from ..models import create_model, load_model
+    """The model ``--model``/``--weights``/``--weights-file`` name.
 
-    weights = args.weights
+    No model options: the default model (:func:`bagnet.models.default_model`, said on
+    stderr). ``--weights`` alone: a file, run folder or URL that names its model, or a
+    registered tag (which names its model). ``--model`` alone: its published weights.
+    """
+    from ..models import UnnamedWeightsError, create_model, default_model, load_model
+
+    file = getattr(args, "weights_file", None)
+    if file is not None and args.weights is None:
+        raise ValueError("--weights-file needs --weights TAG, the registered weights it is a copy of")
+    if args.model is None and args.weights is None:
+        model, line = default_model()
+        logger.info("model: %s", line)
+        return model
     if args.model is None:
-        if weights is None or not Path(weights).is_file():
-            raise ValueError("name a model with --model, or pass a bagnet model file with --weights")
-        return load_model(weights, **kwargs)
-    return create_model(args.model, pretrained=weights or False, **kwargs)
+        try:
+            return load_model(args.weights, file=file, **kwargs)
+        except UnnamedWeightsError as e:
+            raise ValueError(f"{e} with --model NAME") from None
+    if args.weights is None:
+        if not _has_published_weights(args.model):
+            raise ValueError(f"{args.model} has no published weights; pass a trained model file with --weights")
+        return create_model(args.model, pretrained=True, **kwargs)
+    return create_model(args.model, pretrained=args.weights, file=file, **kwargs)
+
+
+def _has_published_weights(name: str) -> bool:
+    from ..models import list_models
+    from ..models._weights import pretrained_tags
+
+    return bool(pretrained_tags(name)) or name not in list_models()  # torchvision classifiers have theirs

@@ -18,15 +18,10 @@ import os
 from pathlib import Path
 
 from .._text import plural
-from ._common import add_device_args, add_model_args
+from ._common import add_device_args, add_model_args, resolve_model
 
 logger = logging.getLogger(__name__)
 
-# The model `bagnet demo` and `bagnet serve` use when no --model/--weights is given.
-DEMO_MODEL, DEMO_TAG = "bagnet17_slim", "imagenette"
-MISSING_DEMO_MODEL = "the shipped demo model is missing; reinstall bagnet or pass --weights"
-# `--weights imagenet` without --model: the most accurate published BagNet.
-IMAGENET_MODEL = "bagnet33"
 _SPLITS = {"train", "val", "test"}
 
 
@@ -49,33 +44,13 @@ def add_parser(sub) -> None:
     p.add_argument("--restrict-to-folder-classes", action="store_true",
                    help="with labelled --data: predict among the folder's classes only, ignoring the model's other "
                         "outputs (the ImageNet-subset evaluation); by default predicting any other class is wrong")
-    p.epilog = "Without --model/--weights the shipped Imagenette model is used; --weights imagenet uses BagNet-33."
+    p.epilog = ("Without --model/--weights: the authors' ImageNet BagNet-33 if its weights are downloaded, else the "
+                "shipped Imagenette model; --weights imagenet uses (and downloads once) BagNet-33.")
     p.set_defaults(func=run)
 
 
 def resolve_demo_model(args: argparse.Namespace):
-    """The model of ``--model``/``--weights``, defaulting to the shipped Imagenette BagNet.
-
-    ``--weights imagenet`` alone means BagNet-33; ``--model NAME`` alone means NAME's
-    default published weights.
-    """
-    from ..models import create_model
-    from ..models._weights import pretrained_tags
-    from ._common import resolve_model
-
-    if args.model is None and args.weights is None:
-        if DEMO_TAG not in pretrained_tags(DEMO_MODEL):
-            raise ValueError(MISSING_DEMO_MODEL)
-        try:
-            return create_model(DEMO_MODEL, pretrained=DEMO_TAG)
-        except FileNotFoundError:
-            raise ValueError(MISSING_DEMO_MODEL) from None
-    if args.model is None and args.weights == "imagenet":
-        return create_model(IMAGENET_MODEL, pretrained="imagenet")
-    if args.weights is None:
-        if not pretrained_tags(args.model):
-            raise ValueError(f"{args.model} has no published weights; pass a trained model file with --weights")
-        return create_model(args.model, pretrained=True)
+    """The model of ``--model``/``--weights``, or the default model (see :func:`resolve_model`)."""
     return resolve_model(args)
 
 

@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
     add_device_args(p)
     p.add_argument("--img-size", type=int, default=None, help="short side images are resized to (default: the model's)")
     p.set_defaults(func=run)
-    p.epilog = "Without --model/--weights the shipped Imagenette model is used; --weights imagenet uses BagNet-33."
+    p.epilog = ("Without --model/--weights: the authors' ImageNet BagNet-33 if its weights are downloaded, else the "
+                "shipped Imagenette model; --weights imagenet uses (and downloads once) BagNet-33.")
 
 
 def run(args: argparse.Namespace) -> int:

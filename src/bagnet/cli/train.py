@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
     p.add_argument("--data", help="folder with train/<class>/ and val/<class>/ image folders, or (with --val-split) "
                                   "train/<class>/ alone or the <class>/ folders themselves")
     p.add_argument("--out", help="run folder: config.json, log.jsonl, TensorBoard events, checkpoints, model.pt")
-    add_model_args(p)
+    add_model_args(p, training=True)
     add_device_args(p)
     g = p.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=90, help="length of the run; on --resume, a new length re-plans the schedule")

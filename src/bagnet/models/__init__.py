@@ -1,20 +1,23 @@
 """The BagNet family, its registry and weight loading."""
 
 from . import bagnet as _bagnet  # noqa: F401  (registers the models)
-from ._factory import create_model, load_model
+from ._factory import DEFAULT_MODEL, UnnamedWeightsError, create_model, default_model, load_model
 from ._fuse import INFERENCE_MODES, FusedBagNet, fuse, prepare_for_inference, top1_agreement
 from ._registry import list_models, register_model
 from ._weights import CheckpointMismatchError, clean_state_dict, load_state_dict_strict, save_model_file
 from .bagnet import BagNet, Bottleneck, kernel3_for
 
 __all__ = [
+    "DEFAULT_MODEL",
+    "INFERENCE_MODES",
     "BagNet",
     "Bottleneck",
     "CheckpointMismatchError",
     "FusedBagNet",
-    "INFERENCE_MODES",
+    "UnnamedWeightsError",
     "clean_state_dict",
     "create_model",
+    "default_model",
     "fuse",
     "kernel3_for",
     "list_models",

@@ -1,37 +1,84 @@
-"""``create_model``: one entry point for every registered BagNet and its weights."""
+"""``create_model`` and ``load_model``: the one loader of every model and weight file.
+
+Registered BagNets and torchvision classifiers, random or with weights: a registered tag
+(hash-checked, from the package, the download cache, or a file the user supplies), a
+bagnet model file, a training checkpoint, a run folder, a (wrapped) state dict, or a URL.
+Training, evaluation, benchmarks, analyses, the demo and the server all load through here.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
+import torch
 from torch import nn
 
-from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from ._registry import get_model_fn
+from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_classes
+from ._registry import get_model_fn, list_models
 from ._weights import (
     CheckpointMismatchError,
-    clean_state_dict,
-    fetch,
+    WeightFile,
+    hash_in_name,
+    install_in_cache,
+    is_downloaded,
     load_state_dict_strict,
     meta_of,
-    model_file_info,
-    packaged_file,
+    model_for_tag,
+    models_with_tag,
     pretrained_cfg,
     pretrained_tags,
-    read_checkpoint,
+    read_weights,
+    registered_file,
+    registered_tags,
 )
 
+logger = logging.getLogger(__name__)
 
-def create_model(name: str, pretrained: bool | str | os.PathLike = False, **kwargs: Any) -> nn.Module:
-    """Build a registered model, optionally with weights.
+__all__ = ["DEFAULT_MODEL", "IMAGENET_MODEL", "UnnamedWeightsError", "create_model", "default_model", "load_model"]
+
+# The model that `bagnet demo`, `serve`, `explain` and `eval` use when given no model
+# options: (name, registered tag). Swapping the default is a change of this line.
+DEFAULT_MODEL = ("bagnet17_slim", "imagenette")
+# The published model they use instead when its weights are already downloaded.
+IMAGENET_MODEL = ("bagnet33", "imagenet")
+
+class UnnamedWeightsError(ValueError):
+    """A weight file that does not say which model it belongs to (a plain state dict)."""
+
+
+# Prefixes under which a model name or a model file may name a torchvision classifier.
+_TV_PREFIXES = ("torchvision:", "torchvision/", "torchvision.")
+# Tags that mean torchvision's own ImageNet weights (besides its enum names, e.g. IMAGENET1K_V2).
+_TV_IMAGENET = ("imagenet", "default")
+
+
+def create_model(
+    name: str,
+    pretrained: bool | str | os.PathLike = False,
+    *,
+    file: str | os.PathLike | None = None,
+    check_hash: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered BagNet or a torchvision classifier, optionally with weights.
 
     Args:
-        name: a name from :func:`list_models`.
-        pretrained: ``False``; ``True`` for the model's default published weights; a tag
-            such as ``"imagenet"``; or a path or URL of a checkpoint (plain or wrapped state
-            dict, or a bagnet model file whose stored constructor arguments, class names and
-            normalization are used unless overridden here).
+        name: a name from :func:`list_models`, or a torchvision classifier (``resnet50``,
+            also ``torchvision:resnet50``).
+        pretrained: ``False`` (random initialisation); ``True`` for the model's default
+            registered weights; a registered tag such as ``"imagenet"`` (for torchvision
+            models also a weight enum name such as ``"IMAGENET1K_V2"``); or a checkpoint:
+            a path, a run folder of ``bagnet train`` or a URL. A bagnet model file or
+            training checkpoint brings its constructor arguments, class names and
+            normalization (``kwargs`` given here win); the head size of any checkpoint is
+            read from it.
+        file: a local copy of the registered weights ``pretrained`` names (downloaded
+            elsewhere); it is checked against the registered hash and keeps the tag's
+            metadata.
+        check_hash: for a URL, check the SHA-256 prefix its file name carries
+            (``NAME-<hex>.EXT``). Registered weights are always checked.
         **kwargs: constructor arguments such as ``num_classes`` and ``in_chans``; only the
             ones given are passed on.
 
@@ -40,52 +87,156 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, **kwar
         ``classes``, ``mean``, ``std``, ``img_size`` where known) attached.
 
     Raises:
-        ValueError: unknown name or tag, or a checkpoint that does not fit (listing the
-            missing, unexpected and mis-shaped keys; nothing is loaded then).
+        ValueError: unknown name or tag, a hash mismatch, or a checkpoint that does not fit
+            (listing the missing, unexpected and mis-shaped keys; nothing is loaded then).
+        FileNotFoundError: a weight file or folder that does not exist.
     """
-    torchvision_name = _torchvision_name(name)
-    if torchvision_name is not None:
-        return _create_torchvision(torchvision_name, name, pretrained, kwargs)
+    tv_name = _torchvision_name(name)
+    if tv_name is not None:
+        return _create_torchvision(tv_name, pretrained, file, check_hash, kwargs)
     fn = get_model_fn(name)
-    state_dict, meta = None, {}
     if pretrained is True:
         tags = pretrained_tags(name)
         if not tags:
             raise ValueError(f"no published weights for {name!r}; pass a checkpoint path instead")
         pretrained = tags[0]
+    tag = _tag(name, pretrained)
+    if file is not None and tag is None:
+        raise ValueError(
+            f"a weights file is given for {pretrained!r}, which is not a registered tag of {name} "
+            f"({', '.join(pretrained_tags(name)) or 'none'}); pass the file itself as the weights"
+        )
+    if tag is not None:
+        cfg = pretrained_cfg(name, tag)
+        weights = read_weights(registered_file(name, tag, file))
+        # Shipped files are model files with their own meta; the authors' are plain state dicts.
+        weights.meta = {**(meta_of(cfg) if cfg.file is None else {}), **weights.meta}
+        return _build(name, weights, kwargs, source=tag)
     if pretrained:
-        source = os.fspath(pretrained)
-        cfg = pretrained_cfg(name, source)
-        if cfg is not None:
-            if cfg.file is not None:
-                checkpoint = read_checkpoint(packaged_file(cfg.file))
-            else:
-                checkpoint = read_checkpoint(fetch(cfg.url))
-                meta = meta_of(cfg)
-        else:
-            checkpoint = read_checkpoint(source)
-        stored_name, stored_args, stored_meta = model_file_info(checkpoint)
-        if stored_name is not None and stored_name != name:
-            raise CheckpointMismatchError(
-                f"{source} holds a {stored_name!r} model, not {name!r}; use --model {stored_name}"
-            )
-        kwargs = {**stored_args, **kwargs}
-        meta = {**meta, **stored_meta}
-        state_dict = clean_state_dict(checkpoint)
-    model = fn(**kwargs)
-    return _finish(model, name, kwargs, pretrained, state_dict, meta)
+        return _build(name, _read(pretrained, check_hash), kwargs, source=os.fspath(pretrained))
+    return _finish(fn(**kwargs), name, kwargs, None, None, {})
 
 
-def _finish(model: nn.Module, name: str, kwargs: dict, pretrained, state_dict, meta: dict) -> nn.Module:
+def load_model(
+    source: str | os.PathLike, *, file: str | os.PathLike | None = None, check_hash: bool = False, **kwargs: Any
+) -> nn.Module:
+    """Load a model whose weights name it: a model file or training checkpoint of
+    ``bagnet train`` (or its run folder), or a registered tag alone (``"imagenette"``).
+
+    Args:
+        source: a path, run folder, URL, or registered tag.
+        file: with a tag, a local copy of its weights (see :func:`create_model`).
+        check_hash: see :func:`create_model`.
+        **kwargs: constructor arguments that override the file's.
+
+    Raises:
+        ValueError: the file holds a plain state dict (which does not name its model).
+    """
+    text = os.fspath(source)
+    if text in registered_tags():
+        _warn_if_also_a_path(text)
+        name = model_for_tag(text, default=DEFAULT_MODEL[0])
+        return create_model(name, pretrained=text, file=file, **kwargs)
+    if file is not None:
+        raise ValueError(f"a weights file goes with a registered tag ({', '.join(registered_tags())}), not {text}")
+    weights = _read(text, check_hash)
+    if weights.model is None:
+        raise UnnamedWeightsError(f"{weights.path} holds a plain state dict, which does not name its model; name the model")
+    return _build(weights.model, weights, kwargs, source=text)
+
+
+def default_model(*, prefer_downloaded: bool = True) -> tuple[nn.Module, str]:
+    """The model used when none is named, and one line saying what it is.
+
+    The authors' ImageNet BagNet-33 when its weights are already in the torch hub cache
+    (nothing is downloaded to find out), else the model shipped with the package
+    (:data:`DEFAULT_MODEL`); the line then says how to get the ImageNet one.
+
+    Args:
+        prefer_downloaded: use the ImageNet BagNet-33 if it is downloaded.
+    """
+    imagenet_name, imagenet_tag = IMAGENET_MODEL
+    cfg = pretrained_cfg(imagenet_name, imagenet_tag)
+    if prefer_downloaded and is_downloaded(imagenet_name, imagenet_tag):
+        model = create_model(imagenet_name, pretrained=imagenet_tag)
+        return model, (f"{imagenet_name} with the authors' ImageNet weights (1000 classes), found in the torch hub "
+                       f"cache; --weights {DEFAULT_MODEL[1]} uses the shipped {DEFAULT_MODEL[0]} instead")
+    name, tag = DEFAULT_MODEL
+    try:
+        model = create_model(name, pretrained=tag)
+    except FileNotFoundError:
+        raise ValueError(f"the shipped default model {name} ({tag}) is missing; reinstall bagnet or pass --weights") from None
+    classes = model.pretrained_cfg.get("class_names") or model.pretrained_cfg.get("classes") or []
+    shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
+    return model, (f"{name} trained on {tag} ({len(classes)} classes: {shown}), shipped with bagnet. "
+                   f"For the authors' ImageNet {imagenet_name} (1000 classes), pass --weights {imagenet_tag} once: "
+                   f"it downloads {os.path.basename(cfg.url) if cfg and cfg.url else 'the weights'} into the torch "
+                   "hub cache, and is the default from then on")
+
+
+def _tag(name: str, pretrained: Any) -> str | None:
+    """``pretrained`` if it is a registered tag of ``name``; an error if it is another model's."""
+    if not isinstance(pretrained, str) or pretrained not in registered_tags():
+        return None
+    if pretrained_cfg(name, pretrained) is None:
+        raise ValueError(
+            f"no weights {pretrained!r} are registered for {name} (registered: "
+            f"{', '.join(pretrained_tags(name)) or 'none'}); {pretrained!r} weights exist for "
+            f"{', '.join(models_with_tag(pretrained))}"
+        )
+    _warn_if_also_a_path(pretrained)
+    return pretrained
+
+
+def _warn_if_also_a_path(tag: str) -> None:
+    if os.path.exists(tag):
+        logger.warning("%r is a registered tag and also a path here; using the tag (write ./%s for the path)", tag, tag)
+
+
+def _read(source: str | os.PathLike, check_hash: bool) -> WeightFile:
+    """:func:`read_weights`, with the registered tags named where a missing path may be a typo."""
+    try:
+        return read_weights(source, check_hash=check_hash)
+    except FileNotFoundError as e:
+        text = os.fspath(source)
+        if os.sep in text or "." in os.path.basename(text):
+            raise
+        raise FileNotFoundError(f"{e}; nor is {text!r} a registered tag ({', '.join(registered_tags())})") from None
+
+
+def _build(name: str, weights: WeightFile, kwargs: dict, source: str) -> nn.Module:
+    """The model ``name`` with the weights of a read file (its head size and arguments)."""
+    tv_name = _torchvision_name(name)
+    if weights.model is not None:
+        stored = _torchvision_name(weights.model) or weights.model
+        if stored != (tv_name or name):
+            raise CheckpointMismatchError(f"{source} holds a {weights.model!r} model, not {name!r}")
+    args = dict(weights.model_args)
+    if "num_classes" not in args:
+        head = _head_size(tv_name or name, weights.state_dict, tv_name is not None)
+        if head is not None:
+            args["num_classes"] = head
+    args.update(kwargs)
+    if tv_name is not None:
+        if "in_chans" in args:
+            raise ValueError(f"torchvision's {tv_name} takes 3-channel input only; drop in_chans")
+        model = _torchvision_model(tv_name, args)
+    else:
+        model = get_model_fn(name)(**args)
+    return _finish(model, tv_name or name, args, source, weights.state_dict, weights.meta)
+
+
+def _finish(model: nn.Module, name: str, kwargs: dict, source: str | None, state_dict, meta: dict) -> nn.Module:
     """Load ``state_dict`` all-or-nothing and attach name, arguments and metadata."""
     if state_dict is not None:
         try:
             load_state_dict_strict(model, state_dict)
         except CheckpointMismatchError as e:
-            raise CheckpointMismatchError(f"{pretrained}: {e}") from None
+            raise CheckpointMismatchError(f"{source}: {e}") from None
     model.model_name = name
     model.model_args = dict(kwargs)
-    num_classes = getattr(model, "num_classes", None)
+    num_classes = kwargs["num_classes"] if "num_classes" in kwargs else _num_outputs(model)
+    model.num_classes = num_classes
     classes = meta.get("classes")
     if classes is not None and len(classes) != num_classes:
         # The caller replaced the head (e.g. num_classes=10 on ImageNet weights would not
@@ -95,59 +246,121 @@ def _finish(model: nn.Module, name: str, kwargs: dict, pretrained, state_dict, m
         "mean": list(meta.get("mean", IMAGENET_MEAN)),
         "std": list(meta.get("std", IMAGENET_STD)),
         **{k: v for k, v in meta.items() if k not in ("mean", "std", "classes")},
-        "classes": classes,
-        "source": os.fspath(pretrained) if pretrained else None,
+        "classes": list(classes) if classes is not None else None,
+        "source": source,
     }
     return model
 
 
+# -- torchvision classifiers -----------------------------------------------------------------
+
+
 def _torchvision_name(name: str) -> str | None:
-    """Torchvision classifier behind ``name`` ("resnet50" or "torchvision:resnet50"), if any.
+    """Torchvision classifier behind ``name`` (``resnet50``, ``torchvision:resnet50``), if any.
 
     Registered BagNet names win, so reference DNNs are reachable through the same factory
     (training, evaluation, benchmarks and analyses all take either).
     """
-    plain = name.removeprefix("torchvision:")
-    try:
-        get_model_fn(plain)
+    plain = name
+    for prefix in _TV_PREFIXES:
+        plain = plain.removeprefix(prefix)
+    if plain == name and name in list_models():
         return None
-    except ValueError:
-        pass
     import torchvision
 
     return plain if plain in torchvision.models.list_models(module=torchvision.models) else None
 
 
-def _create_torchvision(tv_name: str, name: str, pretrained, kwargs: dict) -> nn.Module:
+def _torchvision_model(tv_name: str, kwargs: dict) -> nn.Module:
+    import torchvision
+
+    return torchvision.models.get_model(tv_name, **kwargs)
+
+
+def _create_torchvision(tv_name: str, pretrained, file, check_hash: bool, kwargs: dict) -> nn.Module:
     import torchvision
 
     if "in_chans" in kwargs:
         raise ValueError(f"torchvision's {tv_name} takes 3-channel input only; drop in_chans")
-    state_dict, meta = None, {}
-    if pretrained is True or pretrained == "imagenet":
-        # torchvision's own weights (downloaded into the torch hub cache when asked for)
-        weights = torchvision.models.get_model_weights(tv_name).DEFAULT
-        if kwargs.get("num_classes", 1000) != 1000:
-            raise ValueError(f"imagenet weights of {tv_name} have 1000 classes, not {kwargs['num_classes']}")
-        state_dict = weights.get_state_dict(progress=False)
-        meta = {"dataset": "imagenet", "classes": list(weights.meta["categories"]), "img_size": 224}
-    elif pretrained:
-        checkpoint = read_checkpoint(os.fspath(pretrained))
-        stored_name, stored_args, meta = model_file_info(checkpoint)
-        if stored_name is not None and _torchvision_name(stored_name) != tv_name:
-            raise CheckpointMismatchError(f"{pretrained} holds a {stored_name!r} model, not {name!r}")
-        state_dict = clean_state_dict(checkpoint)
-        if "fc.weight" in state_dict and "num_classes" not in stored_args:
-            stored_args["num_classes"] = state_dict["fc.weight"].shape[0]
-        kwargs = {**stored_args, **kwargs}
-    model = torchvision.models.get_model(tv_name, **kwargs)
-    model.num_classes = kwargs.get("num_classes", 1000)
-    return _finish(model, tv_name, kwargs, pretrained, state_dict, meta)
+    enum = None
+    if pretrained is True or (isinstance(pretrained, str) and pretrained.lower() in _TV_IMAGENET):
+        enum = torchvision.models.get_model_weights(tv_name).DEFAULT
+    elif isinstance(pretrained, str) and pretrained.isupper() and not os.path.exists(pretrained):
+        members = torchvision.models.get_model_weights(tv_name).__members__
+        if pretrained not in members:
+            raise ValueError(f"torchvision has no weights {pretrained!r} for {tv_name}; it has {', '.join(members)}")
+        enum = members[pretrained]
+    if file is not None and enum is None:
+        raise ValueError(f"a weights file goes with a registered tag (imagenet, or a torchvision enum name), "
+                         f"not {pretrained!r}")
+    if enum is None:
+        if pretrained:
+            return _build(tv_name, _read(pretrained, check_hash), kwargs, source=os.fspath(pretrained))
+        return _finish(_torchvision_model(tv_name, kwargs), tv_name, kwargs, None, None, {})
+    if kwargs.get("num_classes", len(enum.meta["categories"])) != len(enum.meta["categories"]):
+        raise ValueError(f"imagenet weights of {tv_name} have 1000 classes, not {kwargs['num_classes']}")
+    if file is not None:
+        # torchvision reads its weights from the torch hub cache: verify the copy, put it there.
+        from ._weights import check_sha256
+
+        expected = hash_in_name(enum.url)
+        if expected:
+            check_sha256(file, expected, f"torchvision's {enum} weights",
+                         f"download {enum.url} again, or load it as an unregistered checkpoint (a path)")
+        install_in_cache(_existing(file), enum.url)
+    try:
+        model = torchvision.models.get_model(tv_name, weights=enum, **kwargs)  # downloads once, hash-checked
+    except RuntimeError as e:
+        if "hash" in str(e):
+            raise ValueError(f"the download of {enum.url} does not match its hash ({e}); try again") from None
+        raise
+    crop = getattr(enum.transforms(), "crop_size", [224])
+    meta = {"dataset": "imagenet", "classes": list(imagenet_classes()), "img_size": int(crop[0]),
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    return _finish(model, tv_name, kwargs, str(pretrained) if pretrained is not True else "imagenet", None, meta)
 
 
-def load_model(source: str | os.PathLike, **kwargs: Any) -> nn.Module:
-    """Load a bagnet model file (as written by ``bagnet train``) without naming the model."""
-    name, _, _ = model_file_info(read_checkpoint(source))
-    if name is None:
-        raise ValueError(f"{source} is a plain state dict; name the model: create_model(NAME, pretrained=...)")
-    return create_model(name, pretrained=source, **kwargs)
+def _existing(file) -> Any:
+    from pathlib import Path
+
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"--weights-file {path} does not exist")
+    return path
+
+
+def _last_linear_name(model: nn.Module) -> str | None:
+    last = None
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            last = n
+    return last
+
+
+def _head_size(name: str, state_dict: dict[str, torch.Tensor], torchvision: bool) -> int | None:
+    """Outputs of the classifier in ``state_dict``: the rows of the model's last linear layer,
+    whatever it is called (``fc``, ``classifier.6``, ``heads.head``, ...)."""
+    if not torchvision:
+        w = state_dict.get("fc.weight")
+        return int(w.shape[0]) if w is not None else None
+    import torchvision as tv
+
+    with torch.device("meta"):
+        probe = tv.models.get_model(name)
+    head = _last_linear_name(probe)
+    if head is None:  # a convolutional classifier (SqueezeNet): the constructor's default
+        return None
+    w = state_dict.get(f"{head}.weight")
+    if w is None:
+        raise CheckpointMismatchError(f"the checkpoint has no {head}.weight, so it is not a {name} classifier")
+    return int(w.shape[0])
+
+
+def _num_outputs(model: nn.Module) -> int:
+    n = getattr(model, "num_classes", None)
+    if isinstance(n, int):
+        return n
+    head = _last_linear_name(model)
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no linear classifier head; pass num_classes")
+    return int(model.get_submodule(head).out_features)

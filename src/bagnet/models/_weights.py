@@ -1,4 +1,5 @@
-"""Weight files: published checkpoints, bagnet model files, and one filter for both.
+"""Weight files: the registry of named weights, reading every file bagnet can load, and
+writing model files.
 
 A *bagnet model file* is a ``torch.save``d dict::
 
@@ -6,15 +7,22 @@ A *bagnet model file* is a ``torch.save``d dict::
      "state_dict": {...}, "meta": {"classes": [...], "mean": [...], "std": [...],
                                    "img_size": int, "metrics": {...}, ...}}
 
-Published checkpoints are plain state dicts; wrapped ones (``state_dict``/``model``)
-and ones with ``module.``/``_orig_mod.`` prefixes (DDP, ``torch.compile``) load too.
+``bagnet train`` writes one (``model.pt``) and training checkpoints (``last.pt``,
+``best.pt``, format ``bagnet-train/1``), which name their model too; a run folder stands
+for its ``model.pt``. Published checkpoints are plain state dicts; wrapped ones
+(``state_dict``/``model``) and ones with ``module.``/``_orig_mod.`` prefixes (DDP,
+``torch.compile``) load too. Every file is read with ``torch.load(weights_only=True)``:
+loading never runs code from a file. :func:`read_weights` is the one place that reads them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
+import shutil
+import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,10 +32,14 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from .._io import atomic_save
+from .._io import atomic_path, atomic_save
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_classes
 
+logger = logging.getLogger(__name__)
+
 MODEL_FILE_FORMAT = "bagnet-model/1"
+# Written by bagnet.train.checkpoint (last.pt, best.pt of a run).
+TRAINING_CHECKPOINT_FORMAT = "bagnet-train/1"
 
 _PUBLISHED_ROOT = (
     "https://bitbucket.org/wielandbrendel/bag-of-feature-pretrained-models/raw/"
@@ -37,10 +49,15 @@ _PUBLISHED_ROOT = (
 
 @dataclass(frozen=True)
 class PretrainedCfg:
-    """Where a named weight comes from and what it was trained on."""
+    """Where a named weight comes from, its hash, and what it was trained on.
+
+    ``sha256`` is a prefix (8 or more hex digits) of the file's SHA-256; every load of the
+    weights checks it, whether the file is downloaded, shipped or given by the user.
+    """
 
     url: str | None = None
     file: str | None = None  # inside the package's ``weights/`` folder
+    sha256: str | None = None
     dataset: str = "imagenet"
     img_size: int = 224
     mean: tuple[float, ...] = IMAGENET_MEAN
@@ -48,21 +65,24 @@ class PretrainedCfg:
     metrics: dict[str, float] = field(default_factory=dict)
     num_classes: int = 1000
 
+    @property
+    def filename(self) -> str:
+        return self.file or os.path.basename(urlparse(self.url or "").path)
+
 
 # (model name, tag) -> config. Published metrics are the paper's (ImageNet val, 224 px).
 _PRETRAINED: dict[tuple[str, str], PretrainedCfg] = {
-    ("bagnet9", "imagenet"): PretrainedCfg(
-        url=_PUBLISHED_ROOT + "bagnet8-34f4ccd2.pth.tar"
-    ),
+    ("bagnet9", "imagenet"): PretrainedCfg(url=_PUBLISHED_ROOT + "bagnet8-34f4ccd2.pth.tar", sha256="34f4ccd2"),
     ("bagnet17", "imagenet"): PretrainedCfg(
-        url=_PUBLISHED_ROOT + "bagnet16-105524de.pth.tar", metrics={"top5": 80.5}
+        url=_PUBLISHED_ROOT + "bagnet16-105524de.pth.tar", sha256="105524de", metrics={"top5": 80.5}
     ),
     ("bagnet33", "imagenet"): PretrainedCfg(
-        url=_PUBLISHED_ROOT + "bagnet32-2ddd53ed.pth.tar", metrics={"top5": 87.6}
+        url=_PUBLISHED_ROOT + "bagnet32-2ddd53ed.pth.tar", sha256="2ddd53ed", metrics={"top5": 87.6}
     ),
     # Shipped with the package (docs/models/bagnet17_slim-imagenette.md is its model card).
     ("bagnet17_slim", "imagenette"): PretrainedCfg(
         file="bagnet17_slim-imagenette-cea5e27d.pt",
+        sha256="cea5e27d",
         dataset="imagenette",
         img_size=112,
         num_classes=10,
@@ -70,20 +90,58 @@ _PRETRAINED: dict[tuple[str, str], PretrainedCfg] = {
     ),
 }
 
+# A tag that several models share names this one of them when given alone
+# (``--weights imagenet``: the most accurate published BagNet). The default model
+# (``bagnet.models.DEFAULT_MODEL``) wins for its own tag.
+_TAG_MODEL = {"imagenet": "bagnet33"}
+
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")
 _PREFIXES = ("module.", "_orig_mod.")
 
 
-class CheckpointMismatchError(ValueError):
-    """A checkpoint's keys or shapes do not fit the model; nothing was loaded."""
-
-
 def pretrained_cfg(name: str, tag: str) -> PretrainedCfg | None:
+    """The registered weights ``tag`` of model ``name``, if any."""
     return _PRETRAINED.get((name, tag))
 
 
 def pretrained_tags(name: str) -> list[str]:
+    """Tags of the weights registered for model ``name``."""
     return [t for (n, t) in _PRETRAINED if n == name]
+
+
+def registered_tags() -> list[str]:
+    """Every registered tag, sorted."""
+    return sorted({t for (_, t) in _PRETRAINED})
+
+
+def models_with_tag(tag: str) -> list[str]:
+    """Models that have weights registered under ``tag``, in registration order."""
+    return [n for (n, t) in _PRETRAINED if t == tag]
+
+
+def model_for_tag(tag: str, default: str | None = None) -> str:
+    """The model a tag names when it is given alone (``--weights imagenette``).
+
+    Args:
+        tag: a registered tag.
+        default: the default model's name; it wins where it has the tag.
+
+    Raises:
+        ValueError: no model, or several without a preferred one, has the tag.
+    """
+    names = models_with_tag(tag)
+    if not names:
+        raise ValueError(f"{tag!r} is not a registered tag; registered: {', '.join(registered_tags())}")
+    if len(names) == 1:
+        return names[0]
+    for preferred in (default, _TAG_MODEL.get(tag)):
+        if preferred in names:
+            return preferred
+    raise ValueError(f"weights {tag!r} are registered for {', '.join(names)}; name the model")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's keys or shapes do not fit the model; nothing was loaded."""
 
 
 def clean_state_dict(checkpoint: Any) -> dict[str, torch.Tensor]:
@@ -132,48 +190,219 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
     model.load_state_dict(state_dict, strict=True)
 
 
-def _is_url(source: str) -> bool:
-    return urlparse(source).scheme in ("http", "https", "file", "ftp")
+def hash_in_name(filename: str) -> str | None:
+    """The SHA-256 prefix a file name carries by torch hub's convention (``NAME-<hex>.EXT``)."""
+    m = _HASH_IN_NAME.search(os.path.basename(filename))
+    return m.group(1) if m else None
 
 
-def fetch(url: str) -> Path:
-    """Download ``url`` into the torch hub cache once; check a hash prefix in its name."""
-    filename = os.path.basename(urlparse(url).path)
-    cache = Path(torch.hub.get_dir()) / "checkpoints"
-    cache.mkdir(parents=True, exist_ok=True)
-    dst = cache / filename
-    if not dst.exists():
-        m = _HASH_IN_NAME.search(filename)
-        try:
-            torch.hub.download_url_to_file(url, str(dst), hash_prefix=m.group(1) if m else None, progress=False)
-        except RuntimeError as e:
-            raise ValueError(f"download of {url} failed its hash check: {e}") from None
-        except OSError as e:
-            raise OSError(f"could not download {url}: {e}. Copy the file to {dst} to use it offline.") from None
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_sha256(path: str | os.PathLike, expected: str, what: str, remedy: str) -> None:
+    """Raise a ``ValueError`` unless the SHA-256 of ``path`` starts with ``expected``.
+
+    The message names the file, ``what`` it should be, the expected and actual hash, and
+    ``remedy`` (what to do).
+    """
+    actual = file_sha256(path)
+    if not actual.startswith(expected.lower()):
+        raise ValueError(
+            f"{path} is not {what}: its SHA-256 starts with {actual[: len(expected)]}, expected {expected}; {remedy}"
+        )
+
+
+def is_url(source: str) -> bool:
+    return urlparse(str(source)).scheme in ("http", "https", "file", "ftp")
+
+
+def cached_path(url: str) -> Path:
+    """Where :func:`fetch` keeps the download of ``url`` (torch hub's checkpoint cache)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def fetch(url: str, *, sha256: str | None = None, check_hash: bool = False) -> Path:
+    """Download ``url`` into the torch hub cache once, with a progress bar on a terminal.
+
+    Args:
+        url: the file to download.
+        sha256: prefix of its SHA-256 (registered weights); checked on download.
+        check_hash: check the SHA-256 prefix the file name carries (``NAME-<hex>.EXT``).
+
+    Raises:
+        ValueError: the download does not match its hash (nothing is cached then).
+        OSError: the download failed.
+    """
+    dst = cached_path(url)
+    if check_hash and sha256 is None:
+        sha256 = hash_in_name(dst.name)
+        if sha256 is None:
+            raise ValueError(f"check_hash: the file name of {url} carries no hash (NAME-<8+ hex digits>.EXT)")
+    if dst.exists():
+        return dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    progress = sys.stderr.isatty()
+    if not progress:
+        logger.info("downloading %s to %s", url, dst)
+    try:
+        # torch writes to a temporary file and renames it only once the hash matched.
+        torch.hub.download_url_to_file(url, str(dst), hash_prefix=sha256, progress=progress)
+    except RuntimeError as e:  # torch's hash mismatch
+        raise ValueError(
+            f"the download of {url} does not match its hash ({e}); it was not kept. Try again; if it keeps "
+            f"failing the file at that address changed: download it yourself and pass it as a local file"
+        ) from None
+    except OSError as e:
+        raise OSError(f"could not download {url}: {e}. Download it elsewhere and copy it to {dst}") from None
     return dst
 
 
-def packaged_file(filename: str) -> Path:
-    """A model file shipped in ``bagnet/weights``, checked against the hash in its name."""
+def packaged_file(filename: str, sha256: str | None = None) -> Path:
+    """A model file shipped in ``bagnet/weights``, checked against its hash."""
     path = Path(str(resources.files("bagnet.weights").joinpath(filename)))
     if not path.is_file():
         raise FileNotFoundError(f"the packaged weight file {filename} is missing; reinstall bagnet")
-    m = _HASH_IN_NAME.search(filename)
-    if m and not hashlib.sha256(path.read_bytes()).hexdigest().startswith(m.group(1)):
-        raise ValueError(f"the packaged weight file {path} is corrupt (hash mismatch); reinstall bagnet")
+    expected = sha256 or hash_in_name(filename)
+    if expected:
+        check_sha256(path, expected, f"the shipped {filename}", "reinstall bagnet")
     return path
 
 
-def read_checkpoint(source: str | os.PathLike) -> dict[str, Any]:
-    """Read a weight file or URL; returns the raw object ``torch.load`` gives."""
-    source = str(source)
-    path = fetch(source) if _is_url(source) else Path(source).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"weight file {path} does not exist")
+def registered_file(name: str, tag: str, file: str | os.PathLike | None = None) -> Path:
+    """The local file of the registered weights ``name``/``tag``, hash-checked.
+
+    ``file`` is a copy the user obtained elsewhere; otherwise the shipped file, or the
+    download (cached once).
+    """
+    cfg = pretrained_cfg(name, tag)
+    if cfg is None:
+        raise ValueError(f"no weights {tag!r} are registered for {name}; registered: {pretrained_tags(name) or 'none'}")
+    expected = cfg.sha256 or hash_in_name(cfg.filename)
+    if file is not None:
+        path = Path(file).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"--weights-file {path} does not exist")
+        if expected:
+            where = cfg.url or f"bagnet's package ({cfg.file})"
+            check_sha256(path, expected, f"the registered {tag!r} weights of {name} ({cfg.filename})",
+                         f"download {where} again, or load it as an unregistered checkpoint (a path, no tag)")
+        return path
+    if cfg.file is not None:
+        return packaged_file(cfg.file, expected)
+    try:
+        return fetch(cfg.url, sha256=expected)
+    except OSError as e:
+        raise OSError(f"{e}; with a copy of the file, pass it as --weights-file PATH (file=PATH in Python)") from None
+
+
+def is_downloaded(name: str, tag: str) -> bool:
+    """Whether the registered weights ``name``/``tag`` are shipped or already in the torch
+    hub cache (nothing is downloaded or read to answer)."""
+    cfg = pretrained_cfg(name, tag)
+    if cfg is None:
+        return False
+    if cfg.file is not None:
+        return Path(str(resources.files("bagnet.weights").joinpath(cfg.file))).is_file()
+    return cached_path(cfg.url).is_file()
+
+
+# -- reading weight files --------------------------------------------------------------
+
+
+@dataclass
+class WeightFile:
+    """What a weight file holds, whatever its format.
+
+    Attributes:
+        state_dict: parameter name -> tensor, unwrapped and without DDP/compile prefixes.
+        model: the model name the file records (``None`` for a plain state dict).
+        model_args: constructor arguments the file records.
+        meta: class names, normalization, image size, metrics, ... the file records.
+        path: the local file read.
+        kind: ``"model file"``, ``"training checkpoint"`` or ``"state dict"``.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    model: str | None
+    model_args: dict[str, Any]
+    meta: dict[str, Any]
+    path: Path
+    kind: str
+
+
+def local_path(source: str | os.PathLike) -> Path:
+    """The file ``source`` names: itself, or for a run folder of ``bagnet train`` its
+    ``model.pt`` (else ``last.pt``).
+
+    Raises:
+        FileNotFoundError: no such file, or a folder without a model file, said as such.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        for name in ("model.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(
+            f"{path} is a folder without model.pt or last.pt; pass a weight file, or the folder of a "
+            "`bagnet train` run once it has finished an epoch"
+        )
+    if not path.exists():
+        parent = path.parent
+        hint = "" if parent.is_dir() else f" (nor does its folder {parent})"
+        raise FileNotFoundError(f"weight file {path} does not exist{hint}")
+    return path
+
+
+def read_checkpoint(source: str | os.PathLike, *, check_hash: bool = False) -> Any:
+    """The raw object ``torch.load(weights_only=True)`` gives for a file, run folder or URL."""
+    source = os.fspath(source)
+    path = fetch(source, check_hash=check_hash) if is_url(source) else local_path(source)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds for truncated or foreign files
+    except Exception as e:  # noqa: BLE001  (torch raises many kinds for truncated or foreign files)
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+
+
+def read_weights(source: str | os.PathLike, *, check_hash: bool = False) -> WeightFile:
+    """Read any weight file bagnet loads: model files, training checkpoints, state dicts.
+
+    Args:
+        source: a path, a run folder (its ``model.pt``, else ``last.pt``) or a URL.
+        check_hash: for a URL, check the SHA-256 prefix its file name carries.
+
+    A training checkpoint gives its EMA weights when the run kept an EMA (the weights the
+    run evaluated and shipped as ``model.pt``), else its model weights.
+    """
+    source = os.fspath(source)
+    path = cached_path(source) if is_url(source) else local_path(source)
+    checkpoint = read_checkpoint(source, check_hash=check_hash)
+    fmt = checkpoint.get("format") if isinstance(checkpoint, dict) else None
+    if fmt == MODEL_FILE_FORMAT:
+        return WeightFile(clean_state_dict(checkpoint["state_dict"]), checkpoint.get("model"),
+                          dict(checkpoint.get("model_args") or {}), dict(checkpoint.get("meta") or {}), path,
+                          "model file")
+    if fmt == TRAINING_CHECKPOINT_FORMAT:
+        config = checkpoint.get("config") or {}
+        meta = {"img_size": config.get("img_size"), "classes": checkpoint.get("classes"),
+                **(checkpoint.get("meta") or {})}
+        meta["epoch"] = checkpoint.get("epoch")
+        ema = checkpoint.get("ema")
+        if ema:  # torch's AveragedModel: the model under "module.", plus its counters
+            state = {k: v for k, v in ema.items() if k.startswith("module.")}
+            meta["weights"] = "ema"
+        else:
+            state = checkpoint["model"]
+        return WeightFile(clean_state_dict(state), checkpoint.get("model_name"),
+                          dict(checkpoint.get("model_args") or {}), {k: v for k, v in meta.items() if v is not None},
+                          path, "training checkpoint")
+    if isinstance(fmt, str) and fmt.startswith("bagnet-"):
+        raise ValueError(f"{path} is a {fmt} file, which this version of bagnet cannot read; update bagnet")
+    return WeightFile(clean_state_dict(checkpoint), None, {}, {}, path, "state dict")
 
 
 def model_file_info(checkpoint: Any) -> tuple[str | None, dict, dict]:
@@ -181,6 +410,18 @@ def model_file_info(checkpoint: Any) -> tuple[str | None, dict, dict]:
     if isinstance(checkpoint, dict) and checkpoint.get("format") == MODEL_FILE_FORMAT:
         return checkpoint.get("model"), dict(checkpoint.get("model_args") or {}), dict(checkpoint.get("meta") or {})
     return None, {}, {}
+
+
+def install_in_cache(path: Path, url: str) -> Path:
+    """Copy a verified local file to where a download of ``url`` would be cached."""
+    dst = cached_path(url)
+    if not dst.exists():
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(path, tmp)
+    return dst
+
+
+# -- writing model files ------------------------------------------------------------------
 
 
 def save_model_file(path: str | os.PathLike, model: nn.Module, meta: dict | None = None) -> Path:

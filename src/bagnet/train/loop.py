@@ -395,6 +395,9 @@ def _save(cfg, files, info, epoch, best, is_best, classes, model, ema, optimizer
             "epoch": epoch,
             "best": best,
             "classes": classes,
+            # What eval, explain, serve and analyze need to use last.pt/best.pt as a model.
+            "meta": {"mean": list(model.pretrained_cfg["mean"]), "std": list(model.pretrained_cfg["std"]),
+                     "img_size": cfg.img_size, "class_names": read_class_names(cfg.data, classes)},
             "config": cfg.to_dict(),
             "rng": rngs,
         }
