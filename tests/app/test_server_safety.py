@@ -162,7 +162,7 @@ def test_handler_threads_are_capped(running_server):
         s.sendall(b"POST /api/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\npartial")
         stalled.append(s)
     time.sleep(0.5)
-    handlers = [t for t in threading.enumerate() if "process_request_thread" in t.name]
+    handlers = [t for t in threading.enumerate() if t.name == "bagnet-serve-request"]
     assert len(handlers) == 2
     waiting = {}
     late = threading.Thread(target=lambda: waiting.update(status=call(server, "/api/config")[0]))
@@ -173,6 +173,35 @@ def test_handler_threads_are_capped(running_server):
         s.close()
     late.join(timeout=30)
     assert waiting["status"] == 200
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_ctrl_c_while_a_request_thread_starts_does_not_break_the_thread_cap(running_server, monkeypatch, caplog):
+    """Ctrl+C can land just after a handler thread started: the slot is released once
+    (it used to be released twice: 'Semaphore released too many times', and a hung stop)."""
+    import bagnet.app.server as server_module
+
+    server = running_server(max_threads=1)
+    started = []
+
+    class InterruptedAfterStart(threading.Thread):
+        def start(self):
+            super().start()
+            started.append(self)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(server_module.threading, "Thread", InterruptedAfterStart)
+    client, served = socket.socketpair()
+    with caplog.at_level("DEBUG", logger="bagnet.app.server"), pytest.raises(KeyboardInterrupt):
+        server.process_request(served, ("127.0.0.1", 1))
+    monkeypatch.undo()
+    client.sendall(b"GET /api/config HTTP/1.0\r\n\r\n")
+    assert b"200 OK" in client.recv(100)
+    client.close()
+    started[0].join(timeout=30)
+    assert server._handler_slots._value == 1
+    assert "released too many times" not in caplog.text
+    assert call(server, "/api/config")[0] == 200
 
 
 # -- item 8: other sites ---------------------------------------------------------------
@@ -304,7 +333,7 @@ def stop_cli_server(proc):
         return proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, err = proc.communicate()
+        _, err = proc.communicate()
         raise AssertionError(f"bagnet serve did not stop on Ctrl+C within 60 s:\n{err}") from None
 
 

@@ -103,6 +103,20 @@ class _Store:
             return analysis
 
 
+class _ReleaseOnce:
+    """Releases a semaphore the first time it is called, whichever thread calls first."""
+
+    def __init__(self, semaphore: threading.Semaphore):
+        self._semaphore, self._lock, self._done = semaphore, threading.Lock(), False
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        self._semaphore.release()
+
+
 class ExplorerServer(ThreadingHTTPServer):
     """The HTTP server; ``serve_forever()`` in any thread, ``shutdown()`` from another.
 
@@ -120,6 +134,8 @@ class ExplorerServer(ThreadingHTTPServer):
     """
 
     daemon_threads = True
+    # Ctrl+C does not wait for clients that hold their connections open.
+    block_on_close = False
     # Several quick requests from one page (thumbnails) should not be refused.
     request_queue_size = 64
 
@@ -153,17 +169,22 @@ class ExplorerServer(ThreadingHTTPServer):
         # Blocks the accept loop while max_threads requests are being handled: further
         # clients wait in the kernel's listen queue instead of each getting a thread.
         self._handler_slots.acquire()
+        release = _ReleaseOnce(self._handler_slots)
         try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._handler_slots.release()
+            threading.Thread(target=self._handle_in_thread, args=(request, client_address, release),
+                             name="bagnet-serve-request", daemon=True).start()
+        except BaseException:  # e.g. Ctrl+C while starting the thread: the slot is not leaked
+            release()
             raise
 
-    def process_request_thread(self, request, client_address) -> None:
+    def _handle_in_thread(self, request, client_address, release) -> None:
         try:
-            super().process_request_thread(request, client_address)
+            self.finish_request(request, client_address)
+        except Exception:  # noqa: BLE001 -- as socketserver does: logged by handle_error, the thread ends
+            self.handle_error(request, client_address)
         finally:
-            self._handler_slots.release()
+            self.shutdown_request(request)
+            release()
 
     def handle_error(self, request, client_address) -> None:
         error = sys.exc_info()[1]
