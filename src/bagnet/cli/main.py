@@ -17,7 +17,7 @@ from .. import __version__
 from ._help import HelpFormatter, all_parsers
 
 # Order is the order of `bagnet --help`.
-COMMANDS = ("models", "train", "eval", "explain", "calibrate", "analyze", "demo", "serve", "bench")
+COMMANDS = ("models", "train", "eval", "explain", "calibrate", "analyze", "demo", "serve", "bench", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -126,10 +126,11 @@ class FusedBottleneck(nn.Module):
             # (s*i, s*j). Where the residual crop drops much (the stride-1 last stage loses
             # 2 of 26 rows and columns), crop the input and never compute those outputs; where
             # it drops one row, the copy that cropping the input costs is slower than the
-            # multiply-adds it saves.
+            # multiply-adds it saves. An exported graph always crops: with a symbolic image
+            # size the choice could not be made once for every size (both are exact).
             s = self.downsample.stride[0]
             full_h, full_w = (x.shape[-2] - 1) // s + 1, (x.shape[-1] - 1) // s + 1
-            if full_h * full_w > 1.1 * h * w:
+            if torch.compiler.is_exporting() or full_h * full_w > 1.1 * h * w:
                 x = x[..., : s * (h - 1) + 1, : s * (w - 1) + 1]
             identity = self.downsample(x)
         return F.relu(out.add_(identity[..., :h, :w]), inplace=True)

@@ -1,0 +1,99 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import bagnet
+from bagnet.cli.main import main
+from bagnet.export import OPSET, export_onnx, export_program
+from bagnet.models import save_model_file
+from bagnet.testing.models import randomize_batchnorm
+
+# (batch, height, width): two image sizes (neither is the export example's), two batch
+# sizes, and the smallest image the model takes (its receptive field, 9)
+SIZES = [(1, 40, 40), (3, 67, 91), (2, 9, 9)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = randomize_batchnorm(bagnet.create_model("bagnet_tiny", num_classes=5), seed=3)
+    m.pretrained_cfg = {**m.pretrained_cfg, "classes": list("abcde"), "img_size": 48}
+    return m
+
+
+def _reference(model, x):
+    """Logits and patch logits of the unfused model (BatchNorm not folded)."""
+    with torch.no_grad():
+        return model.eval()(x).numpy(), model.patch_logits(x).numpy()
+
+
+def _assert_rel_close(got, expected, rtol=1e-4):
+    assert got.shape == expected.shape
+    err = np.abs(got - expected).max() / np.abs(expected).max()
+    assert err < rtol, f"relative error {err:.2e}"
+
+
+@pytest.fixture(scope="module")
+def onnx_file(model, tmp_path_factory):
+    pytest.importorskip("onnxscript")
+    return export_onnx(model, tmp_path_factory.mktemp("onnx") / "tiny.onnx", patch_logits=True)
+
+
+@pytest.mark.slow  # the ONNX exporter takes 10-40 s on a shared 2-core CPU
+def test_onnx_runs_in_onnxruntime_at_two_sizes(model, onnx_file):
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(str(onnx_file))
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [OPSET]
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1] == 3 and all(isinstance(d, str) and d for d in (dims[0], dims[2], dims[3]))
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["bagnet"])
+    assert meta["receptive_field"] == model.receptive_field and meta["classes"] == list("abcde")
+    assert meta["mean"] == list(model.pretrained_cfg["mean"]) and meta["img_size"] == 48
+
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "patch_logits"]
+    for b, h, w in SIZES:
+        x = torch.randn(b, 3, h, w, generator=torch.Generator().manual_seed(h))
+        logits, patches = session.run(None, {"image": x.numpy()})
+        ref_logits, ref_patches = _reference(model, x)
+        _assert_rel_close(logits, ref_logits)
+        _assert_rel_close(patches, ref_patches)
+        assert patches.shape[-2:] == ((h - 9) // 8 + 1, (w - 9) // 8 + 1)
+
+
+@pytest.mark.slow
+def test_cli_exported_program_saves_loads_and_runs_at_two_sizes(model, tmp_path, capsys):
+    weights = save_model_file(tmp_path / "m.pt", model)
+    path = tmp_path / "tiny.pt2"
+    argv = ["export", "--weights", str(weights), "--format", "exported-program", "--out", str(path), "--patch-logits"]
+    assert main(argv) == 0
+    assert str(path) in capsys.readouterr().out
+    extra = {"bagnet.json": ""}
+    loaded = torch.export.load(str(path), extra_files=extra)
+    meta = json.loads(extra["bagnet.json"])
+    assert meta["patch_stride"] == model.patch_stride and meta["model"] == "bagnet_tiny"
+    module = loaded.module()
+    for b, h, w in SIZES:
+        x = torch.randn(b, 3, h, w, generator=torch.Generator().manual_seed(w))
+        with torch.no_grad():
+            logits, patches = module(x)
+        ref_logits, ref_patches = _reference(model, x)
+        _assert_rel_close(logits.numpy(), ref_logits)
+        _assert_rel_close(patches.numpy(), ref_patches)
+    with pytest.raises(Exception, match="image"):  # the program checks H, W >= q itself
+        module(torch.zeros(1, 3, 8, 20))
+
+
+def test_cli_export_errors_are_one_line(tmp_path, capsys):
+    out = tmp_path / "r.onnx"
+    assert main(["export", "--model", "resnet18", "--format", "onnx", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "BagNet" in err
+    assert not out.exists()
+    with pytest.raises(TypeError, match="BagNet"):
+        export_program(torch.nn.Conv2d(3, 3, 1))
+    with pytest.raises(ValueError, match="no classifier"):
+        export_program(bagnet.create_model("bagnet_tiny", num_classes=0))
