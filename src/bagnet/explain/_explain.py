@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import math
 import re
 from collections.abc import Sequence
@@ -180,6 +183,51 @@ class Explanation:
                          patches=patches, title=f"{pred.name} (p = {pred.probability:.3f})")
         fig.tight_layout()
         return fig, axes
+
+    # -- Jupyter ------------------------------------------------------------------------
+
+    def _repr_png_(self) -> bytes:
+        """The figure of :meth:`plot` as PNG, shown inline by Jupyter."""
+        fig, _ = self.plot()
+        return figure_png(fig)
+
+    def _repr_html_(self) -> str:
+        """Predictions, the "none of these classes" flag, the top patch of each explained
+        class and the figure, shown inline by Jupyter."""
+        esc = html.escape
+        g = self.geometry
+        head = f"{esc(self.model_name or 'model')}: {g.image_size[0]}x{g.image_size[1]} px, " \
+               f"{g.patch_size}x{g.patch_size} patches"
+        rows = "".join(
+            f"<tr><td>{p.index}</td><td>{esc(p.name)}</td><td>{p.probability:.3f}</td><td>{p.logit:.3f}</td></tr>"
+            for p in self.predictions
+        )
+        parts = [f"<div class='bagnet-explanation'><p><b>{head}</b></p>"]
+        if self.unknown is not None and self.unknown.flag:
+            parts.append(f"<p style='color:#b00000'><b>{esc(self.unknown.message)}</b></p>")
+        if self.true_class is not None:
+            t = self.prediction(self.true_class)
+            parts.append(f"<p>true class: {esc(t.name)} (p = {t.probability:.3f})</p>")
+        parts.append("<table><tr><th>class</th><th>name</th><th>probability</th><th>logit</th></tr>"
+                     f"{rows}</table>")
+        tops = []
+        for c, patches in zip(self.classes, self.patches):
+            if patches:
+                p = patches[0]
+                tops.append(f"<li>{esc(self.class_names[c])}: box {list(p.box)} (x0, y0, x1, y1), "
+                            f"evidence {p.score:.3f}</li>")
+        if tops:
+            parts.append(f"<p>most predictive patch per class:</p><ul>{''.join(tops)}</ul>")
+        png = base64.b64encode(self._repr_png_()).decode("ascii")
+        parts.append(f"<img src='data:image/png;base64,{png}' alt='class-evidence maps'/></div>")
+        return "".join(parts)
+
+
+def figure_png(fig, dpi: int = 100) -> bytes:
+    """A matplotlib figure as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
 
 
 def model_config(model: nn.Module) -> dict:
