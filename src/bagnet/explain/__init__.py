@@ -15,13 +15,14 @@ from ._reference import evidence_map_reference
 from ._unknown import UNKNOWN_METHODS, UnknownCalibration, UnknownCheck, calibrate_unknown, familiarity, unknown_check
 
 __all__ = [
+    "UNKNOWN_METHODS",
     "ClassPatches",
     "EvidenceMapper",
     "Explanation",
     "MapGeometry",
     "Patch",
+    "PatchEvidence",
     "Prediction",
-    "UNKNOWN_METHODS",
     "UnknownCalibration",
     "UnknownCheck",
     "calibrate_unknown",
@@ -41,3 +42,12 @@ __all__ = [
     "top_patches",
     "unknown_check",
 ]
+
+
+def __getattr__(name: str):
+    # captum (behind PatchEvidence) takes about a second to import; only pay it when used.
+    if name == "PatchEvidence":
+        from ._attribution import PatchEvidence
+
+        return PatchEvidence
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
