@@ -27,7 +27,8 @@ from torch import nn
 
 from ._io import atomic_path
 from .models import FusedBagNet, fuse
-from .models.bagnet import BagNet, patch_head
+from .models._base import patch_head
+from .models.bagnet import BagNet
 
 __all__ = ["FORMATS", "OPSET", "export_metadata", "export_onnx", "export_program", "save_exported_program"]
 

@@ -39,7 +39,16 @@ def test_native_stride_puts_the_patch_logits_on_their_centres(model, images):
     torch.testing.assert_close(attr, expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("stride", [1, "native"])
+def test_stride_k_keeps_every_kth_pixel_of_the_stride_1_map(model, images):
+    dense = PatchEvidence(model).attribute(images, target=2)
+    for k in (2, 3):
+        sparse = PatchEvidence(model, stride=k).attribute(images, target=2)
+        expected = torch.zeros_like(dense)
+        expected[..., ::k, ::k] = dense[..., ::k, ::k]
+        torch.testing.assert_close(sparse, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2, "native"])
 def test_convergence_delta_checks_the_map_against_the_logits(model, images, stride):
     method = PatchEvidence(model, stride=stride)
     assert method.has_convergence_delta()
@@ -88,4 +97,6 @@ def test_bad_targets_and_models_are_refused(model, images):
     with pytest.raises(TypeError, match="BagNet"):
         PatchEvidence(torch.nn.Conv2d(3, 3, 1))
     with pytest.raises(ValueError, match="stride"):
-        PatchEvidence(model, stride=2)
+        PatchEvidence(model, stride=0)
+    with pytest.raises(ValueError, match="skips the centres"):  # q = 9: centres at 4 + 8i, not multiples of 3
+        PatchEvidence(model, stride=3).attribute(images, target=0, return_convergence_delta=True)

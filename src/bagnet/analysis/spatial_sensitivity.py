@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ._captum import DEEPLIFT_DELTA_WARN, METHODS, UnsupportedModelError, attribution_cells, warn_deeplift
-from ._cells import channel_mean
+from ._cells import cell_sums, channel_mean
 from ._classifier import Classifier
 from ._data import EvalData
 from ._output import panel_grid, write_result
@@ -70,34 +70,17 @@ def bagnet_cells(
 ) -> torch.Tensor:
     """True-class evidence of a BagNet summed per ``cell x cell`` cell, ``[B, H/cell, W/cell]``.
 
-    Each map entry is counted in the cell that holds the centre of its patch.
+    The map comes from :class:`bagnet.explain.PatchEvidence`, through captum's
+    ``attribute(inputs, target=...)`` like the attribution methods of the tested networks,
+    and is reduced to cells the same way (channel sum, then cell sums). Each patch's
+    evidence sits on its centre pixel, so it counts in the cell that holds its centre.
     """
-    from ..explain import evidence_map
+    from ..explain import PatchEvidence
 
     if not clf.is_bagnet:
         raise ValueError(f"{clf.label} is not a BagNet, so it has no evidence heatmap")
-    model = clf.model
-    q = model.receptive_field
-    cols = clf.column(targets)
-    uniq, pos = cols.unique(return_inverse=True)
-    x = clf.normalize(pixels)
-    if stride == "native":
-        maps = evidence_map(model, x, classes=uniq, stride="native", pad_value=None)
-        step, first = model.patch_stride, (q - 1) // 2  # centre of the patch at top-left 0
-    else:
-        maps = evidence_map(model, x, classes=uniq, stride=int(stride), pad_value=0.0)
-        step, first = int(stride), 0  # padded maps: entry (i, j) is centred on (s*i, s*j)
-    sel = maps[torch.arange(len(cols), device=maps.device), pos].float()  # [B, h, w]
-    gh, gw = pixels.shape[-2] // cell, pixels.shape[-1] // cell
-    ry = _bins(sel.shape[-2], step, first, cell, gh, sel.device)
-    rx = _bins(sel.shape[-1], step, first, cell, gw, sel.device)
-    return ry @ sel @ rx.T
-
-
-def _bins(n: int, step: int, first: int, cell: int, cells: int, device) -> torch.Tensor:
-    """``[cells, n]`` 0/1 matrix: which cell the centre ``first + step * i`` of entry i falls in."""
-    which = (first + step * torch.arange(n, device=device)) // cell
-    return (which[None, :] == torch.arange(cells, device=device)[:, None]).float()
+    attribution = PatchEvidence(clf.model, stride=stride).attribute(clf.normalize(pixels), target=clf.column(targets))
+    return cell_sums(attribution.float(), cell)
 
 
 def mask_top_cells(pixels: torch.Tensor, scores: torch.Tensor, ks: Sequence[int], cell: int) -> torch.Tensor:

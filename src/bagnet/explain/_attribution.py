@@ -30,21 +30,25 @@ class PatchEvidence(Attribution):
 
     * ``stride=1`` (the paper's heatmap): pixel (y, x) holds the logit of class c for the
       q x q patch centred on it, with the normalized image padded by ``pad_value``;
-    * ``stride="native"`` (cheap): the model's own patch logits, each at the centre pixel
-      of its patch, zero elsewhere, so summing over a region adds up the evidence of the
-      patches centred in it.
+    * ``stride=k``: the same for the patches centred on every k-th pixel, 0 elsewhere;
+    * ``stride="native"`` (cheapest): the model's own, unpadded patch logits, each at the
+      centre pixel of its patch, 0 elsewhere.
+
+    Every value sits on the centre pixel of its patch, so summing the attribution over a
+    region adds up the evidence of the patches centred in it.
 
     The self-check, like captum's convergence delta, compares the map with the model's
     logits: the patches on the model's native grid lie inside the image, so the map holds
-    exactly their evidence there, and the model's logit is their mean. ``delta`` is that
-    mean, read back from the attribution, minus the logit of the model's own forward pass;
-    it is float rounding for a correct map.
+    exactly their evidence on their centres, and the model's logit is their mean. ``delta``
+    is that mean, read back from the attribution, minus the logit of the model's own
+    forward pass; it is float rounding for a correct map. (At a stride that skips those
+    centres there is nothing to compare, and asking for the delta is an error.)
 
     Args:
         model: a :class:`~bagnet.models.BagNet`; not modified (inference statistics, as in
             ``eval()``, are used even in training mode). Inputs are normalized images.
-        stride: 1 or ``"native"``.
-        pad_value: padding of the normalized image for ``stride=1``.
+        stride: 1, another positive integer, or ``"native"``.
+        pad_value: padding of the normalized image (not used with ``"native"``).
 
     Brendel & Bethge, ICLR 2019, https://openreview.net/forum?id=SkfMWhAqYQ
     """
@@ -52,8 +56,8 @@ class PatchEvidence(Attribution):
     def __init__(self, model: nn.Module, *, stride: int | str = 1, pad_value: float = 0.0):
         if not isinstance(model, BagNet):
             raise TypeError(f"PatchEvidence needs a bagnet.models.BagNet, got {type(model).__name__}")
-        if stride not in (1, "native"):
-            raise ValueError(f"stride must be 1 or 'native', got {stride!r}")
+        if stride != "native" and (isinstance(stride, bool) or not isinstance(stride, int) or stride < 1):
+            raise ValueError(f"stride must be a positive integer or 'native', got {stride!r}")
         if model.receptive_field % 2 == 0:
             raise ValueError(f"receptive field {model.receptive_field} is even, so no pixel is a patch centre")
         super().__init__(model)
@@ -85,7 +89,7 @@ class PatchEvidence(Attribution):
         x = _single_input(inputs)
         targets = _targets(target, x.shape[0], self.model.num_classes, x.device)
         # Folded anew on every call, so a model trained in between is never explained stale.
-        pad = self.pad_value if self.stride == 1 else None
+        pad = None if self.stride == "native" else self.pad_value
         mapper = EvidenceMapper(self.model, stride=self.stride, pad_value=pad)
         classes, position = targets.unique(return_inverse=True)
         with torch.no_grad():
@@ -107,19 +111,25 @@ class PatchEvidence(Attribution):
         q, s = self.model.receptive_field, self.model.patch_stride
         gh, gw = self.model.patch_grid(*x.shape[-2:])
         o = (q - 1) // 2
+        if self.stride != "native" and (o % self.stride or s % self.stride):
+            raise ValueError(f"a map at stride {self.stride} skips the centres of the model's native patches "
+                             f"(every {s} px from {o}), so it cannot be checked; use stride 1 or 'native'")
         centres = attributions.sum(1)[:, o : o + s * (gh - 1) + 1 : s, o : o + s * (gw - 1) + 1 : s]
         logits = _inference_logits(self.model, x.detach())
         return centres.mean((-2, -1)) - logits.gather(1, targets[:, None].to(logits.device))[:, 0].to(centres)
 
     def _on_pixels(self, maps: torch.Tensor, size: torch.Size) -> torch.Tensor:
-        """``[B, h, w]`` maps placed on the ``[B, H, W]`` pixel grid."""
+        """``[B, h, w]`` maps placed on the ``[B, H, W]`` pixel grid, each value on the
+        centre pixel of its patch."""
         if self.stride == 1:
             return maps  # padded stride-1 maps are the pixel grid
-        q, s = self.model.receptive_field, self.model.patch_stride
-        o = (q - 1) // 2
+        if self.stride == "native":
+            step, first = self.model.patch_stride, (self.model.receptive_field - 1) // 2
+        else:
+            step, first = self.stride, 0  # padded: entry (i, j) is centred on (k*i, k*j)
         b, h, w = maps.shape
         out = maps.new_zeros(b, *size)
-        out[:, o : o + s * (h - 1) + 1 : s, o : o + s * (w - 1) + 1 : s] = maps
+        out[:, first : first + step * (h - 1) + 1 : step, first : first + step * (w - 1) + 1 : step] = maps
         return out
 
 
