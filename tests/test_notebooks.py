@@ -30,4 +30,4 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     assert len(html) == 2 and all("data:image/png;base64," in h for h in html)
     printed = "".join(o.get("text", "") for c in code for o in c.outputs if o.output_type == "stream")
     assert "evidence" in printed and "val_top1" in printed
-    assert any(tmp_path.glob("bagnet-quickstart-*/run/model*")), "the run wrote its model file"
+    assert any(tmp_path.glob("bagnet-quickstart-*/run/model/model.safetensors")), "the run wrote its model"

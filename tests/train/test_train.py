@@ -47,7 +47,9 @@ def test_model_file_loads_everywhere_with_its_metadata(run):
     best = load_checkpoint(run / "best.pt")
     named = bagnet.create_model("bagnet_tiny", pretrained=run / "model.pt")
     unnamed = bagnet.load_model(run / "model.pt")
-    for model in (named, unnamed):
+    folder = bagnet.load_model(run / "model")  # model.safetensors + config.json: no pickle
+    assert sorted(p.name for p in (run / "model").iterdir()) == ["config.json", "model.safetensors"]
+    for model in (named, unnamed, folder):
         assert_same_tensors(model.state_dict(), best["model"])
         cfg = model.pretrained_cfg
         assert cfg["classes"] == ["circle", "square", "stripes"] and cfg["img_size"] == 32

@@ -29,7 +29,8 @@ def add_model_args(parser: argparse.ArgumentParser, *, required: bool = False, t
         "--weights",
         default=None,
         help="a registered tag (imagenet, imagenette; alone it names its model), a model file, last.pt/best.pt or "
-             "run folder of `bagnet train` (these name their model too), a state dict, or a URL",
+             "run folder of `bagnet train`, a model folder (model.safetensors + config.json) or hf-hub:ORG/NAME "
+             "(these name their model too), a state dict, or a URL",
     )
     g.add_argument("--weights-file", default=None, metavar="PATH",
                    help="a local copy of the registered weights --weights names (checked against their hash)")

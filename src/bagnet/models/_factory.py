@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_classes
+from ._pretrained import is_model_location
 from ._registry import get_model_fn, list_models
 from ._weights import (
     CheckpointMismatchError,
@@ -65,12 +66,14 @@ def create_model(
     """Build a registered BagNet or a torchvision classifier, optionally with weights.
 
     Args:
-        name: a name from :func:`list_models`, or a torchvision classifier (``resnet50``,
-            also ``torchvision:resnet50``).
+        name: a name from :func:`list_models`, a torchvision classifier (``resnet50``,
+            also ``torchvision:resnet50``), or a model folder (:func:`save_pretrained`) or
+            Hugging Face model repo ``hf-hub:ORG/NAME``, which say which model they hold.
         pretrained: ``False`` (random initialisation); ``True`` for the model's default
             registered weights; a registered tag such as ``"imagenet"`` (for torchvision
             models also a weight enum name such as ``"IMAGENET1K_V2"``); or a checkpoint:
-            a path, a run folder of ``bagnet train`` or a URL. A bagnet model file or
+            a path, a run folder of ``bagnet train``, a model folder, a ``.safetensors``
+            file, ``hf-hub:ORG/NAME`` or a URL. Nothing is unpickled beyond tensors. A bagnet model file or
             training checkpoint brings its constructor arguments, class names and
             normalization (``kwargs`` given here win); the head size of any checkpoint is
             read from it.
@@ -94,6 +97,11 @@ def create_model(
     tv_name = _torchvision_name(name)
     if tv_name is not None:
         return _create_torchvision(tv_name, pretrained, file, check_hash, kwargs)
+    if name not in list_models() and (is_model_location(name) or os.path.isdir(name)):
+        # a model folder, run folder or hf-hub:ORG/NAME says which model it holds
+        if pretrained not in (False, None) or file is not None:
+            raise ValueError(f"{name} brings its own weights; pass pretrained= only with a model name")
+        return load_model(name, **kwargs)
     fn = get_model_fn(name)
     if pretrained is True:
         tags = pretrained_tags(name)
@@ -121,7 +129,8 @@ def load_model(
     source: str | os.PathLike, *, file: str | os.PathLike | None = None, check_hash: bool = False, **kwargs: Any
 ) -> nn.Module:
     """Load a model whose weights name it: a model file or training checkpoint of
-    ``bagnet train`` (or its run folder), or a registered tag alone (``"imagenette"``).
+    ``bagnet train`` (or its run folder), a model folder or ``hf-hub:ORG/NAME``, or a
+    registered tag alone (``"imagenette"``).
 
     Args:
         source: a path, run folder, URL, or registered tag.

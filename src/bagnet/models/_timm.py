@@ -23,56 +23,16 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["install_timm_hook", "register_with_timm", "timm_data_config"]
+from ._pretrained import PAPER, PAPER_ID, timm_data_config
+
+__all__ = ["install_timm_hook", "register_with_timm"]
 
 log = logging.getLogger(__name__)
-
-PAPER = "Approximating CNNs with Bag-of-local-Features models works surprisingly well on ImageNet"
-PAPER_ID = "arXiv:1904.00760"
-ORIGIN = "https://github.com/wielandbrendel/bag-of-local-features-models"
 
 # timm arguments that a BagNet has no use for at their neutral value; any other value is
 # refused rather than ignored (timm's train.py passes drop_rate=0.0 by default).
 _NEUTRAL = {"drop_rate": 0.0, "drop_path_rate": 0.0, "drop_block_rate": 0.0, "global_pool": "avg"}
 _registered: list[str] | None = None
-
-
-def timm_data_config(model: nn.Module) -> dict[str, Any]:
-    """timm's ``pretrained_cfg`` keys for a BagNet built by :func:`bagnet.create_model`.
-
-    The preprocessing is bagnet's own evaluation transform: resize the short side to
-    ``img_size / 0.875`` (bilinear), centre-crop ``img_size``, normalize with the weights'
-    mean and std.
-    """
-    from ..data.folder import CROP_PCT
-
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    in_chans = int(getattr(model, "in_chans", 3))
-    size = int(cfg.get("img_size") or 224)
-    q = int(model.receptive_field)
-    classes = cfg.get("classes")
-    names = cfg.get("class_names")
-    described = bool(classes and names and len(names) == len(classes) and list(names) != list(classes))
-    return {
-        "architecture": getattr(model, "model_name", None),
-        "input_size": (in_chans, size, size),
-        "min_input_size": (in_chans, q, q),
-        "fixed_input_size": False,
-        "interpolation": "bilinear",
-        "crop_pct": CROP_PCT,
-        "crop_mode": "center",
-        "mean": tuple(cfg.get("mean") or ()),
-        "std": tuple(cfg.get("std") or ()),
-        "num_classes": int(model.num_classes),
-        "label_names": tuple(classes) if classes else None,
-        "label_descriptions": dict(zip(classes, names)) if described else None,
-        "pool_size": None,
-        "first_conv": "conv1",
-        "classifier": "fc",
-        "paper_name": PAPER,
-        "paper_ids": PAPER_ID,
-        "origin_url": ORIGIN,
-    }
 
 
 def _default_cfgs() -> dict:
@@ -153,8 +113,10 @@ def _create(name: str, pretrained: bool, pretrained_cfg, overlay, cache_dir, kwa
             source = f"hf-hub:{cfg.hf_hub_id}"
         else:
             raise ValueError(f"{name}: no weights for pretrained tag {tag!r}; published: {pretrained_tags(name)}")
-        if cache_dir is not None and isinstance(source, str) and source.startswith("hf-hub:"):
-            kwargs["cache_dir"] = cache_dir
+        if cache_dir is not None and source.startswith("hf-hub:"):
+            from ._pretrained import hub_snapshot
+
+            source = str(hub_snapshot(source, cache_dir=cache_dir))  # timm's cache_dir, then a local folder
     model = create_model(name, pretrained=source, **kwargs)
     if not pretrained and tag in pretrained_tags(name):
         # timm gives an untrained model the data config of the tag it names

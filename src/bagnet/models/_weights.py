@@ -34,6 +34,7 @@ from torch import nn
 
 from .._io import atomic_path, atomic_save
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_classes
+from ._pretrained import is_model_location, read_pretrained, read_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -348,8 +349,9 @@ def local_path(source: str | os.PathLike) -> Path:
             if (path / name).is_file():
                 return path / name
         raise FileNotFoundError(
-            f"{path} is a folder without model.pt or last.pt; pass a weight file, or the folder of a "
-            "`bagnet train` run once it has finished an epoch"
+            f"{path} is a folder without model.pt or last.pt, nor a model folder (config.json and "
+            "model.safetensors); pass a weight file, or the folder of a `bagnet train` run once it has "
+            "finished an epoch"
         )
     if not path.exists():
         parent = path.parent
@@ -369,16 +371,20 @@ def read_checkpoint(source: str | os.PathLike, *, check_hash: bool = False) -> A
 
 
 def read_weights(source: str | os.PathLike, *, check_hash: bool = False) -> WeightFile:
-    """Read any weight file bagnet loads: model files, training checkpoints, state dicts.
+    """Read any weight file bagnet loads: model files, training checkpoints, state dicts,
+    model folders (``model.safetensors`` + ``config.json``, see :mod:`._pretrained`).
 
     Args:
-        source: a path, a run folder (its ``model.pt``, else ``last.pt``) or a URL.
+        source: a path, a run folder (its ``model.pt``, else ``last.pt``), a model folder,
+            a ``.safetensors`` file, ``hf-hub:ORG/NAME`` or a URL.
         check_hash: for a URL, check the SHA-256 prefix its file name carries.
 
     A training checkpoint gives its EMA weights when the run kept an EMA (the weights the
     run evaluated and shipped as ``model.pt``), else its model weights.
     """
     source = os.fspath(source)
+    if is_model_location(source):  # a model folder, .safetensors file or hf-hub:ORG/NAME
+        return _read_folder(source)
     path = cached_path(source) if is_url(source) else local_path(source)
     checkpoint = read_checkpoint(source, check_hash=check_hash)
     fmt = checkpoint.get("format") if isinstance(checkpoint, dict) else None
@@ -403,6 +409,16 @@ def read_weights(source: str | os.PathLike, *, check_hash: bool = False) -> Weig
     if isinstance(fmt, str) and fmt.startswith("bagnet-"):
         raise ValueError(f"{path} is a {fmt} file, which this version of bagnet cannot read; update bagnet")
     return WeightFile(clean_state_dict(checkpoint), None, {}, {}, path, "state dict")
+
+
+def _read_folder(source: str) -> WeightFile:
+    folder = read_pretrained(source)
+    if folder.weights.suffix == ".safetensors":
+        state = read_safetensors(folder.weights)
+    else:  # pytorch_model.bin of a timm repo: unpickled with weights_only=True like every file
+        state = read_checkpoint(folder.weights)
+    kind = "safetensors file" if folder.name is None else "model folder"
+    return WeightFile(clean_state_dict(state), folder.name, folder.model_args, folder.meta, folder.weights, kind)
 
 
 def model_file_info(checkpoint: Any) -> tuple[str | None, dict, dict]:

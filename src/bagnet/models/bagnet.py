@@ -182,6 +182,20 @@ class BagNet(BagNetBase):
             for key in ("class_names", "label_names"):
                 self.pretrained_cfg.pop(key, None)
 
+    def save_pretrained(self, directory, meta: dict | None = None):
+        """Write ``model.safetensors`` + ``config.json`` into ``directory`` (no pickle); load
+        it with ``bagnet.create_model(directory)``. See :func:`bagnet.save_pretrained`."""
+        from ._pretrained import save_pretrained
+
+        return save_pretrained(self, directory, meta)
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Upload this model as the Hugging Face model repo ``repo_id``; load it with
+        ``bagnet.create_model("hf-hub:" + repo_id)``. See :func:`bagnet.push_to_hub`."""
+        from ._pretrained import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     def fuse(self) -> FusedBagNet:
         """An inference-only copy with BatchNorm folded and the stem merged into one conv.
 

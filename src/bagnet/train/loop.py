@@ -2,7 +2,8 @@
 
 RUN_DIR receives ``config.json`` (the resolved configuration), ``log.jsonl`` (one line
 per epoch), TensorBoard events, ``last.pt`` and ``best.pt`` (resume checkpoints) and
-``model.pt`` (the best weights as a bagnet model file). Only rank 0 writes.
+``model.pt`` (the best weights as a bagnet model file), and ``model/`` (the same model as
+``model.safetensors`` + ``config.json``, see :func:`bagnet.save_pretrained`). Only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .._io import write_text
 from .._text import plural
 from ..data.folder import ImageFolder, collate_skip, eval_transform, read_class_names, split_indices, train_transform
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from ..models import create_model, save_model_file
+from ..models import create_model, save_model_file, save_pretrained
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, merge_for_resume
 from .distributed import DistInfo, ShardSampler, barrier, cleanup_distributed, init_distributed
@@ -405,7 +406,7 @@ def _save(cfg, files, info, epoch, best, is_best, classes, model, ema, optimizer
         if is_best:
             save_checkpoint(out / "best.pt", state)
             shipped = ema.module if ema is not None else model
-            save_model_file(out / "model.pt", shipped, {
+            meta = {
                 "classes": classes,
                 "class_names": read_class_names(cfg.data, classes),
                 "img_size": cfg.img_size,
@@ -413,7 +414,9 @@ def _save(cfg, files, info, epoch, best, is_best, classes, model, ema, optimizer
                 "metrics": {"top1": best["top1"], "top5": best["top5"], "epoch": epoch},
                 "command": cfg.command,
                 "config": cfg.to_dict(),
-            })
+            }
+            save_model_file(out / "model.pt", shipped, meta)
+            save_pretrained(shipped, out / "model", meta)  # the same model without pickle
         # last.pt is written after best.pt/model.pt: a kill in between resumes this epoch's
         # predecessor, which rewrites all three.
         save_checkpoint(out / "last.pt", state)
