@@ -15,8 +15,10 @@ under ``"bagnet"``, and in the ExportedProgram's archive as ``bagnet.json``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -123,8 +125,6 @@ def _size_oblivious():
     "this feature map is not 1 pixel wide" and the program refuses images up to q + s - 1
     pixels; the operations (convolutions, crops, same-shape additions) mean the same for
     size 1. Named Dims instead of Dim.AUTO fail on slice bounds sympy cannot prove."""
-    import contextlib
-
     from torch.fx.experimental import _config
 
     if not hasattr(_config, "backed_size_oblivious"):  # older torch: export still works, from q + s
@@ -153,6 +153,20 @@ def _name_dims(onnx_program, program: torch.export.ExportedProgram) -> None:
             v.shape = ir.Shape([rename(d) for d in v.shape])
 
 
+@contextlib.contextmanager
+def _quiet(*loggers: str):
+    """The exporter's libraries log every graph rewrite at INFO (hundreds of lines under
+    the CLI's INFO logging); keep their warnings and errors only."""
+    saved = {name: logging.getLogger(name).level for name in loggers}
+    try:
+        for name in loggers:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
 def export_onnx(
     model: nn.Module, path: str | os.PathLike, *, patch_logits: bool = False, opset: int = OPSET
 ) -> Path:
@@ -171,10 +185,11 @@ def export_onnx(
         raise ImportError("ONNX export needs onnx and onnxscript: pip install 'bagnet[onnx]'") from None
     program = export_program(model, patch_logits=patch_logits)
     names = ["logits", "patch_logits"] if patch_logits else ["logits"]
-    onnx_program = torch.onnx.export(
-        program, input_names=["image"], output_names=names, opset_version=opset, dynamo=True,
-        external_data=False, verbose=False,
-    )
+    with _quiet("onnxscript", "onnx_ir", "torch.onnx"):
+        onnx_program = torch.onnx.export(
+            program, input_names=["image"], output_names=names, opset_version=opset, dynamo=True,
+            external_data=False, verbose=False,
+        )
     _name_dims(onnx_program, program)
     onnx_program.model.metadata_props["bagnet"] = json.dumps(export_metadata(model, patch_logits))
     path = Path(path)
