@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .._extras import require
 from .._io import atomic_path, write_text
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
 
 def new_figure(ncols: int = 1, nrows: int = 1, *, size: tuple[float, float] = (4.5, 3.4), squeeze: bool = True):
     """A pyplot-free figure (no GUI backend, nothing to close) and its axes."""
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", "the analyses' figures").Figure  # noqa: N806
 
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
     return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
@@ -105,8 +106,10 @@ def progress(iterable, desc: str | None, total: int | None = None):
     if desc is None or os.environ.get("BAGNET_PROGRESS", "1") == "0":
         return iterable
     if sys.stderr.isatty():
-        from tqdm.auto import tqdm
-
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # an optional extra; log lines then
+            return _progress_lines(iterable, desc, total)
         return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
     return _progress_lines(iterable, desc, total)
 

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .._extras import require
 from .._text import plural
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..data.images import load_image
@@ -364,7 +365,7 @@ def colorize(m: np.ndarray, percentile: float = 99.0) -> tuple[np.ndarray, float
     evidence is drawn more transparent, so the photo shows through where the model sees
     little either way.
     """
-    from matplotlib import colormaps
+    colormaps = require("matplotlib", "the explorer's heatmaps").colormaps
 
     vmax = float(np.percentile(np.abs(m), percentile)) if m.size else 0.0
     vmax = vmax if vmax > 0 else 1.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from .._extras import require
 from ..data.images import to_rgb
 
 __all__ = ["SAMPLE_NAMES", "sample_image"]
@@ -22,7 +23,7 @@ def sample_image(name: str) -> Image.Image:
     """
     if name not in SAMPLE_NAMES:
         raise ValueError(f"unknown sample image {name!r}; choose one of {', '.join(SAMPLE_NAMES)}")
-    from skimage import data  # imported here: scikit-image is slow to import
+    data = require("skimage.data", "the demo's sample photos")  # imported here: scikit-image is slow to import
 
     array = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
     return to_rgb(Image.fromarray(np.ascontiguousarray(array)))

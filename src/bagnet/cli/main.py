@@ -14,6 +14,7 @@ import os
 import sys
 
 from .. import __version__
+from .._extras import MissingExtraError
 from ._help import HelpFormatter, all_parsers
 
 # Order is the order of `bagnet --help`.
@@ -57,7 +58,9 @@ def _describe(e: Exception) -> str:
     if isinstance(e, FileNotFoundError) and e.filename:
         return f"no such file: {e.filename}"
     text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0] if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {text}"
+    if isinstance(e, (ValueError, OSError, MissingExtraError)):  # their messages are written for users
+        return text.splitlines()[0]
+    return f"{type(e).__name__}: {text}"
 
 
 if __name__ == "__main__":

@@ -10,16 +10,18 @@ may be torch ``[C, H, W]`` tensors (floats in [0, 1] or uint8), numpy ``[H, W, C
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
+from .._extras import require
 from ._images import image_tensor
 from ._maps import MapGeometry
 from ._patches import Patch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "as_rgb_array",
@@ -33,6 +35,10 @@ __all__ = [
 
 def new_figure(figsize: tuple[float, float] = (4.0, 4.0), dpi: int = 100) -> Figure:
     """A figure with an Agg canvas that is not registered with pyplot."""
+    require("matplotlib", "drawing figures")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(fig)
     return fig
@@ -92,6 +98,8 @@ def _heat_extent(geometry: MapGeometry | None, shape: tuple[int, int]) -> tuple[
 
 
 def _outline(ax, patches: Sequence[Patch], color: str, linewidth: float = 1.5) -> None:
+    from matplotlib.patches import Rectangle  # ax exists, so matplotlib is installed
+
     for p in patches:
         x0, y0, x1, y1 = p.box
         ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=linewidth))

@@ -84,8 +84,10 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Iterable[int] 
 def _progress(iterable, enabled: bool, total: int | None, desc: str):
     if not enabled or not sys.stderr.isatty():
         return iterable
-    from tqdm.auto import tqdm
-
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # an optional extra; no bar then
+        return iterable
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 

@@ -170,7 +170,7 @@ class _RunFiles:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            logger.warning("tensorboard is not installed; metrics go to log.jsonl only")
+            logger.warning("tensorboard is not installed; metrics go to log.jsonl only (pip install 'bagnet[train]')")
         else:
             # purge_step drops events of epochs after the checkpoint a resumed run restarts from.
             self.tb = SummaryWriter(str(out), purge_step=start_epoch + 1 if start_epoch else None)
