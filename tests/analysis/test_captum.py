@@ -6,6 +6,7 @@ import torchvision
 from torch import nn
 
 from bagnet.analysis import UnsupportedModelError, attribution_cells, captum_ready, check_lrp_supported
+from bagnet.analysis._captum import CAPTUM_TESTED, captum_internals
 
 from .conftest import classifier
 
@@ -21,8 +22,8 @@ def test_rewrite_keeps_the_function_and_makes_lrp_exact(resnet):
     assert len(relus) == len({id(m) for m in relus}) and not any(m.inplace for m in relus)
     # For ReLU networks, LRP-epsilon with epsilon -> 0 is gradient x input (Ancona et al., 2018).
     from captum.attr import LRP
-    from captum.attr._utils.lrp_rules import EpsilonRule
 
+    EpsilonRule = captum_internals().EpsilonRule  # noqa: N806
     for m in ready.modules():
         if not list(m.children()) and not isinstance(m, nn.ReLU):
             m.rule = EpsilonRule(epsilon=1e-9)
@@ -81,3 +82,30 @@ def test_untraceable_models_fall_back(bag9):
     with pytest.raises(UnsupportedModelError):
         attribution_cells(bag9, torch.rand(1, 3, 40, 40), torch.tensor([0]), "lrp")
     assert torchvision  # torchvision classifiers are the usual references
+
+
+def test_captum_internals_we_rely_on_are_still_there():
+    """captum exports no addition module, epsilon rule or table of LRP rules; bagnet reaches
+    into captum for them (analysis._captum.captum_internals). When captum moves or changes
+    them, this test says which, and pyproject.toml's pin (CAPTUM_TESTED) must be revisited."""
+    import captum
+    from packaging.specifiers import SpecifierSet
+
+    assert captum.__version__ in SpecifierSet(CAPTUM_TESTED), (
+        f"captum {captum.__version__} is outside the tested range {CAPTUM_TESTED}: rerun these tests and update "
+        "CAPTUM_TESTED and the [analysis] extra")
+    c = captum_internals()
+    a, b = torch.rand(2, 3), torch.rand(2, 3)
+    torch.testing.assert_close(c.Addition_Module()(a, b), a + b)
+    assert c.EpsilonRule(epsilon=0.5).STABILITY_FACTOR == 0.5
+    for layer in (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.AdaptiveAvgPool2d, nn.MaxPool2d, c.Addition_Module):
+        assert layer in c.SUPPORTED_LAYERS_WITH_RULES, f"captum's LRP has no default rule for {layer.__name__} any more"
+    assert set(c.SUPPORTED_NON_LINEAR_LAYERS) >= {nn.ReLU, nn.Dropout}
+
+
+def test_a_missing_captum_internal_is_one_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "captum.attr._utils.lrp_rules", None)  # as if captum had moved it
+    with pytest.raises(ImportError, match=r"no longer has the internals .*pip install 'captum>=0\.7,<0\.10'"):
+        captum_internals()

@@ -22,11 +22,13 @@ import logging
 import operator
 import warnings
 import weakref
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._extras import require
 from ._cells import cell_sums, channel_mean
 from ._classifier import Classifier
 
@@ -46,6 +48,43 @@ class UnsupportedModelError(ValueError):
     """An attribution method cannot be applied faithfully to this network."""
 
 
+# captum versions this module is tested with. Its LRP needs three names captum does not
+# export (the addition module and epsilon rule its LRP knows, and the table of layers with
+# rules); captum_internals() is the one place that reaches them, and
+# tests/analysis/test_captum.py checks that they are still there and behave as used.
+CAPTUM_TESTED = ">=0.7,<0.10"
+
+
+def captum_attr():
+    """``captum.attr``, the public API of the attribution methods (the ``[analysis]`` extra)."""
+    return require("captum.attr", "captum's attributions (saliency, integrated gradients, DeepLift, LRP, occlusion)")
+
+
+def captum_internals() -> SimpleNamespace:
+    """captum's non-public names this module relies on, or one clear error if captum moved them.
+
+    Returns:
+        ``Addition_Module``, ``EpsilonRule``, ``SUPPORTED_LAYERS_WITH_RULES`` and
+        ``SUPPORTED_NON_LINEAR_LAYERS``.
+    """
+    captum = require("captum", "captum's LRP and DeepLift")
+    try:
+        from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LINEAR_LAYERS
+        from captum.attr._utils.custom_modules import Addition_Module
+        from captum.attr._utils.lrp_rules import EpsilonRule
+    except ImportError as e:
+        raise ImportError(
+            f"captum {getattr(captum, '__version__', '?')} no longer has the internals bagnet's LRP uses ({e}); "
+            f"install a tested version: pip install 'captum{CAPTUM_TESTED}'"
+        ) from None
+    return SimpleNamespace(
+        Addition_Module=Addition_Module,
+        EpsilonRule=EpsilonRule,
+        SUPPORTED_LAYERS_WITH_RULES=SUPPORTED_LAYERS_WITH_RULES,
+        SUPPORTED_NON_LINEAR_LAYERS=SUPPORTED_NON_LINEAR_LAYERS,
+    )
+
+
 # Functional calls that fx records and that are linear re-arrangements LRP passes through.
 _STRUCTURAL_FUNCTIONS = {torch.flatten, torch.cat, operator.getitem, getattr, torch.reshape}
 _STRUCTURAL_METHODS = {"view", "reshape", "flatten", "size", "contiguous", "dim"}
@@ -63,7 +102,7 @@ def captum_ready(model: nn.Module) -> nn.Module:
     Raises:
         UnsupportedModelError: the model cannot be traced by ``torch.fx``.
     """
-    from captum.attr._utils.custom_modules import Addition_Module
+    Addition_Module = captum_internals().Addition_Module  # noqa: N806
 
     src = copy.deepcopy(model).eval()
     try:
@@ -148,9 +187,8 @@ def check_lrp_supported(model: nn.Module) -> None:
     LRP rule (convolutions, linear layers, BatchNorm, pooling, additions) or a ReLU,
     Tanh or Dropout; functional calls must be pure re-arrangements (flatten, cat, view).
     """
-    from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LINEAR_LAYERS
-
-    allowed = set(SUPPORTED_LAYERS_WITH_RULES) | set(SUPPORTED_NON_LINEAR_LAYERS)
+    internals = captum_internals()
+    allowed = set(internals.SUPPORTED_LAYERS_WITH_RULES) | set(internals.SUPPORTED_NON_LINEAR_LAYERS)
     graph = getattr(model, "graph", None)
     if graph is None:
         raise UnsupportedModelError("the network could not be rewritten for captum (see the log)")
@@ -220,8 +258,10 @@ def attribution_cells(
 
 
 def _attribution_cells(clf, pixels, targets, method, cell, ig_steps, lrp_epsilon, batch_size, diagnostics):
-    from captum.attr import LRP, DeepLift, IntegratedGradients, Occlusion, Saliency
-    from captum.attr._utils.lrp_rules import EpsilonRule
+    attr_api = captum_attr()
+    LRP, DeepLift, Occlusion = attr_api.LRP, attr_api.DeepLift, attr_api.Occlusion  # noqa: N806
+    IntegratedGradients, Saliency = attr_api.IntegratedGradients, attr_api.Saliency  # noqa: N806
+    EpsilonRule = captum_internals().EpsilonRule  # noqa: N806
 
     model = captum_model(clf)
     x = clf.normalize(pixels).detach()
