@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -447,7 +448,7 @@ def run_experiment(
     start = time.perf_counter()
     result = exp.run(session, **options)
     meta = {**session.describe(), "options": {**exp.options, **options}, "step_key": step,
-            "seconds": round(time.perf_counter() - start, 1), "command": " ".join(sys.argv)}
+            "seconds": round(time.perf_counter() - start, 1), "command": shlex.join(["bagnet", *sys.argv[1:]])}
     exp.write(result, session.out_dir, meta)
     logger.info("%s: done in %.1fs -> %s", key, meta["seconds"], path)
     return read_json(path), True
