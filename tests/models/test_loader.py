@@ -15,6 +15,7 @@ from bagnet.cli.main import main
 from bagnet.data.imagenet import IMAGENET_MEAN
 from bagnet.models import UnnamedWeightsError, _factory, _weights
 
+
 def _sha(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 import bagnet
-from bagnet.models import CheckpointMismatchError, load_state_dict_strict, save_model_file
-from bagnet.models import _weights
+from bagnet.models import CheckpointMismatchError, _weights, load_state_dict_strict, save_model_file
 
 from .naive import random_state_dict
 
