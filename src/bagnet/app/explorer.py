@@ -16,6 +16,7 @@ import io
 import os
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
@@ -27,7 +28,10 @@ from .._text import plural
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..data.images import load_image
 from ..explain import EvidenceMapper, Explanation, MapGeometry, Patch, Prediction, preprocess, top_patches
-from ..explain._images import image_tensor
+from ..explain._images import ImageLike, image_tensor
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["RESOLUTIONS", "ExploredImage", "Explorer"]
 
@@ -98,7 +102,7 @@ class Explorer:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def prepare(self, image) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(self, image: ImageLike) -> tuple[torch.Tensor, torch.Tensor]:
         """``(normalized, display)`` ``[3, H, W]`` tensors of an image (path, PIL, array, tensor).
 
         The long side is first cut to at most twice the short side (the centre is kept),
@@ -146,12 +150,14 @@ class Explorer:
         with self._slots:
             return self._evidence(x, classes, res)
 
-    def logits(self, image) -> torch.Tensor:
+    def logits(self, image: ImageLike) -> torch.Tensor:
         """Class logits ``[K]`` of one image, resized as :meth:`prepare` does."""
         with self._slots:
             return self._logits(self.prepare(image)[0])
 
-    def explore(self, image, name: str = "image", *, max_pixels: int | None = None) -> ExploredImage:
+    def explore(
+        self, image: ImageLike | bytes | BinaryIO, name: str = "image", *, max_pixels: int | None = None
+    ) -> ExploredImage:
         """Predictions and native evidence maps of all classes for one image.
 
         ``image`` may also be an image file's bytes or a binary file object: it is decoded
@@ -375,7 +381,7 @@ def colorize(m: np.ndarray, percentile: float = 99.0) -> tuple[np.ndarray, float
     return (rgba * 255 + 0.5).astype(np.uint8), vmax
 
 
-def figure_png(fig, dpi: int = 100) -> bytes:
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     """PNG bytes of a matplotlib figure."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)

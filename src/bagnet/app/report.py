@@ -25,7 +25,7 @@ from .._io import write_text
 from .._text import plural
 from ..data.images import ImageError, load_image
 from ..explain import plot_misclassification, plot_patches
-from .explorer import Analysis, Explorer, figure_png
+from .explorer import ExploredImage, Explorer, figure_png
 
 __all__ = ["DemoItem", "Report", "build_report", "write_report"]
 
@@ -140,11 +140,11 @@ def build_report(
     scoring = _scoring(explorer.num_classes, None if allowed is None else len(set(allowed.tolist())))
 
     start = time.perf_counter()
-    analyses: dict[int, Analysis] = {}
+    analyses: dict[int, ExploredImage] = {}
 
-    def analysis(i: int) -> Analysis:
+    def analysis(i: int) -> ExploredImage:
         if i not in analyses:
-            analyses[i] = explorer.analyse(items[i].load(), items[i].name)
+            analyses[i] = explorer.explore(items[i].load(), items[i].name)
         return analyses[i]
 
     cards = [_image_card(explorer, items[i], analysis(i), preds.get(i), top, res) for i in range(min(show, len(items)))]
@@ -233,7 +233,7 @@ def _accuracy_section(explorer: Explorer, accuracy: dict, per_class: dict, n: in
     )
 
 
-def _predictions_table(analysis: Analysis, label: int | None, n: int = 5) -> str:
+def _predictions_table(analysis: ExploredImage, label: int | None, n: int = 5) -> str:
     rows = []
     for p in analysis.predictions(n):
         mark = " &#10003;" if label is not None and p["index"] == label else ""
@@ -244,7 +244,7 @@ def _predictions_table(analysis: Analysis, label: int | None, n: int = 5) -> str
     return f"<table class=preds><tr><th>class</th><th>prob.</th><th>logit</th></tr>{''.join(rows)}</table>"
 
 
-def _image_card(explorer: Explorer, item: DemoItem, analysis: Analysis, pred: int | None, top: int, res: str) -> str:
+def _image_card(explorer: Explorer, item: DemoItem, analysis: ExploredImage, pred: int | None, top: int, res: str) -> str:
     truth = ""
     if item.label is not None:
         ok = pred == item.label
@@ -264,7 +264,7 @@ def _image_card(explorer: Explorer, item: DemoItem, analysis: Analysis, pred: in
     )
 
 
-def _mistake_figure(explorer: Explorer, item: DemoItem, analysis: Analysis, pred: int, res: str) -> str:
+def _mistake_figure(explorer: Explorer, item: DemoItem, analysis: ExploredImage, pred: int, res: str) -> str:
     true = item.label
     fig, _ = plot_misclassification(
         analysis.display,

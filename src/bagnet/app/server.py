@@ -45,6 +45,7 @@ from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import PurePath
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..data.images import ImageError
@@ -165,7 +166,7 @@ class ExplorerServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
-    def process_request(self, request, client_address) -> None:
+    def process_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:
         # Blocks the accept loop while max_threads requests are being handled: further
         # clients wait in the kernel's listen queue instead of each getting a thread.
         self._handler_slots.acquire()
@@ -180,13 +181,13 @@ class ExplorerServer(ThreadingHTTPServer):
     def _handle_in_thread(self, request, client_address, release) -> None:
         try:
             self.finish_request(request, client_address)
-        except Exception:  # noqa: BLE001 -- as socketserver does: logged by handle_error, the thread ends
+        except Exception:
             self.handle_error(request, client_address)
         finally:
             self.shutdown_request(request)
             release()
 
-    def handle_error(self, request, client_address) -> None:
+    def handle_error(self, request: socket.socket, client_address: tuple[str, int]) -> None:
         error = sys.exc_info()[1]
         if isinstance(error, _DISCONNECTS):
             logger.debug("%s went away: %s", client_address[0], error)
@@ -230,7 +231,7 @@ def make_server(
     explorer: Explorer,
     host: str = "127.0.0.1",
     port: int = 8000,
-    **kwargs,
+    **kwargs: Any,
 ) -> ExplorerServer:
     """An :class:`ExplorerServer` bound to ``host:port`` (not yet serving).
 
@@ -395,14 +396,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _upload(self, query=None) -> None:
         body = self._read_body()
         name = query.get("name") or "upload"
-        self._analyse(body, name, max_pixels=self.server.max_pixels)
+        self._explore(body, name, max_pixels=self.server.max_pixels)
 
     def _sample(self, name: str, query=None) -> None:
         if name not in SAMPLE_NAMES:
             raise HTTPError(404, f"no sample image {name!r}")
-        self._analyse(sample_image(name), name)
+        self._explore(sample_image(name), name)
 
-    def _analyse(self, image, name: str, **kwargs) -> None:
+    def _explore(self, image, name: str, **kwargs) -> None:
         try:
             analysis = self.server.explorer.explore(image, name=name, **kwargs)
         except ImageError as e:
