@@ -4,8 +4,8 @@ import os
 # shared with other jobs, spinning threads made small forward passes 5-40x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 # The suite runs tiny models: a second intra-op thread buys nothing and costs contention.
 torch.set_num_threads(1)

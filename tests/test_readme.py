@@ -30,24 +30,24 @@ def test_use_with_section_examples_run(tmp_path, monkeypatch):
     ns: dict = {}
     reference = bagnet.create_model("bagnet17_slim", pretrained="imagenette").eval()
 
-    exec(blocks[0], ns)  # noqa: S102  (the README's own code: timm)
+    exec(blocks[0], ns)
     assert ns["config"]["input_size"] == (3, 112, 112)
     with torch.no_grad():
         torch.testing.assert_close(ns["logits"], reference(ns["pixels"]))
 
-    exec(blocks[1], ns)  # noqa: S102  (the README's own code: model folders)
+    exec(blocks[1], ns)
     assert (tmp_path / "bagnet17-imagenette" / "model.safetensors").is_file()
     for k, v in reference.state_dict().items():
         assert torch.equal(ns["same"].state_dict()[k], v), k
     assert ns["same"].pretrained_cfg["classes"] == reference.pretrained_cfg["classes"]
 
-    exec(blocks[2], ns)  # noqa: S102  (the README's own code: ONNX)
+    exec(blocks[2], ns)
     x = torch.from_numpy((ns["image"] - ns["mean"]) / ns["std"])[None]
     with torch.no_grad():
         expected = reference(x).numpy()
     assert np.abs(ns["logits"] - expected).max() < 1e-4 * np.abs(expected).max()
     assert ns["patch_logits"].shape == (1, 10, (112 - 17) // 8 + 1, (150 - 17) // 8 + 1)
 
-    exec(blocks[3], ns)  # noqa: S102  (the README's own code: captum)
+    exec(blocks[3], ns)
     assert ns["evidence"].shape == ns["gradients"].shape == ns["x"].shape
     assert float(ns["delta"].abs().max()) < 1e-4

@@ -23,7 +23,7 @@ def test_rewrite_keeps_the_function_and_makes_lrp_exact(resnet):
     # For ReLU networks, LRP-epsilon with epsilon -> 0 is gradient x input (Ancona et al., 2018).
     from captum.attr import LRP
 
-    EpsilonRule = captum_internals().EpsilonRule  # noqa: N806
+    EpsilonRule = captum_internals().EpsilonRule
     for m in ready.modules():
         if not list(m.children()) and not isinstance(m, nn.ReLU):
             m.rule = EpsilonRule(epsilon=1e-9)

@@ -98,7 +98,7 @@ def test_bad_input_is_one_line(tmp_path, folder, argv, message, capsys):
     (tmp_path / "broken.json").write_text("{")
     argv = [a.format(folder=folder, bad_config=tmp_path / "bad.json", bad_json=tmp_path / "broken.json")
             for a in argv]
-    assert main(argv + ["--out", str(tmp_path / "o")] if argv[1] != "all" else argv) == 1
+    assert main([*argv, "--out", str(tmp_path / "o")] if argv[1] != "all" else argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
 

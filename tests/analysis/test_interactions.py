@@ -29,10 +29,10 @@ def test_mask_patches_against_a_loop():
     got = mask_patches(x, corners, 4)
     fill = x.mean(dim=(1, 2))
     want = x.repeat(3, 1, 1, 1)
-    for k, (t, l) in enumerate(corners):
+    for k, (top, left) in enumerate(corners):
         for c in range(3):
-            want[k, c, t : t + 4, l : l + 4] = fill[c]
-            want[2, c, t : t + 4, l : l + 4] = fill[c]
+            want[k, c, top : top + 4, left : left + 4] = fill[c]
+            want[2, c, top : top + 4, left : left + 4] = fill[c]
     torch.testing.assert_close(got, want)
 
 

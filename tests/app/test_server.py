@@ -272,7 +272,7 @@ def test_concurrent_users_get_their_own_results(running_server, tiny_model):
             status, _, body = call(server, f"/api/uploads/{summary['id']}/result.json?res=native")
             assert status == 200, body
             results[i] = (summary, json.loads(body))
-        except Exception as e:  # noqa: BLE001 -- reported below, with the user it happened to
+        except Exception as e:
             errors.append((i, e))
 
     threads = [threading.Thread(target=user, args=(i,)) for i in range(len(arrays))]

@@ -20,7 +20,7 @@ def test_bench_json_and_ratios(tmp_path, capsys):
     assert (cfg["batch_size"], cfg["img_size"], cfg["repeats"], cfg["threads"]) == (2, 40, 3, 1)
     rows = {(r["model"], r["mode"]): r for r in report["results"]}
     assert set(rows) == {(m, mode) for m in ("bagnet_tiny", "resnet50") for mode in ("plain", "fused")}
-    for (name, mode), r in rows.items():
+    for (_name, mode), r in rows.items():
         assert len(r["seconds"]) == 3 and all(s > 0 for s in r["seconds"])
         # every derived number is recomputed here from the raw timings
         median = statistics.median(2 / s for s in r["seconds"])

@@ -52,9 +52,9 @@ def random_state_dict(name, num_classes=1000, seed=0, dtype=torch.float32):
             sd[k] = torch.tensor(0)
         elif k.endswith("running_var"):
             sd[k] = torch.rand(shape, generator=g, dtype=dtype) + 0.5
-        elif k.endswith("running_mean") or k.endswith(".bias"):
+        elif k.endswith(("running_mean", ".bias")):
             sd[k] = torch.randn(shape, generator=g, dtype=dtype) * 0.1
-        elif k.endswith("bn3.weight") or k.endswith("downsample.1.weight"):
+        elif k.endswith(("bn3.weight", "downsample.1.weight")):
             # small residual-branch scales keep activations O(1) through 16 blocks, so
             # float32 comparisons are meaningful at 1e-5
             sd[k] = torch.rand(shape, generator=g, dtype=dtype) * 0.2 + 0.2
@@ -103,7 +103,7 @@ def naive_patch_logits(sd, name, x, counter=None):
             # crop the residual at bottom and right
             res = res[:, :, : out.shape[2], : out.shape[3]]
             x = torch.relu(out + res)
-    b, c, h, w = x.shape
+    b, _c, h, w = x.shape
     logits = torch.zeros(b, sd["fc.weight"].shape[0], h, w, dtype=x.dtype)
     for i in range(h):
         for j in range(w):

@@ -154,5 +154,5 @@ def test_registry():
     with pytest.raises(ValueError, match="already registered"):
 
         @register_model()
-        def bagnet9(**kwargs):  # noqa: F811
+        def bagnet9(**kwargs):
             pass

@@ -58,7 +58,7 @@ def test_train_one_epoch_reduces_loss_and_counts_skipped():
     model = _linear()
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
     crit = nn.CrossEntropyLoss()
-    batches = _batches(x, y, 8, skipped=1) + [(torch.empty(0), torch.empty(0, dtype=torch.long), 8)]
+    batches = [*_batches(x, y, 8, skipped=1), (torch.empty(0), torch.empty(0, dtype=torch.long), 8)]
     first = evaluate(model, crit, _batches(x, y, 8), torch.device("cpu"), progress=False)
     for _ in range(5):
         stats = train_one_epoch(model, crit, opt, batches, torch.device("cpu"), progress=False)

@@ -22,7 +22,7 @@ import logging
 import operator
 import warnings
 import weakref
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,7 @@ class UnsupportedModelError(ValueError):
 CAPTUM_TESTED = ">=0.7,<0.10"
 
 
-def captum_attr():
+def captum_attr() -> ModuleType:
     """``captum.attr``, the public API of the attribution methods (the ``[analysis]`` extra)."""
     return require("captum.attr", "captum's attributions (saliency, integrated gradients, DeepLift, LRP, occlusion)")
 
@@ -102,12 +102,12 @@ def captum_ready(model: nn.Module) -> nn.Module:
     Raises:
         UnsupportedModelError: the model cannot be traced by ``torch.fx``.
     """
-    Addition_Module = captum_internals().Addition_Module  # noqa: N806
+    Addition_Module = captum_internals().Addition_Module
 
     src = copy.deepcopy(model).eval()
     try:
         gm = torch.fx.symbolic_trace(src)
-    except Exception as e:  # noqa: BLE001  (fx raises many kinds on data-dependent control flow)
+    except Exception as e:
         raise UnsupportedModelError(f"{type(model).__name__} cannot be traced by torch.fx ({type(e).__name__}: {e})") from None
     modules = dict(gm.named_modules())
     counter = 0
@@ -259,9 +259,9 @@ def attribution_cells(
 
 def _attribution_cells(clf, pixels, targets, method, cell, ig_steps, lrp_epsilon, batch_size, diagnostics):
     attr_api = captum_attr()
-    LRP, DeepLift, Occlusion = attr_api.LRP, attr_api.DeepLift, attr_api.Occlusion  # noqa: N806
-    IntegratedGradients, Saliency = attr_api.IntegratedGradients, attr_api.Saliency  # noqa: N806
-    EpsilonRule = captum_internals().EpsilonRule  # noqa: N806
+    LRP, DeepLift, Occlusion = attr_api.LRP, attr_api.DeepLift, attr_api.Occlusion
+    IntegratedGradients, Saliency = attr_api.IntegratedGradients, attr_api.Saliency
+    EpsilonRule = captum_internals().EpsilonRule
 
     model = captum_model(clf)
     x = clf.normalize(pixels).detach()

@@ -10,15 +10,22 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from .._extras import require
 from .._io import atomic_path, write_text
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 __all__ = ["new_figure", "panel_grid", "progress", "read_json", "save_figure", "slug", "write_json", "write_result"]
 
@@ -58,22 +65,24 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 
-def save_figure(fig, path: str | os.PathLike) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     """Save a matplotlib figure as PNG atomically."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     return Path(path)
 
 
-def new_figure(ncols: int = 1, nrows: int = 1, *, size: tuple[float, float] = (4.5, 3.4), squeeze: bool = True):
+def new_figure(
+    ncols: int = 1, nrows: int = 1, *, size: tuple[float, float] = (4.5, 3.4), squeeze: bool = True
+) -> tuple[Figure, Any]:
     """A pyplot-free figure (no GUI backend, nothing to close) and its axes."""
-    Figure = require("matplotlib.figure", "the analyses' figures").Figure  # noqa: N806
+    Figure = require("matplotlib.figure", "the analyses' figures").Figure
 
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
     return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
-def panel_grid(n: int, size: tuple[float, float], max_cols: int = 3):
+def panel_grid(n: int, size: tuple[float, float], max_cols: int = 3) -> tuple[Figure, list[Axes]]:
     """A figure with ``n`` panels in rows of up to ``max_cols``; returns ``(fig, axes[:n])``."""
     cols = max(1, min(max_cols, n))
     fig, axes = new_figure(cols, max(1, math.ceil(n / cols)), size=size, squeeze=False)
@@ -83,7 +92,7 @@ def panel_grid(n: int, size: tuple[float, float], max_cols: int = 3):
     return fig, flat[:n]
 
 
-def write_result(out_dir: str | os.PathLike, stem: str, experiment: str, payload: dict, fig,
+def write_result(out_dir: str | os.PathLike, stem: str, experiment: str, payload: dict, fig: Figure,
                  meta: dict | None = None) -> dict[str, Path]:
     """``STEM.png`` then ``STEM.json`` (``experiment``, ``meta`` and the payload) in ``out_dir``.
 
@@ -96,7 +105,7 @@ def write_result(out_dir: str | os.PathLike, stem: str, experiment: str, payload
     }
 
 
-def progress(iterable, desc: str | None, total: int | None = None):
+def progress(iterable: Iterable[T], desc: str | None, total: int | None = None) -> Iterable[T]:
     """Progress of a loop when a description is given (``BAGNET_PROGRESS=0`` turns it off).
 
     On a terminal, a tqdm bar; otherwise (a log file, a batch job) a plain log line every

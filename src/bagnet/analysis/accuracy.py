@@ -18,6 +18,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from ._classifier import Classifier
 from ._data import EvalData
 from ._output import new_figure, write_result
 from ._predictions import LogitCache, Predictions, predictions
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["ModelAccuracy", "accuracy", "accuracy_of", "plot_accuracy", "write_accuracy"]
 
@@ -102,7 +106,7 @@ def accuracy(
     return rows
 
 
-def plot_accuracy(rows: Sequence[ModelAccuracy | dict]):
+def plot_accuracy(rows: Sequence[ModelAccuracy | dict]) -> tuple[Figure, Any]:
     """Bar chart of top-1 and top-5 per model; returns ``(fig, ax)``."""
     rows = [r if isinstance(r, dict) else r.__dict__ for r in rows]
     fig, ax = new_figure(size=(max(4.0, 1.1 * len(rows) + 1.5), 3.2))

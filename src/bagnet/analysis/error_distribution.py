@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from ._data import EvalData
 from ._output import panel_grid, write_result
 from ._predictions import LogitCache, aligned_predictions
 from ._stats import pearson
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["ErrorDistribution", "class_errors", "error_distribution", "plot_error_distribution", "write_error_distribution"]
 
@@ -69,7 +73,7 @@ def error_distribution(
     return result
 
 
-def plot_error_distribution(result: ErrorDistribution | dict):
+def plot_error_distribution(result: ErrorDistribution | dict) -> tuple[Figure, Any]:
     """One scatter (reference error vs BagNet error, a point per class) per pair."""
     r = result if isinstance(result, dict) else result.__dict__
     fig, axes = panel_grid(len(r["pairs"]), (3.4, 3.3))

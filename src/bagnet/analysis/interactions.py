@@ -23,6 +23,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from ._data import EvalData
 from ._output import panel_grid, write_result
 from ._predictions import LogitCache, predictions
 from ._stats import pearson
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "InteractionResult",
@@ -88,8 +92,8 @@ def mask_patches(pixels: torch.Tensor, corners: np.ndarray, size: int) -> torch.
     n = len(corners)
     fill = channel_mean(pixels[None])[0]
     masks = torch.zeros(n + 1, 1, *pixels.shape[-2:], dtype=torch.bool, device=pixels.device)
-    for i, (t, l) in enumerate(corners):
-        masks[i, :, t : t + size, l : l + size] = True
+    for i, (top, left) in enumerate(corners):
+        masks[i, :, top : top + size, left : left + size] = True
     masks[n] = masks[:n].any(0)
     return torch.where(masks, fill, pixels)
 
@@ -161,7 +165,7 @@ def interactions(
     done: list[int] = []
     per_batch = max(1, batch_size // (n_patches + 1))
     desc = "interactions" if show_progress else None
-    for x, y, idx in data.iter_batches(indices, per_batch, desc=desc):
+    for x, _y, idx in data.iter_batches(indices, per_batch, desc=desc):
         h, w = x.shape[-2:]
         variants = torch.cat([
             mask_patches(img, choose_patches(h, w, n_patches, patch_size, gap, seed=(seed, int(i))), patch_size)
@@ -188,7 +192,7 @@ def interactions(
     return result
 
 
-def plot_interactions(result: InteractionResult | dict):
+def plot_interactions(result: InteractionResult | dict) -> tuple[Figure, Any]:
     """Scatter of joint vs summed single changes, one panel per model. Returns ``(fig, axes)``."""
     r = result if isinstance(result, dict) else result.__dict__
     fig, axes = panel_grid(len(r["models"]), (3.3, 3.2))

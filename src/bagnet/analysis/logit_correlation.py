@@ -22,6 +22,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from ._data import EvalData
 from ._output import new_figure, write_result
 from ._predictions import LogitCache, aligned_predictions
 from ._stats import nan_if_none, pearson
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["LogitCorrelation", "correlations", "logit_correlation", "plot_logit_correlation", "write_logit_correlation"]
 
@@ -80,7 +84,7 @@ def logit_correlation(
     return result
 
 
-def plot_logit_correlation(result: LogitCorrelation | dict):
+def plot_logit_correlation(result: LogitCorrelation | dict) -> tuple[Figure, Any]:
     """Both correlations against q, one line per reference. Returns ``(fig, axes)``."""
     r = result if isinstance(result, dict) else result.__dict__
     fig, axes = new_figure(2, size=(4.2, 3.3))

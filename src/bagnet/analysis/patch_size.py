@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .._text import plural
 from ._classifier import Classifier
@@ -17,6 +18,9 @@ from ._data import EvalData
 from ._output import new_figure, write_result
 from ._predictions import LogitCache
 from .accuracy import accuracy
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["PatchSizeResult", "patch_size", "plot_patch_size", "write_patch_size"]
 
@@ -53,7 +57,7 @@ def patch_size(
     return result
 
 
-def plot_patch_size(result: PatchSizeResult | dict):
+def plot_patch_size(result: PatchSizeResult | dict) -> tuple[Figure, Any]:
     """Top-1 and top-5 against q; references as horizontal lines. Returns ``(fig, ax)``."""
     r = result if isinstance(result, dict) else result.__dict__
     fig, ax = new_figure()

@@ -27,6 +27,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from ._data import EvalData
 from ._output import panel_grid, write_result
 from ._predictions import LogitCache, predictions
 from ._stats import nan_if_none
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +245,7 @@ def spatial_sensitivity(
                         j += 1
                 scores[m.label].setdefault(name, []).append(np.stack([full_l, full_p]))
         n_done += len(idx)
-    ranking_names = [*heat_names.values(), *[mt for mt in methods], RANDOM]
+    ranking_names = [*heat_names.values(), *list(methods), RANDOM]
     result = SpatialSensitivity(ks=ks, cell=cell, heatmap_stride=heatmap_stride, rankings=ranking_names, images=n_done)
     for m in tested:
         curves = {}
@@ -264,7 +268,7 @@ def spatial_sensitivity(
     return result
 
 
-def plot_spatial_sensitivity(result: SpatialSensitivity | dict):
+def plot_spatial_sensitivity(result: SpatialSensitivity | dict) -> tuple[Figure, Any]:
     """Mean true-class probability drop against k, one panel per tested network."""
     r = result if isinstance(result, dict) else result.__dict__
     fig, axes = panel_grid(len(r["models"]), (3.8, 3.3))

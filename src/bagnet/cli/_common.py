@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
 from torch import nn
 
@@ -41,7 +42,7 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
 
 
-def resolve_model(args: argparse.Namespace, **kwargs) -> nn.Module:
+def resolve_model(args: argparse.Namespace, **kwargs: Any) -> nn.Module:
     """The model ``--model``/``--weights``/``--weights-file`` name.
 
     No model options: the default model (:func:`bagnet.models.default_model`, said on

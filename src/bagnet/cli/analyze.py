@@ -30,7 +30,7 @@ _EXPERIMENTS = {
 }
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("analyze", help="the paper's analyses: accuracy, correlations, interactions, ...",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     asub = p.add_subparsers(dest="experiment", metavar="EXPERIMENT")

@@ -26,9 +26,13 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._text import plural
 from ._common import add_device_args
+
+if TYPE_CHECKING:
+    import torch
 
 MODE_HELP = (
     "plain: eval mode as built, float32, contiguous; fused: BatchNorm folded (BagNets: also the merged "
@@ -36,7 +40,7 @@ MODE_HELP = (
 )
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="images/s of BagNets against torchvision models", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="bagnet33,resnet50",
@@ -99,7 +103,7 @@ def benchmark(
     img_size: int,
     repeats: int,
     warmup: int = 1,
-    device=None,
+    device: str | torch.device | None = None,
 ) -> dict:
     """Measure every (model, mode) pair in interleaved rounds; the report as a JSON-able dict.
 

@@ -23,7 +23,7 @@ from ._common import add_device_args, add_model_args
 logger = logging.getLogger(__name__)
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "calibrate",
         help="calibrate the 'none of the classes this model knows' flag of a model file",

@@ -16,16 +16,20 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._text import plural
 from ._common import add_device_args, add_model_args, resolve_model
+
+if TYPE_CHECKING:
+    from torch import nn
 
 logger = logging.getLogger(__name__)
 
 _SPLITS = {"train", "val", "test"}
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="explain sample photos (or --data) in one HTML report",
@@ -49,7 +53,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_demo_model(args: argparse.Namespace):
+def resolve_demo_model(args: argparse.Namespace) -> nn.Module:
     """The model of ``--model``/``--weights``, or the default model (see :func:`resolve_model`)."""
     return resolve_model(args)
 

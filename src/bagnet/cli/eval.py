@@ -16,14 +16,20 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._text import plural
 from ._common import add_device_args, add_model_args
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+
 logger = logging.getLogger(__name__)
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="accuracy of a model on an image folder", description=__doc__)
     p.add_argument("--data", required=True, help="dataset folder (with --split sub-folder) of <class>/ folders")
     p.add_argument("--split", default="val", help="sub-folder of --data to evaluate; '.' for --data itself")
@@ -44,7 +50,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def output_index(model, classes: list[str], class_map: str | None, data_root: Path) -> list[int] | None:
+def output_index(model: nn.Module, classes: list[str], class_map: str | None, data_root: Path) -> list[int] | None:
     """For each dataset class, the model output that scores it (``None``: the same order).
 
     Raises:
@@ -91,7 +97,9 @@ def output_index(model, classes: list[str], class_map: str | None, data_root: Pa
     return [own.index(c) for c in classes]
 
 
-def collect_logits(model, loader, device, index: list[int] | None, amp: str = "none"):
+def collect_logits(
+    model: nn.Module, loader: DataLoader, device: torch.device, index: list[int] | None, amp: str = "none"
+) -> tuple[torch.Tensor, torch.Tensor, int, float]:
     """All logits (restricted to the columns ``index`` unless ``None``) and targets of
     ``loader``; one per-batch loop.
 
@@ -172,8 +180,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_fast(model, mode: str, loader, device, restrict: list[int] | None, index: list[int] | None,
-                  logits, targets) -> dict:
+def evaluate_fast(model: nn.Module, mode: str, loader: DataLoader, device: torch.device, restrict: list[int] | None,
+                  index: list[int] | None, logits: torch.Tensor, targets: torch.Tensor) -> dict:
     """Top-1 accuracy, speed and top-1 agreement with the float32 ``logits`` of ``model`` run
     in the inference mode ``mode`` (see ``bagnet bench``), scored as ``bagnet eval`` scores:
     among the columns ``restrict`` only if given, else among all outputs, class k's being

@@ -25,7 +25,7 @@ from .._text import plural
 from ._common import add_device_args, add_model_args, resolve_device, resolve_model
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="class-evidence heatmaps and top patches of images", description=__doc__)
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files (JPEG, PNG, WebP, BMP, TIFF, ...) or folders of them")

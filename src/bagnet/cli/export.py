@@ -12,7 +12,7 @@ import argparse
 from ._common import add_model_args, resolve_model
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..export import FORMATS, OPSET
 
     p = sub.add_parser(
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     model = resolve_model(args)
     if not isinstance(model, BagNet | FusedBagNet):
         name = getattr(model, "model_name", type(model).__name__)
-        raise ValueError(f"bagnet export takes BagNets; {name} is not one")  # noqa: TRY004  (user input: one line)
+        raise ValueError(f"bagnet export takes BagNets; {name} is not one")
     if args.format == "onnx":
         path = export_onnx(model, args.out, patch_logits=args.patch_logits, opset=args.opset)
     else:

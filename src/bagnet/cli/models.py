@@ -7,7 +7,7 @@ import argparse
 import torch
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list registered models", description=__doc__)
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'bagnet*_slim'")
     p.add_argument("--img-size", type=int, default=224, help="input side for the GMACs column (default 224)")

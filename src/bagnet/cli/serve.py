@@ -13,7 +13,7 @@ import argparse
 from ._common import add_device_args, add_model_args
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="interactive heatmap explorer in the browser",

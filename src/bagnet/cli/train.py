@@ -9,8 +9,12 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from typing import TYPE_CHECKING
 
 from ._common import add_device_args, add_model_args
+
+if TYPE_CHECKING:
+    from ..train import TrainConfig
 
 # Namespace attribute: the destinations of the options typed on the command line.
 GIVEN = "given_options"
@@ -33,7 +37,7 @@ def _tracked(action: type[argparse.Action]) -> type[argparse.Action]:
     return Tracked
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a model on an image folder (train/ and val/)",
@@ -96,7 +100,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
     """The :class:`~bagnet.train.TrainConfig` of the parsed arguments, and the names of the
     options typed on the command line (whatever their values)."""
     from ..train import TrainConfig

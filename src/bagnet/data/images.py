@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -21,7 +22,7 @@ class ImageError(ValueError):
     """A file that cannot be read as an image."""
 
 
-def load_image(source, *, max_pixels: int | None = None, shrink_to: int | None = None) -> Image.Image:
+def load_image(source: str | os.PathLike | BinaryIO, *, max_pixels: int | None = None, shrink_to: int | None = None) -> Image.Image:
     """Open ``source`` (path or binary file object) as an 8-bit RGB image, upright.
 
     Args:

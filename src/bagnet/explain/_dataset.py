@@ -13,6 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -24,6 +25,10 @@ from ._figures import new_figure
 from ._images import preprocess
 from ._maps import EvidenceMapper
 from ._patches import Patch, top_patches
+
+if TYPE_CHECKING:
+    import numpy as np
+    from matplotlib.figure import Figure
 
 __all__ = ["ClassPatches", "class_patches", "plot_class_patches"]
 
@@ -66,7 +71,7 @@ class ClassPatches:
             "skipped": list(self.skipped),
         }
 
-    def plot(self, *, ncols: int | None = None):
+    def plot(self, *, ncols: int | None = None) -> tuple[Figure, np.ndarray]:
         """See :func:`plot_class_patches`."""
         return plot_class_patches(self, ncols=ncols)
 
@@ -197,7 +202,7 @@ def class_patches(
     )
 
 
-def plot_class_patches(result: ClassPatches, *, ncols: int | None = None):
+def plot_class_patches(result: ClassPatches, *, ncols: int | None = None) -> tuple[Figure, np.ndarray]:
     """Two groups of patch crops: from images of the class, and from other images
     (titled with their score, and the other image's label).
 

@@ -9,6 +9,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -16,10 +17,14 @@ from torch import nn
 from .._text import plural
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ._figures import new_figure, plot_heatmap, plot_image, plot_misclassification
-from ._images import image_tensor, preprocess
+from ._images import ImageLike, image_tensor, preprocess
 from ._maps import EvidenceMapper, MapGeometry
 from ._patches import Patch, top_patches
 from ._unknown import UnknownCheck, unknown_check
+
+if TYPE_CHECKING:
+    import numpy as np
+    from matplotlib.figure import Figure
 
 __all__ = ["Explanation", "Prediction", "explain", "model_config"]
 
@@ -149,7 +154,7 @@ class Explanation:
             d["true_class"] = self.prediction(self.true_class).to_dict()
         return d
 
-    def plot(self, *, percentile: float = 99.0, edges: bool = True):
+    def plot(self, *, percentile: float = 99.0, edges: bool = True) -> tuple[Figure, np.ndarray]:
         """The figure for this explanation; returns ``(fig, axes)``.
 
         With a ``true_class`` this is the paper's misclassification figure (image | true
@@ -223,7 +228,7 @@ class Explanation:
         return "".join(parts)
 
 
-def figure_png(fig, dpi: int = 100) -> bytes:
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     """A matplotlib figure as PNG bytes."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
@@ -251,7 +256,7 @@ def class_names(model: nn.Module) -> list[str]:
 
 def explain(
     model: nn.Module,
-    image,
+    image: ImageLike,
     *,
     classes: str | int | Sequence[int] = "top3",
     stride: int | str = 1,

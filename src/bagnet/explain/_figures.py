@@ -16,11 +16,12 @@ import numpy as np
 import torch
 
 from .._extras import require
-from ._images import image_tensor
+from ._images import ImageLike, image_tensor
 from ._maps import MapGeometry
 from ._patches import Patch
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = [
@@ -44,7 +45,7 @@ def new_figure(figsize: tuple[float, float] = (4.0, 4.0), dpi: int = 100) -> Fig
     return fig
 
 
-def as_rgb_array(image) -> np.ndarray:
+def as_rgb_array(image: ImageLike) -> np.ndarray:
     """Any supported image (see :func:`image_tensor`) as a float ``[H, W, 3]`` array in [0, 1]."""
     return image_tensor(image).permute(1, 2, 0).numpy()
 
@@ -58,7 +59,7 @@ def _filter(a: np.ndarray, ky: np.ndarray, kx: np.ndarray) -> np.ndarray:
     return sum(kx[i] * tmp[:, i : i + w] for i in range(len(kx)))
 
 
-def image_edges(image, *, sigma: float = 1.0, quantile: float = 0.85) -> np.ndarray:
+def image_edges(image: ImageLike, *, sigma: float = 1.0, quantile: float = 0.85) -> np.ndarray:
     """Thin boolean edge mask, a light Canny: Sobel gradients of the Gaussian-smoothed gray
     image, kept where the magnitude is a maximum across the edge and above its ``quantile``
     (and above 5% of its maximum, so flat images have no edges)."""
@@ -106,11 +107,11 @@ def _outline(ax, patches: Sequence[Patch], color: str, linewidth: float = 1.5) -
 
 
 def plot_heatmap(
-    evidence,
-    image=None,
+    evidence: torch.Tensor | np.ndarray,
+    image: ImageLike | None = None,
     *,
     geometry: MapGeometry | None = None,
-    ax=None,
+    ax: Axes | None = None,
     percentile: float = 99.0,
     limit: float | None = None,
     cmap: str = "RdBu_r",
@@ -120,7 +121,7 @@ def plot_heatmap(
     patch_color: str = "black",
     title: str | None = None,
     colorbar: bool = False,
-):
+) -> tuple[Figure, Axes]:
     """Heatmap as in the paper: diverging colours centred at zero, clipped at a percentile
     of ``|evidence|``, with the image's edges drawn over it.
 
@@ -178,7 +179,14 @@ def _single_axes():
     return fig, fig.add_subplot(1, 1, 1)
 
 
-def plot_image(image, *, ax=None, patches: Sequence[Patch] = (), patch_color: str = "black", title: str | None = None):
+def plot_image(
+    image: ImageLike,
+    *,
+    ax: Axes | None = None,
+    patches: Sequence[Patch] = (),
+    patch_color: str = "black",
+    title: str | None = None,
+) -> tuple[Figure, Axes]:
     """The image itself, optionally with boxes outlined; returns ``(fig, ax)``."""
     fig, ax = (ax.figure, ax) if ax is not None else _single_axes()
     ax.imshow(as_rgb_array(image), interpolation="nearest")
@@ -190,7 +198,9 @@ def plot_image(image, *, ax=None, patches: Sequence[Patch] = (), patch_color: st
     return fig, ax
 
 
-def plot_patches(image, patches: Sequence[Patch], *, ncols: int | None = None, title: str | None = None):
+def plot_patches(
+    image: ImageLike, patches: Sequence[Patch], *, ncols: int | None = None, title: str | None = None
+) -> tuple[Figure, np.ndarray]:
     """A grid of the image crops of ``patches``, each titled with its score.
 
     Returns:
@@ -203,7 +213,9 @@ def plot_patches(image, patches: Sequence[Patch], *, ncols: int | None = None, t
     return plot_crops(crops, [f"{p.score:.2f}" for p in patches], ncols=ncols, title=title)
 
 
-def plot_crops(crops: Sequence, titles: Sequence[str], *, ncols: int | None = None, title: str | None = None):
+def plot_crops(
+    crops: Sequence[ImageLike], titles: Sequence[str], *, ncols: int | None = None, title: str | None = None
+) -> tuple[Figure, np.ndarray]:
     """Grid of small images with a title each; returns ``(fig, axes)``."""
     n = len(crops)
     ncols = ncols or min(n, 8)
@@ -224,9 +236,9 @@ def plot_crops(crops: Sequence, titles: Sequence[str], *, ncols: int | None = No
 
 
 def plot_misclassification(
-    image,
-    true_evidence,
-    predicted_evidence,
+    image: ImageLike,
+    true_evidence: torch.Tensor | np.ndarray,
+    predicted_evidence: torch.Tensor | np.ndarray,
     *,
     true_patches: Sequence[Patch] = (),
     predicted_patches: Sequence[Patch] = (),
@@ -236,7 +248,7 @@ def plot_misclassification(
     predicted_probability: float,
     geometry: MapGeometry | None = None,
     percentile: float = 99.0,
-):
+) -> tuple[Figure, np.ndarray]:
     """The paper's misclassification figure: the image; the true class's heatmap with its
     most predictive patches outlined in black; the predicted class's heatmap with its
     patches outlined in red. Probabilities are in the titles.

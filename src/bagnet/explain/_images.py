@@ -7,13 +7,18 @@ import os
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..data.images import load_image, to_rgb
 
-__all__ = ["center_crop", "image_tensor", "preprocess", "resize_short_side"]
+__all__ = ["ImageLike", "center_crop", "image_tensor", "preprocess", "resize_short_side"]
+
+#: What the explain functions take as an image: a path, a PIL image, a numpy ``[H, W(, C)]``
+#: array or a torch ``[C, H, W]`` tensor.
+ImageLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
 
-def image_tensor(image) -> torch.Tensor:
+def image_tensor(image: ImageLike) -> torch.Tensor:
     """A path, PIL image, numpy ``[H, W(, C)]`` array or torch ``[C, H, W]`` tensor as a
     float ``[3, H, W]`` tensor in [0, 1] (uint8 inputs are scaled by 1/255).
 
@@ -76,7 +81,7 @@ def center_crop(t: torch.Tensor, size: int) -> torch.Tensor:
     return t[..., top : top + size, left : left + size]
 
 
-def preprocess(image, cfg: dict, *, crop: bool = False, img_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def preprocess(image: ImageLike, cfg: dict, *, crop: bool = False, img_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The image as the model sees it.
 
     Resizes so that the short side is ``img_size`` (default: ``cfg["img_size"]``; no

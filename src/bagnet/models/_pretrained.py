@@ -219,7 +219,7 @@ def read_pretrained(source: str | os.PathLike, *, cache_dir: str | os.PathLike |
 
 def _parse_config(config: Any, where: Path) -> tuple[str, dict, dict]:
     if not isinstance(config, dict) or not isinstance(config.get("architecture", config.get("bagnet")), (str, dict)):
-        raise ValueError(f"{where} names no model architecture")  # noqa: TRY004  (the file's content is wrong)
+        raise ValueError(f"{where} names no model architecture")
     section = config.get("bagnet")
     if isinstance(section, dict):
         if section.get("format") != CONFIG_FORMAT:

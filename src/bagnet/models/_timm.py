@@ -170,7 +170,7 @@ class _TimmImportHook(importlib.abc.MetaPathFinder):
             exec_module(module)
             try:
                 register_with_timm()
-            except Exception as e:  # noqa: BLE001  (never break `import timm` over our registration)
+            except Exception as e:
                 log.warning("could not register BagNets with timm: %s: %s", type(e).__name__, e)
 
         spec.loader.exec_module = exec_then_register

@@ -366,7 +366,7 @@ def read_checkpoint(source: str | os.PathLike, *, check_hash: bool = False) -> A
     path = fetch(source, check_hash=check_hash) if is_url(source) else local_path(source)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (torch raises many kinds for truncated or foreign files)
+    except Exception as e:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
 
 

@@ -9,7 +9,10 @@ the registered entry points, and the slim presets used for CPU experiments.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +21,7 @@ from ._base import BagNetBase, check_images, patch_head
 from ._fuse import FusedBagNet, fuse
 from ._registry import register_model
 
-__all__ = ["Bottleneck", "BagNet"]
+__all__ = ["BagNet", "Bottleneck"]
 
 
 def _crop_to(identity: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -182,14 +185,14 @@ class BagNet(BagNetBase):
             for key in ("class_names", "label_names"):
                 self.pretrained_cfg.pop(key, None)
 
-    def save_pretrained(self, directory, meta: dict | None = None):
+    def save_pretrained(self, directory: str | os.PathLike, meta: dict | None = None) -> Path:
         """Write ``model.safetensors`` + ``config.json`` into ``directory`` (no pickle); load
         it with ``bagnet.create_model(directory)``. See :func:`bagnet.save_pretrained`."""
         from ._pretrained import save_pretrained
 
         return save_pretrained(self, directory, meta)
 
-    def push_to_hub(self, repo_id: str, **kwargs):
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Upload this model as the Hugging Face model repo ``repo_id``; load it with
         ``bagnet.create_model("hf-hub:" + repo_id)``. See :func:`bagnet.push_to_hub`."""
         from ._pretrained import push_to_hub
@@ -213,7 +216,7 @@ def _classifier(num_features: int, num_classes: int) -> nn.Module:
 
 
 def _scaled(channels: int, width: float) -> int:
-    return max(1, int(round(channels * width)))
+    return max(1, round(channels * width))
 
 
 def _make_stage(inplanes: int, planes: int, blocks: int, stride: int, kernel3: int) -> tuple[nn.Sequential, int]:
@@ -263,19 +266,19 @@ def kernel3_for(receptive_field: int, layers: Sequence[int] = (3, 4, 6, 3)) -> t
 
 
 @register_model()
-def bagnet9(**kwargs) -> BagNet:
+def bagnet9(**kwargs: Any) -> BagNet:
     """BagNet-9 as published: 9x9 patches, stride 8 (the authors' ``bagnet8`` weights)."""
     return _create_bagnet(kernel3=(1, 1, 0, 0), **kwargs)
 
 
 @register_model()
-def bagnet17(**kwargs) -> BagNet:
+def bagnet17(**kwargs: Any) -> BagNet:
     """BagNet-17 as published: 17x17 patches, stride 8 (the authors' ``bagnet16`` weights)."""
     return _create_bagnet(kernel3=(1, 1, 1, 0), **kwargs)
 
 
 @register_model()
-def bagnet33(**kwargs) -> BagNet:
+def bagnet33(**kwargs: Any) -> BagNet:
     """BagNet-33 as published: 33x33 patches, stride 8 (the authors' ``bagnet32`` weights)."""
     return _create_bagnet(kernel3=(1, 1, 1, 1), **kwargs)
 
@@ -287,31 +290,31 @@ _SLIM = dict(layers=(1, 1, 1, 1), width=0.25)
 
 
 @register_model()
-def bagnet9_slim(**kwargs) -> BagNet:
+def bagnet9_slim(**kwargs: Any) -> BagNet:
     """Slim BagNet-9 (one block per stage, width 0.25) for CPU experiments."""
     return _create_bagnet(**{**_SLIM, "kernel3": (1, 1, 0, 0), **kwargs})
 
 
 @register_model()
-def bagnet17_slim(**kwargs) -> BagNet:
+def bagnet17_slim(**kwargs: Any) -> BagNet:
     """Slim BagNet-17 (one block per stage, width 0.25) for CPU experiments."""
     return _create_bagnet(**{**_SLIM, "kernel3": (1, 1, 1, 0), **kwargs})
 
 
 @register_model()
-def bagnet33_slim(**kwargs) -> BagNet:
+def bagnet33_slim(**kwargs: Any) -> BagNet:
     """Slim BagNet-33 (one block per stage, width 0.25) for CPU experiments."""
     return _create_bagnet(**{**_SLIM, "kernel3": (1, 1, 1, 1), **kwargs})
 
 
 @register_model()
-def bagnet33_w25(**kwargs) -> BagNet:
+def bagnet33_w25(**kwargs: Any) -> BagNet:
     """BagNet-33 at a quarter of the published width (all 16 blocks, 512 features, 1.03M
     parameters with 10 classes): the depth of the published model at a cost a CPU can train."""
     return _create_bagnet(**{"width": 0.25, "kernel3": (1, 1, 1, 1), **kwargs})
 
 
 @register_model()
-def bagnet_tiny(**kwargs) -> BagNet:
+def bagnet_tiny(**kwargs: Any) -> BagNet:
     """Tiny BagNet-9 (width 1/16) for tests and smoke runs; not meant to be accurate."""
     return _create_bagnet(**{"layers": (1, 1, 1, 1), "width": 0.0625, "kernel3": (1, 1, 0, 0), **kwargs})

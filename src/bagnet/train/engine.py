@@ -61,7 +61,7 @@ def _totals(loss_sum, correct1, correct5, images, skipped, start: float, info: D
     )
 
 
-def autocast(device: torch.device, amp: str):
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
     """The autocast context for ``amp`` ('none', 'bf16' or 'fp16') on ``device``."""
     if amp == "none":
         return contextlib.nullcontext()

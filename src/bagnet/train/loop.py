@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def build_data(cfg: TrainConfig, mean, std, classes: list[str] | None = None) -> _Data:
+def build_data(cfg: TrainConfig, mean: Sequence[float], std: Sequence[float], classes: list[str] | None = None) -> _Data:
     """Train and val datasets of ``cfg.data``; ``classes`` (from a checkpoint) must match.
 
     ``cfg.data`` holds ``train/<class>/`` and ``val/<class>/``, or ``train/<class>/`` with

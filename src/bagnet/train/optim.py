@@ -44,7 +44,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, cfg: TrainConfig, 
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-optimizer-step ``LambdaLR`` for ``cfg``'s warmup and schedule."""
     total = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
