@@ -25,6 +25,10 @@ def test_parse_model_spec(tmp_path):
         parse_model_spec({"model": "vgg11", "weigths": "w.pt"})
     with pytest.raises(ValueError, match="empty"):
         parse_model_spec(" ")
+    # Run folders and registered tags name their model, as files do.
+    assert parse_model_spec(f"R={tmp_path}") == ModelSpec("R", None, str(tmp_path))
+    assert parse_model_spec("imagenette") == ModelSpec("imagenette", None, "imagenette")
+    assert build_model(parse_model_spec("imagenette")).model_name == "bagnet17_slim"
 
 
 def test_class_columns():

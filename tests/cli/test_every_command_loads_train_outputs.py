@@ -151,3 +151,17 @@ def test_training_checkpoints_carry_what_a_model_needs(bagnet_run):
         assert cfg["weights"] == "ema" and cfg["mean"] == from_model.pretrained_cfg["mean"]
         for k, v in from_model.state_dict().items():
             assert torch.equal(v, m.state_dict()[k]), k  # the EMA weights, as shipped in model.pt
+
+
+@pytest.mark.parametrize("with_model", [False, True], ids=["alone", "with-model"])
+def test_demo(bagnet_run, data, with_model, tmp_path, capsys):
+    lines = []
+    for name in SOURCES:
+        out = tmp_path / name.replace(".", "dir")
+        rc = main(["demo", "--data", str(data / "val"), *_model_args(bagnet_run, name, with_model), "--out", str(out),
+                   "--max-images", "3", "--show", "1", "--top", "1", "--res", "native", "--device", "cpu"])
+        printed = capsys.readouterr()
+        assert rc == 0, printed.err
+        assert (out / "report.html").is_file()
+        lines.append(printed.out.splitlines()[0])  # accuracy on the labelled folder
+    assert all(line == lines[0] for line in lines), lines
