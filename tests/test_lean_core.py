@@ -53,7 +53,7 @@ def test_a_missing_extra_is_one_line_naming_the_install(tmp_path):
                 f"'--out', {str(tmp_path / 'o')!r}, '--stride', 'native']))")
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1] == (
-        "bagnet explain: error: drawing figures needs matplotlib, which is not installed: "
+        "bagnet explain: error: matplotlib is not installed (drawing figures needs it): "
         "pip install 'bagnet[viz]' (or 'bagnet[all]')"), r.stderr
     r = _python(blocked + "from bagnet.app import sample_image\ntry:\n    sample_image('coffee')\n"
                 "except ImportError as err:\n    print(err)\n")

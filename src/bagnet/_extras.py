@@ -39,5 +39,5 @@ def require(module: str, feature: str) -> ModuleType:
         if e.name is not None and e.name.split(".")[0] != top:
             raise  # the package is there, something it needs is broken: torch's message says what
         raise MissingExtraError(
-            f"{feature} needs {dist}, which is not installed: pip install 'bagnet[{extra}]' (or 'bagnet[all]')"
+            f"{dist} is not installed ({feature} needs it): pip install 'bagnet[{extra}]' (or 'bagnet[all]')"
         ) from None
