@@ -10,7 +10,7 @@ from PIL import Image
 import bagnet
 from bagnet.app import SAMPLE_NAMES
 from bagnet.cli.main import main
-from bagnet.models import _weights
+from bagnet.models import DEFAULT_MODEL, _weights
 
 from .conftest import CLASSES, IMG_SIZE, random_image
 from .test_server import normalized
@@ -124,14 +124,14 @@ def test_flat_folder_and_a_corrupt_file(tmp_path, tiny_model_file, capsys):
 
 @pytest.mark.parametrize("how", ["unregistered", "file-deleted"])
 def test_missing_shipped_model_is_a_one_line_error(tmp_path, capsys, monkeypatch, how):
-    key = ("bagnet17_slim", "imagenette")
+    key = DEFAULT_MODEL
     if how == "unregistered":
         monkeypatch.delitem(_weights._PRETRAINED, key, raising=False)
     else:
-        monkeypatch.setitem(_weights._PRETRAINED, key, _weights.PretrainedCfg(file="bagnet17_slim-gone.pt"))
+        monkeypatch.setitem(_weights._PRETRAINED, key, _weights.PretrainedCfg(file="default-gone.pt"))
     code, out, err = run_demo(capsys, "--out", tmp_path)
     assert code == 1 and out == ""
-    assert err == ("bagnet demo: error: the shipped default model bagnet17_slim (imagenette) is missing; "
+    assert err == (f"bagnet demo: error: the shipped default model {key[0]} ({key[1]}) is missing; "
                    "reinstall bagnet or pass --weights\n")
     assert not (tmp_path / "report.html").exists()
 
@@ -139,16 +139,17 @@ def test_missing_shipped_model_is_a_one_line_error(tmp_path, capsys, monkeypatch
 def test_shipped_model_is_the_default(tmp_path, capsys, monkeypatch):
     """With the Imagenette weights registered, `bagnet demo` needs no arguments."""
     torch.manual_seed(0)
-    slim = bagnet.create_model("bagnet17_slim", num_classes=3)
+    slim = bagnet.create_model(DEFAULT_MODEL[0], num_classes=3)
     meta = {"classes": ["n01", "n02", "n03"], "class_names": ["tench", "springer", "horn"], "img_size": 40}
     path = bagnet.save_model_file(tmp_path / "nette.pt", slim, meta)
     # An absolute `file` resolves outside the package's weights folder, like a shipped one would inside it.
-    monkeypatch.setitem(_weights._PRETRAINED, ("bagnet17_slim", "imagenette"), _weights.PretrainedCfg(file=str(path)))
+    monkeypatch.setitem(_weights._PRETRAINED, DEFAULT_MODEL, _weights.PretrainedCfg(file=str(path)))
     code, out, err = run_demo(capsys, "--out", tmp_path / "out", "--show", "1", "--res", "native")
     assert code == 0, err
     assert out.startswith(f"{len(SAMPLE_NAMES)} images, ")
     page = (tmp_path / "out" / "report.html").read_text()
-    assert "<b>bagnet17_slim</b>: 3 classes, 17&times;17 px patches" in page
+    q = slim.receptive_field
+    assert f"<b>{DEFAULT_MODEL[0]}</b>: 3 classes, {q}&times;{q} px patches" in page
     assert "<td>springer</td>" in page and "<td>n02</td>" not in page  # the model file's display names
 
 

@@ -197,7 +197,7 @@ def test_no_model_options_and_a_tag_alone_work_on_the_command_line(tmp_path, cap
         out = tmp_path / f"o{len(extra)}"
         assert main(["explain", str(image), *extra, "--out", str(out), "--device", "cpu", "--stride", "native"]) == 0
         assert (out / "x.json").is_file()
-    assert "model: bagnet17_slim trained on imagenette" in caplog.text
+    assert f"model: {_factory.DEFAULT_MODEL[0]} trained on {_factory.DEFAULT_MODEL[1]}" in caplog.text
 
 
 def test_every_registered_weight_has_a_hash():
