@@ -161,3 +161,16 @@ def test_checkpoints_load_without_pickled_code(run):
     for name in ("last.pt", "best.pt"):
         ckpt = torch.load(run / name, map_location="cpu", weights_only=True)
         assert {"model", "optimizer", "lr_scheduler", "scaler", "ema", "epoch", "rng", "classes", "config"} <= set(ckpt)
+
+
+def test_a_deterministic_run_gives_back_the_process_wide_torch_flags(tiny_data, tmp_path):
+    # Without the restore, every op after one deterministic training ran in deterministic
+    # mode, and kernels without a deterministic version (captum's DeepLift path) refused.
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.benchmark = True
+    try:
+        train(tiny_config(tiny_data, tmp_path / "run", epochs=1, deterministic=True))
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cudnn.benchmark = False

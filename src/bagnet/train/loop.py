@@ -263,10 +263,31 @@ def train(cfg: TrainConfig, explicit: set[str] | frozenset[str] = frozenset()) -
     info = init_distributed(device)
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)
+    # A deterministic run switches process-wide torch flags; give them back afterwards so a
+    # program (or a test session) that trains once does not run every later op in
+    # deterministic mode, where e.g. some autograd kernels refuse to run at all.
+    flags = _torch_determinism_flags()
     try:
         return _run(cfg, ckpt, device, info)
     finally:
         cleanup_distributed(info)
+        _restore_torch_determinism_flags(flags)
+
+
+def _torch_determinism_flags() -> tuple[bool, bool, bool, bool]:
+    return (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+
+
+def _restore_torch_determinism_flags(flags: tuple[bool, bool, bool, bool]) -> None:
+    enabled, warn_only, benchmark, deterministic = flags
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    torch.backends.cudnn.benchmark = benchmark
+    torch.backends.cudnn.deterministic = deterministic
 
 
 def _run(cfg: TrainConfig, ckpt: dict | None, device: torch.device, info: DistInfo) -> Path:
