@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import bagnet
 from bagnet.app import Explorer, make_server
 from bagnet.cli.main import main
 
@@ -324,7 +323,8 @@ def test_serve_command_prints_its_url_and_stops_on_ctrl_c(tiny_model_file, tmp_p
 
 @pytest.mark.parametrize(
     "args, words",
-    [(["--port", "70000"], "--port must lie in 0..65535"), (["--max-upload-mb", "0"], "--max-upload-mb must lie in")],
+    [(["--port", "70000"], "--port must lie in 0..65535"), (["--max-upload-mb", "0"], "--max-upload-mb must lie in"),
+     (["--cache-mb", "-1"], "--cache-mb must lie in")],
 )
 def test_serve_command_bad_arguments(tiny_model_file, capsys, args, words):
     assert main(["serve", "--weights", str(tiny_model_file), *args]) == 1
@@ -337,34 +337,6 @@ def test_serve_command_port_in_use(tiny_model_file, capsys, running_server):
     assert main(["serve", "--weights", str(tiny_model_file), "--port", str(busy.server_address[1])]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "choose another --port" in err
-
-
-def test_many_classes_get_full_maps_for_the_top_classes_and_on_demand(monkeypatch):
-    """A 40-class head: one full-resolution pass covers the asked class and the top 3; any
-    other class costs one more pass, once."""
-    torch.manual_seed(2)
-    model = bagnet.create_model("bagnet_tiny", num_classes=40)
-    explorer = Explorer(model, img_size=IMG_SIZE, top_k=3)
-    calls = []
-    original = Explorer._evidence
-
-    def spy(self, x, classes, res):
-        calls.append((None if classes is None else list(classes), res))
-        return original(self, x, classes, res)
-
-    monkeypatch.setattr(Explorer, "_evidence", spy)
-    analysis = explorer.explore(Image.fromarray(random_image(IMG_SIZE, IMG_SIZE, seed=6)))
-    top = analysis.ranking(3)
-    rest = [c for c in range(40) if c not in top]
-    analysis.evidence(rest[0], "full")
-    analysis.evidence(top[1], "full")
-    analysis.evidence(rest[1], "full")
-    analysis.evidence(rest[1], "full")
-    assert calls == [(None, "native"), ([rest[0], *top], "full"), ([rest[1]], "full")]
-    # Each class's map is the one a pass for that class alone gives.
-    x, _ = explorer.prepare(analysis.image)
-    alone = original(explorer, x, [top[1]], "full")[0]
-    torch.testing.assert_close(analysis.evidence(top[1], "full"), alone)
 
 
 def test_large_photos_are_reduced_before_resizing(tiny_model):

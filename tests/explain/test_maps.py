@@ -217,3 +217,15 @@ def test_every_registered_model_geometry():
         assert model.receptive_field % 2 == 1
         geom = map_geometry(model, (100, 90), "native")
         assert geom.map_size == ((100 - 1) // 8 + 1, (90 - 1) // 8 + 1)
+
+
+@pytest.mark.parametrize("stride, tile", [(1, None), (1, 5), ("native", None), (3, None)])
+def test_features_then_classify_is_the_map(tiny, stride, tile):
+    """What the explorer caches: the features before the classifier, then any class from them."""
+    mapper = EvidenceMapper(tiny, stride=stride, tile_size=tile)
+    x = images(3, 14, 19, seed=4)
+    features = mapper.features(x)
+    assert features.shape[0] == tiny.fc.in_features
+    assert_exact(mapper.classify(features, [6, 1]), evidence_map_reference(tiny, x[None], stride=stride, classes=[6, 1])[0])
+    with pytest.raises(ValueError, match="one image"):
+        mapper.features(torch.stack([x, x]))

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import os
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -29,19 +31,21 @@ from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..data.images import load_image
 from ..explain import EvidenceMapper, Explanation, MapGeometry, Patch, Prediction, preprocess, top_patches
 from ..explain._images import ImageLike, image_tensor
+from ._cache import DEFAULT_CACHE_BYTES, FeatureCache
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["RESOLUTIONS", "ExploredImage", "Explorer"]
+__all__ = ["DEFAULT_CACHE_BYTES", "RESOLUTIONS", "ExploredImage", "Explorer", "FeatureCache"]
 
 RESOLUTIONS = ("native", "full")
 # Models with at most this many classes get the full-resolution maps of all classes from
-# one pass (the classifier is the cheap last step). Larger ones (ImageNet) get the top
-# classes plus the one asked for, and each further class costs another pass.
+# one pass (the classifier is the cheap last step) and keep them with the image. Larger
+# ones (ImageNet) keep what all classes share instead, the features before the classifier
+# (in the explorer's bounded FeatureCache), and make each class's map from them on demand.
 _FULL_ALL_CLASSES = 32
-
-
+# Full-resolution maps a many-class image keeps besides the features (the latest viewed).
+_KEEP_FULL_MAPS = 16
 class Explorer:
     """A model ready to explain images; shared by all requests of a server.
 
@@ -60,6 +64,10 @@ class Explorer:
         max_concurrent: images decoded, prepared or passed through the model at the same
             time (others wait). One by default: a pass already uses every core, and
             parallel passes would only fight over them.
+        cache_bytes: bound on the memory of the full-resolution features kept for models
+            with many classes (:class:`FeatureCache`, shared by all images; default 1 GiB).
+            While an image's features are kept, switching it to another class costs one
+            dot product per pixel instead of a pass through the model.
     """
 
     def __init__(
@@ -71,6 +79,7 @@ class Explorer:
         img_size: int | None = None,
         top_k: int = 5,
         max_concurrent: int = 1,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
     ):
         self.model = model.eval().to(device)
         self.device = torch.device(device)
@@ -97,6 +106,24 @@ class Explorer:
         # One bound for everything that takes memory or cores per image: decoding,
         # resizing and the model passes.
         self._slots = threading.BoundedSemaphore(max_concurrent)
+        self.cache = FeatureCache(cache_bytes)
+        self._keys = itertools.count()
+
+    def cache_info(self) -> dict:
+        """What the feature cache holds: ``{"images", "bytes", "max_bytes", "hits", "misses"}``."""
+        return self.cache.info()
+
+    def full_maps(self, key: int, x: torch.Tensor, classes: Sequence[int]) -> tuple[torch.Tensor, bool]:
+        """Full-resolution maps ``[len(classes), H, W]`` of the image ``x`` known to the
+        feature cache as ``key``: from its cached features, else after one pass that
+        computes (and, within the bound, keeps) them. Also says whether they were kept."""
+        features = self.cache.get(key)
+        kept = True
+        if features is None:
+            with self._slots:
+                features = self._mappers["full"].features(x.to(self.device))
+            kept = self.cache.put(key, features)
+        return self._mappers["full"].classify(features, list(classes)).float().cpu(), kept
 
     @property
     def num_classes(self) -> int:
@@ -217,6 +244,9 @@ class ExploredImage:
         self.probs = torch.softmax(logits.double(), 0).float()
         self._maps: dict[str, dict[int, torch.Tensor]] = {"native": dict(enumerate(native)), "full": {}}
         self._lock = threading.Lock()
+        self._key = next(explorer._keys)
+        # The cached features go when the image does (e.g. dropped from the server's store).
+        weakref.finalize(self, explorer.cache.discard, self._key)
 
     # -- basic facts -------------------------------------------------------------------
 
@@ -252,17 +282,25 @@ class ExploredImage:
         if res not in RESOLUTIONS:
             raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {res!r}")
         maps = self._maps[res]
-        if cls not in maps:
-            # One lock per image: a second request for the same image waits for the first
-            # pass instead of repeating it; other images are not held up.
-            with self._lock:
-                if cls not in maps:
-                    if self.num_classes <= _FULL_ALL_CLASSES:
-                        wanted = list(range(self.num_classes))
-                    else:
-                        wanted = [cls] + [c for c in self.ranking(self.explorer.top_k) if c not in maps and c != cls]
-                    maps.update(zip(wanted, self.explorer.evidence(self._x, wanted, res)))
-        return maps[cls]
+        # One lock per image: a second request for the same image waits for the first
+        # pass instead of repeating it; other images are not held up.
+        with self._lock:
+            if cls in maps:
+                return maps[cls]
+            if res == "native" or self.num_classes <= _FULL_ALL_CLASSES:
+                wanted = list(range(self.num_classes))
+                maps.update(zip(wanted, self.explorer.evidence(self._x, wanted, res)))
+                return maps[cls]
+            # Many classes: from the cached features. Should they not fit in the cache, the
+            # top classes come with this pass, so that the likely next clicks are free.
+            wanted = [cls]
+            if self._key not in self.explorer.cache:
+                wanted += [c for c in self.ranking(self.explorer.top_k) if c not in maps and c != cls]
+            new, _ = self.explorer.full_maps(self._key, self._x, wanted)
+            maps.update(zip(wanted, new))
+            while len(maps) > max(_KEEP_FULL_MAPS, len(wanted)):
+                del maps[next(iter(maps))]
+            return maps[cls]
 
     def geometry(self, res: str = "native") -> MapGeometry:
         """Where the entries of this image's maps sit in it."""

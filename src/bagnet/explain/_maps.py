@@ -236,9 +236,11 @@ class _PhaseNet:
         return torch.finfo(self.dtype).bits // 8 * (4 * widest + 2 * num_classes)
 
     @torch.inference_mode()
-    def __call__(self, padded: torch.Tensor, classes: torch.Tensor, out_stride: int, layout: str = "phases") -> torch.Tensor:
+    def __call__(self, padded: torch.Tensor, classes: torch.Tensor | None, out_stride: int,
+                 layout: str = "phases") -> torch.Tensor:
         """Map ``[B, K, h, w]`` of a (padded) batch for the class indices ``classes``; entry
-        (i, j) is the crop at ``(out_stride * i, out_stride * j)``, h = (H - q) // out_stride + 1."""
+        (i, j) is the crop at ``(out_stride * i, out_stride * j)``, h = (H - q) // out_stride + 1.
+        ``classes=None``: the features before the classifier instead, ``[B, F, h, w]`` (channels-last)."""
         b, _, hp, wp = padded.shape
         q, g = self.patch_size, out_stride
         h, w = (hp - q) // g + 1, (wp - q) // g + 1
@@ -251,12 +253,14 @@ class _PhaseNet:
         # The classifier as one matrix product, straight into [K, pixels] (channels-last
         # features are a [pixels, F] matrix already), so no transpose of the logits is needed.
         feats = x.permute(0, 2, 3, 1).reshape(n * hh * ww, f)
+        order = _interleave_index([s.split for s in steps if s.split > 1], b, hh, ww, h, w, feats.device)
+        if classes is None:
+            return feats.index_select(0, order.reshape(-1)).view(b, h, w, f).permute(0, 3, 1, 2)
         fc_w = self.fc_weight.index_select(0, classes)
         if self.fc_bias is None:
             logits = torch.mm(fc_w, feats.T)
         else:
             logits = torch.addmm(self.fc_bias.index_select(0, classes)[:, None], fc_w, feats.T)
-        order = _interleave_index([s.split for s in steps if s.split > 1], b, hh, ww, h, w, logits.device)
         out = torch.empty((b, logits.shape[0], h, w), device=logits.device, dtype=logits.dtype)
         for i in range(b):
             torch.index_select(logits, 1, order[i], out=out[i].view(logits.shape[0], h * w))
@@ -403,18 +407,45 @@ class EvidenceMapper:
             out = out[:, :, :: self._subsample, :: self._subsample].contiguous()
         return out[0] if single else out
 
-    def _tiled(self, padded: torch.Tensor, classes: torch.Tensor, g: int) -> torch.Tensor:
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """What all classes' maps of one normalized ``[C, H, W]`` image share: the features
+        before the classifier, ``[F, h, w]`` (channels-last in memory, float32 on the
+        mapper's device), such that ``classify(features, classes)`` equals
+        ``self(image, classes)``. Worth keeping when many classes will be looked at:
+        each further class then costs one ``F``-long dot product per map entry."""
+        images, _ = check_images(image, self.in_chans, allow_single=True, floating=True)
+        if images.shape[0] != 1:
+            raise ValueError(f"features takes one image, got a batch of {images.shape[0]}")
+        if self.pad_value is not None:
+            p = (self.patch_size - 1) // 2
+            images = F.pad(images, (p, p, p, p), value=self.pad_value)
+        out = self._tiled(images, None, self._run_stride)[0]
+        return out[:, :: self._subsample, :: self._subsample] if self._subsample > 1 else out
+
+    @torch.inference_mode()
+    def classify(self, features: torch.Tensor, classes: int | Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+        """Evidence maps ``[K, h, w]`` from :meth:`features`: the classifier at every entry."""
+        idx = torch.as_tensor(resolve_classes(classes, self.num_classes), device=self.device)
+        f, h, w = features.shape
+        feats = features.to(self.device, self._net.dtype).permute(1, 2, 0).reshape(h * w, f)
+        fc_w, fc_b = self._net.fc_weight.index_select(0, idx), self._net.fc_bias
+        logits = torch.mm(fc_w, feats.T) if fc_b is None else torch.addmm(fc_b.index_select(0, idx)[:, None], fc_w, feats.T)
+        return logits.view(len(idx), h, w)
+
+    def _tiled(self, padded: torch.Tensor, classes: torch.Tensor | None, g: int) -> torch.Tensor:
         """Run at output stride ``g`` over a (padded) batch, in chunks of images and
-        overlapping tiles as memory requires."""
+        overlapping tiles as memory requires (``classes=None``: the features)."""
         net, layout = self._net, self._layout
         b, _, hp, wp = padded.shape
         q = net.patch_size
         h, w = (hp - q) // g + 1, (wp - q) // g + 1
-        per_pixel = net.bytes_per_output_pixel(len(classes), g)
+        k = net.fc_weight.shape[1] if classes is None else len(classes)
+        per_pixel = net.bytes_per_output_pixel(k, g)
         tile = self.tile_size
         if tile is None and per_pixel * h * w * b <= self.max_memory:
             return net(padded, classes, g, layout)
-        out = torch.empty((b, len(classes), h, w), device=net.device, dtype=net.dtype)
+        out = torch.empty((b, k, h, w), device=net.device, dtype=net.dtype,
+                          memory_format=torch.channels_last if classes is None else torch.contiguous_format)
         if tile is None and per_pixel * h * w <= self.max_memory:
             chunk = max(1, self.max_memory // (per_pixel * h * w))
             for i in range(0, b, chunk):
