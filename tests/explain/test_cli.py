@@ -144,3 +144,26 @@ def test_a_zero_byte_file_is_called_empty(files, tmp_path, capsys):
     rc = main(["explain", str(tmp_path / "zero.jpg"), "--weights", str(files / "tiny.pt"), "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 1 and "zero.jpg: empty file (0 bytes)" in err
+
+
+def test_scale_is_one_per_image_by_default_and_fixed_with_scale(files, tmp_path, capsys):
+    weights = files / "tiny.pt"
+    model = bagnet.load_model(weights)
+    out = tmp_path / "image"
+    assert main(["explain", str(files / "photo.jpg"), "--weights", str(weights), "--out", str(out)]) == 0
+    record = json.loads((out / "photo.json").read_text())
+    # Independent: the 99th percentile of |evidence| pooled over the explained classes' maps.
+    e = explain(model, files / "photo.jpg", classes="top3")
+    expected = float(np.percentile(np.abs(e.evidence.numpy()).ravel(), 99))
+    assert record["colour_scale"] == {"vmax": pytest.approx(expected, rel=1e-5), "set_by": "image"}
+    out = tmp_path / "fixed"
+    assert main(["explain", str(files / "photo.jpg"), str(files / "gray.png"), "--weights", str(weights),
+                 "--scale", "0.75", "--out", str(out)]) == 0
+    for name in ("photo", "gray"):
+        assert json.loads((out / f"{name}.json").read_text())["colour_scale"] == {"vmax": 0.75, "set_by": "--scale"}
+        assert Image.open(out / f"{name}.png").format == "PNG"
+    for bad in ("0", "-1", "big", "nan"):
+        assert main(["explain", str(files / "photo.jpg"), "--weights", str(weights), "--scale", bad,
+                     "--out", str(tmp_path / "bad")]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--scale takes 'image' or a positive number" in err

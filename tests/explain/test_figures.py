@@ -118,3 +118,104 @@ def test_bad_inputs():
         plot_heatmap(np.zeros((4, 4)), torch.randn(3, 4, 4) * 5)
     with pytest.raises(ValueError, match="no patches"):
         plot_patches(square_image(), [])
+
+
+# -- one colour scale, a colour bar, a caption, no empty margins -------------------------
+
+
+@pytest.fixture(scope="module")
+def explained():
+    from bagnet.explain import explain
+
+    from .conftest import randomized
+
+    model = randomized("bagnet_tiny", num_classes=5, seed=3)
+    image = torch.rand(3, 40, 64, generator=torch.Generator().manual_seed(1))
+    return explain(model, image, classes="top3", k=2)
+
+
+def colour_bar_of(fig, heat_axes):
+    """The colour bar drawn for the heatmaps: an axes of the figure that is none of them."""
+    bars = [im.colorbar for ax in heat_axes for im in ax.images if im.colorbar is not None]
+    assert len(bars) == 1, "expected exactly one colour bar for all maps"
+    bar = bars[0]
+    assert bar.ax in fig.axes and bar.ax not in heat_axes
+    return bar
+
+
+def blank_border_fraction(png: bytes) -> tuple[float, float]:
+    """Fractions of the PNG's rows and of its columns that are all background and lie in
+    an unbroken run from an edge (the empty margins)."""
+    import io
+
+    a = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    blank = (np.abs(a - a[0, 0]).sum(-1) == 0)  # the corner pixel is the background
+    rows, cols = blank.all(1), blank.all(0)
+
+    def run(flags):
+        n = 0
+        for f in flags:
+            if not f:
+                break
+            n += 1
+        return n
+
+    return (run(rows) + run(rows[::-1])) / len(rows), (run(cols) + run(cols[::-1])) / len(cols)
+
+
+def test_explanation_figure_has_one_colour_bar_shared_by_its_classes(explained):
+    fig, axes = explained.plot()
+    heat = axes[1:]
+    assert len(heat) == 3
+    # Independent: the 99th percentile of |evidence| pooled over the three maps.
+    v = float(np.percentile(np.abs(explained.evidence.numpy()).ravel(), 99))
+    for ax in heat:
+        assert ax.images[0].get_clim() == pytest.approx((-v, v))
+    bar = colour_bar_of(fig, heat)
+    assert bar.vmin == pytest.approx(-v) and bar.vmax == pytest.approx(v)
+    assert sorted(bar.ax.get_ylim()) == pytest.approx([-v, v])
+    assert "class evidence" in bar.ax.get_ylabel()
+    caption = fig._supxlabel.get_text().replace("\n", " ")
+    assert f"±{v:.3g}" in caption and "99th percentile" in caption
+    assert "image logit is the mean of these patch values" in caption
+    # the maps differ, so per-map percentiles (the old figure) would have given different scales
+    per_map = [np.percentile(np.abs(m.numpy()), 99) for m in explained.evidence]
+    assert max(per_map) - min(per_map) > 1e-3 * v
+
+
+def test_a_fixed_scale_is_obeyed(explained):
+    fig, axes = explained.plot(vmax=2.5)
+    for ax in axes[1:]:
+        assert ax.images[0].get_clim() == (-2.5, 2.5)
+    bar = colour_bar_of(fig, axes[1:])
+    assert (bar.vmin, bar.vmax) == (-2.5, 2.5)
+    assert "fixed at ±2.5" in fig._supxlabel.get_text().replace("\n", " ")
+    with pytest.raises(ValueError, match="vmax"):
+        explained.plot(vmax=0)
+
+
+def test_misclassification_figure_has_the_colour_bar_and_the_fixed_scale():
+    img = square_image()
+    t, p = np.full((24, 30), 0.5, np.float32), np.full((24, 30), -2.0, np.float32)
+    kw = dict(true_name="a", predicted_name="b", true_probability=0.1, predicted_probability=0.9)
+    fig, axes = plot_misclassification(img, t, p, **kw)
+    assert colour_bar_of(fig, axes[1:]).vmax == 2.0
+    fig, axes = plot_misclassification(img, t, p, vmax=0.25, **kw)
+    assert axes[1].images[0].get_clim() == axes[2].images[0].get_clim() == (-0.25, 0.25)
+    assert colour_bar_of(fig, axes[1:]).extend == "both"  # values beyond the fixed scale
+
+
+@pytest.mark.parametrize("h,w", [(40, 64), (64, 40), (48, 48), (30, 120)])
+def test_figures_have_no_large_empty_margins(h, w):
+    from bagnet.explain import explain
+    from bagnet.explain._explain import figure_png
+
+    from .conftest import randomized
+
+    model = randomized("bagnet_tiny", num_classes=4, seed=4)
+    image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(2))
+    for e in (explain(model, image, classes="top3", k=1), explain(model, image, classes=[], true_class=1, k=1)):
+        fig, _ = e.plot()
+        rows, cols = blank_border_fraction(figure_png(fig))
+        # The old figure left about a third of its rows blank (fixed 3.4 in height).
+        assert rows < 0.06 and cols < 0.06, (h, w, rows, cols)

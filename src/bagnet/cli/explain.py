@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -42,6 +43,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="short side the image is resized to before explaining (default: the model's training size)")
     g.add_argument("--stride", default="1", help="1 (full resolution, default), 'native' (the model's), or N")
     g.add_argument("-k", "--patches", dest="k", type=int, default=5, help="top patches per class (default: 5)")
+    g.add_argument(
+        "--scale",
+        default="image",
+        metavar="image|V",
+        help="colour scale of the heatmaps: 'image' (default) is one scale per image, shared by its classes (the "
+             "99th percentile of |evidence| over its maps); a number V fixes it at +-V for every image, so colours "
+             "compare across images",
+    )
     g.add_argument("--out", default="out/explain", help="output folder (default: out/explain)")
     add_device_args(p)
     p.set_defaults(func=run)
@@ -110,10 +119,24 @@ def _parse_stride(value: str) -> int | str:
     raise ValueError(f"--stride takes 1, 'native' or a positive integer, got {value!r}")
 
 
+def _parse_scale(value: str) -> float | None:
+    """``None`` for one scale per image, else the fixed colour range."""
+    if value == "image":
+        return None
+    try:
+        v = float(value)
+    except ValueError:
+        v = float("nan")
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"--scale takes 'image' or a positive number, got {value!r}")
+    return v
+
+
 def run(args: argparse.Namespace) -> int:
     from ..explain import EvidenceMapper, explain
 
     stride = _parse_stride(args.stride)
+    vmax = _parse_scale(args.scale)
     if args.k < 1:
         raise ValueError(f"-k must be at least 1, got {args.k}")
     device = resolve_device(args.device)
@@ -140,8 +163,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"bagnet explain: error: {reason}", file=sys.stderr)
             continue
         name = _unique(relative or Path(image).stem or "image", used)
-        record = {"file": str(image), **result.to_dict()}
-        fig, _ = result.plot()
+        scale = vmax if vmax is not None else result.colour_scale()
+        record = {"file": str(image), **result.to_dict(),
+                  "colour_scale": {"vmax": scale, "set_by": "--scale" if vmax is not None else "image"}}
+        fig, _ = result.plot(vmax=vmax)  # None: the same per-image scale, and the caption says how it was set
         png, js = out / f"{name}.png", out / f"{name}.json"
         png.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(record, indent=2) + "\n"

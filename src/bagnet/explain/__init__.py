@@ -7,7 +7,15 @@ well on ImageNet", ICLR 2019. https://openreview.net/forum?id=SkfMWhAqYQ
 
 from ._dataset import ClassPatches, class_patches, plot_class_patches
 from ._explain import Explanation, Prediction, explain
-from ._figures import image_edges, plot_heatmap, plot_image, plot_misclassification, plot_patches
+from ._figures import (
+    colour_scale,
+    image_edges,
+    plot_evidence_panels,
+    plot_heatmap,
+    plot_image,
+    plot_misclassification,
+    plot_patches,
+)
 from ._images import preprocess
 from ._maps import EvidenceMapper, MapGeometry, evidence_map, map_geometry
 from ._patches import Patch, top_patches
@@ -27,6 +35,7 @@ __all__ = [
     "UnknownCheck",
     "calibrate_unknown",
     "class_patches",
+    "colour_scale",
     "evidence_map",
     "evidence_map_reference",
     "explain",
@@ -34,6 +43,7 @@ __all__ = [
     "image_edges",
     "map_geometry",
     "plot_class_patches",
+    "plot_evidence_panels",
     "plot_heatmap",
     "plot_image",
     "plot_misclassification",

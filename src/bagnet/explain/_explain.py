@@ -16,14 +16,14 @@ from torch import nn
 
 from .._text import plural
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from ._figures import new_figure, plot_heatmap, plot_image, plot_misclassification
+from ._figures import colour_scale, plot_evidence_panels, plot_misclassification
 from ._images import ImageLike, image_tensor, preprocess
 from ._maps import EvidenceMapper, MapGeometry
 from ._patches import Patch, top_patches
 from ._unknown import UnknownCheck, unknown_check
 
 if TYPE_CHECKING:
-    import numpy as np
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = ["Explanation", "Prediction", "explain", "model_config"]
@@ -72,6 +72,8 @@ class Explanation:
         source: where ``image`` comes from: ``{"size": [W, H], "box": [x0, y0, x1, y1]}``,
             the original image's size and the part of it that was resized into ``image``, in
             original pixels; ``None``: ``image`` is the original.
+        patch_stride: the model's own patch stride (the patches whose mean evidence is the
+            logit), if known.
     """
 
     image: torch.Tensor
@@ -87,6 +89,7 @@ class Explanation:
     model_name: str | None = None
     unknown: UnknownCheck | None = None
     source: dict | None = None
+    patch_stride: int | None = None
 
     def prediction(self, index: int) -> Prediction:
         """Name, probability and logit of any class."""
@@ -154,12 +157,27 @@ class Explanation:
             d["true_class"] = self.prediction(self.true_class).to_dict()
         return d
 
-    def plot(self, *, percentile: float = 99.0, edges: bool = True) -> tuple[Figure, np.ndarray]:
+    def colour_scale(self, percentile: float = 99.0) -> float:
+        """The colour range ``+-v`` :meth:`plot` uses by default: the ``percentile`` of
+        ``|evidence|`` over all explained classes together, one scale for all of them."""
+        return colour_scale(self.evidence, percentile)
+
+    def plot(
+        self, *, percentile: float = 99.0, edges: bool = True, vmax: float | None = None
+    ) -> tuple[Figure, list[Axes]]:
         """The figure for this explanation; returns ``(fig, axes)``.
 
         With a ``true_class`` this is the paper's misclassification figure (image | true
         class's heatmap, patches in black | predicted class's heatmap, patches in red);
         otherwise the image followed by one heatmap per explained class, patches outlined.
+        All maps share one colour scale, shown by a colour bar (the figure's last axes) and
+        stated in the caption under them.
+
+        Args:
+            percentile: the scale is this percentile of ``|evidence|`` over all the maps.
+            edges: draw the image's edges over the maps.
+            vmax: a fixed scale ``+-vmax`` instead, e.g. the same for several images so
+                their colours compare.
         """
         if self.true_class is not None:
             top = self.predictions[0].index
@@ -176,18 +194,19 @@ class Explanation:
                 predicted_probability=p.probability,
                 geometry=self.geometry,
                 percentile=percentile,
+                vmax=vmax,
+                model_stride=self.patch_stride,
             )
-        n = 1 + len(self.classes)
-        fig = new_figure((3.2 * n, 3.4))
-        axes = [fig.add_subplot(1, n, i + 1) for i in range(n)]
         top = self.predictions[0]
-        plot_image(self.image, ax=axes[0], title=f"top-1: {top.name} (p = {top.probability:.3f})")
-        for ax, c, ev, patches in zip(axes[1:], self.classes, self.evidence, self.patches):
+        titles = []
+        for c in self.classes:
             pred = self.prediction(c)
-            plot_heatmap(ev, self.image, geometry=self.geometry, ax=ax, percentile=percentile, edges=edges,
-                         patches=patches, title=f"{pred.name} (p = {pred.probability:.3f})")
-        fig.tight_layout()
-        return fig, axes
+            titles.append(f"{pred.name}\np = {pred.probability:.3f}, logit {pred.logit:.2f}")
+        return plot_evidence_panels(
+            self.image, self.evidence, titles=titles, patches=self.patches, geometry=self.geometry, vmax=vmax,
+            percentile=percentile, edges=edges, image_title=f"top-1: {top.name}\np = {top.probability:.3f}",
+            model_stride=self.patch_stride,
+        )
 
     # -- Jupyter ------------------------------------------------------------------------
 
@@ -342,4 +361,5 @@ def explain(
         model_name=getattr(model, "model_name", None),
         unknown=unknown_check(model, logits),
         source={"size": [width, height], "box": [0, 0, width, height]},
+        patch_stride=getattr(model, "patch_stride", None),
     )

@@ -9,6 +9,7 @@ may be torch ``[C, H, W]`` tensors (floats in [0, 1] or uint8), numpy ``[H, W, C
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -26,23 +27,39 @@ if TYPE_CHECKING:
 
 __all__ = [
     "as_rgb_array",
+    "colour_scale",
     "image_edges",
     "new_figure",
+    "plot_evidence_panels",
     "plot_heatmap",
     "plot_misclassification",
     "plot_patches",
 ]
 
+# Evidence colour bar label, shared by every figure so they read the same.
+EVIDENCE_LABEL = "patch logit (class evidence)"
 
-def new_figure(figsize: tuple[float, float] = (4.0, 4.0), dpi: int = 100) -> Figure:
+
+def new_figure(figsize: tuple[float, float] = (4.0, 4.0), dpi: int = 100, *, layout: str | None = None) -> Figure:
     """A figure with an Agg canvas that is not registered with pyplot."""
     require("matplotlib", "drawing figures")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=figsize, dpi=dpi)
+    fig = Figure(figsize=figsize, dpi=dpi, layout=layout)
     FigureCanvasAgg(fig)
     return fig
+
+
+def colour_scale(maps: Sequence[torch.Tensor | np.ndarray] | torch.Tensor | np.ndarray, percentile: float = 99.0) -> float:
+    """One symmetric colour range ``+-v`` for several evidence maps: the ``percentile`` of
+    ``|evidence|`` over all of them together, so equal colours mean equal evidence in every
+    map (one extreme patch still does not wash out the rest)."""
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile must lie in (0, 100], got {percentile}")
+    values = np.concatenate([np.abs(_np(m)).ravel() for m in maps]) if len(maps) else np.zeros(0)
+    v = float(np.percentile(values, percentile)) if values.size else 0.0
+    return v if v > 0 else 1.0  # an all-zero map still needs a non-empty range
 
 
 def as_rgb_array(image: ImageLike) -> np.ndarray:
@@ -235,6 +252,123 @@ def plot_crops(
     return fig, axes
 
 
+def evidence_caption(
+    scale: float,
+    *,
+    fixed: bool,
+    percentile: float = 99.0,
+    clipped: bool = False,
+    geometry: MapGeometry | None = None,
+    model_stride: int | None = None,
+) -> str:
+    """The sentences under an evidence figure: what the colours mean, the scale and how it
+    was set, and how the maps make the image logit.
+
+    Args:
+        scale: the colour range ``+-scale``.
+        fixed: the scale was given (``vmax``), not taken from the maps.
+        percentile: else, the percentile of ``|evidence|`` it is.
+        clipped: some values lie beyond the scale.
+        geometry: where the map entries sit; a padded map (``offset > 0``) or one denser
+            than the model's own patches also holds patches the model never averages
+            (``None``: a pixel-aligned, padded map).
+        model_stride: the model's own patch stride, to say which patches make the logit.
+    """
+    how = (f"fixed at ±{scale:.3g}" if fixed
+           else f"±{scale:.3g}, the {percentile:g}th percentile of |evidence| over these maps")
+    ends = " (stronger values take the colours at its ends)" if clipped else ""
+    own = geometry is not None and geometry.offset == 0 and geometry.stride == model_stride
+    if own:
+        logit = "The image logit is the mean of these patch values."
+    else:
+        every = f"every {model_stride} px" if model_stride else "at the model's own stride"
+        logit = f"The image logit is the mean of these patch values over the patches the model uses ({every}, wholly inside the image)."
+    return f"Red: evidence for the class, blue: against it. One colour scale for all maps: {how}{ends}. {logit}"
+
+
+def plot_evidence_panels(
+    image: ImageLike,
+    maps: Sequence[torch.Tensor | np.ndarray] | torch.Tensor | np.ndarray,
+    *,
+    titles: Sequence[str],
+    patches: Sequence[Sequence[Patch]] | None = None,
+    patch_colors: Sequence[str] | None = None,
+    geometry: MapGeometry | None = None,
+    vmax: float | None = None,
+    percentile: float = 99.0,
+    image_title: str = "image",
+    edges: bool = True,
+    caption: str | None = None,
+    model_stride: int | None = None,
+    panel_width: float = 2.6,
+) -> tuple[Figure, list[Axes]]:
+    """The image followed by one heatmap per map, all on one colour scale shown by one
+    colour bar, with a caption saying what the colours mean.
+
+    The figure is sized to the image's aspect ratio, so it has no empty bands.
+
+    Args:
+        image: the image the maps belong to.
+        maps: ``[h, w]`` evidence maps.
+        titles: a title per map.
+        patches: per map, boxes to outline.
+        patch_colors: per map, the colour of its boxes (default black).
+        geometry: where map entries sit in the image (see :func:`plot_heatmap`).
+        vmax: colour range ``+-vmax`` for every map (e.g. one fixed scale across images);
+            default: :func:`colour_scale` of these maps.
+        percentile: the percentile of ``|evidence|`` that sets the range when ``vmax`` is not given.
+        image_title: title of the image panel.
+        edges: draw the image's edges over the maps.
+        caption: text under the panels; default: :func:`evidence_caption` (what the colours
+            and the scale mean, and how the maps make the image logit).
+        model_stride: the model's own patch stride, for the caption.
+        panel_width: width of each panel in inches.
+
+    Returns:
+        ``(fig, axes)``: the image's axes, then one per map. The colour bar is the
+        figure's last axes.
+    """
+    maps = [_np(m) for m in maps]
+    titles = list(titles)
+    if not maps or len(titles) != len(maps):
+        raise ValueError(f"need one title per map, got {len(maps)} maps and {len(titles)} titles")
+    if vmax is not None and not (np.isfinite(vmax) and vmax > 0):
+        raise ValueError(f"vmax must be a positive number, got {vmax}")
+    scale = float(vmax) if vmax is not None else colour_scale(maps, percentile)
+    rgb = as_rgb_array(image)
+    h, w = rgb.shape[:2]
+    n = 1 + len(maps)
+    # Tall images get narrower panels (down to what their titles need) rather than white
+    # bands beside them.
+    panel_width = max(min(panel_width, 1.6 * panel_width * w / h), 1.8)
+    panel_height = max(panel_width * h / w, 0.8)
+    clipped = max(float(np.abs(m).max()) for m in maps) > scale
+    if caption is None:
+        caption = evidence_caption(scale, fixed=vmax is not None, percentile=percentile, clipped=clipped,
+                                   geometry=geometry, model_stride=model_stride)
+    width = n * panel_width + 1.0  # the colour bar with its ticks and label
+    lines = textwrap.wrap(caption, width=max(40, int(width * 15))) if caption else []
+    height = panel_height + 0.5 + 0.17 * len(lines) + (0.1 if lines else 0)  # two-line titles, the caption
+    # Whole pixels at 100 dpi, so the PNG is exactly the figure's size.
+    fig = new_figure((round(width, 2), round(height, 2)), layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.02, hspace=0.0)
+    axes = [fig.add_subplot(1, n, i + 1) for i in range(n)]
+    plot_image(rgb, ax=axes[0], title=image_title)
+    colors = list(patch_colors) if patch_colors is not None else ["black"] * len(maps)
+    boxes = list(patches) if patches is not None else [()] * len(maps)
+    for ax, ev, title, box, color in zip(axes[1:], maps, titles, boxes, colors):
+        plot_heatmap(ev, rgb, geometry=geometry, ax=ax, limit=scale, edges=edges, patches=box, patch_color=color,
+                     title=title)
+    bar = fig.colorbar(axes[1].images[0], ax=axes, location="right", fraction=0.03, pad=0.01, aspect=20,
+                       extend="both" if clipped else "neither")
+    bar.set_label(EVIDENCE_LABEL, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    bar.set_ticks([-scale, -scale / 2, 0.0, scale / 2, scale])
+    if lines:
+        fig.supxlabel("\n".join(lines), fontsize=8, color="#333333")
+    return fig, axes
+
+
 def plot_misclassification(
     image: ImageLike,
     true_evidence: torch.Tensor | np.ndarray,
@@ -248,28 +382,31 @@ def plot_misclassification(
     predicted_probability: float,
     geometry: MapGeometry | None = None,
     percentile: float = 99.0,
-) -> tuple[Figure, np.ndarray]:
+    vmax: float | None = None,
+    caption: str | None = None,
+    model_stride: int | None = None,
+) -> tuple[Figure, list[Axes]]:
     """The paper's misclassification figure: the image; the true class's heatmap with its
     most predictive patches outlined in black; the predicted class's heatmap with its
-    patches outlined in red. Probabilities are in the titles.
+    patches outlined in red. Probabilities are in the titles; both maps share one colour
+    scale (``vmax``, or the ``percentile`` of both maps' ``|evidence|``), shown by a colour bar.
 
     Returns:
-        ``(fig, axes)``, three axes.
+        ``(fig, axes)``, three axes (the colour bar is the figure's last axes).
     """
-    fig = new_figure((9.6, 3.4))
-    axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
-    plot_image(image, ax=axes[0], title="image")
-    # One colour scale for both maps, so their evidence can be compared.
-    both = [np.abs(_np(e)) for e in (true_evidence, predicted_evidence)]
-    limit = max(float(np.percentile(b, percentile)) for b in both)
-    for ax, ev, patches, color, head, name, prob in (
-        (axes[1], true_evidence, true_patches, "black", "true", true_name, true_probability),
-        (axes[2], predicted_evidence, predicted_patches, "red", "predicted", predicted_name, predicted_probability),
-    ):
-        plot_heatmap(ev, image, geometry=geometry, ax=ax, limit=limit, patches=patches, patch_color=color,
-                     title=f"{head}: {name} (p = {prob:.3f})")
-    fig.tight_layout()
-    return fig, axes
+    return plot_evidence_panels(
+        image,
+        [true_evidence, predicted_evidence],
+        titles=[f"true: {true_name}\np = {true_probability:.3f}",
+                f"predicted: {predicted_name}\np = {predicted_probability:.3f}"],
+        patches=[true_patches, predicted_patches],
+        patch_colors=["black", "red"],
+        geometry=geometry,
+        vmax=vmax,
+        percentile=percentile,
+        caption=caption,
+        model_stride=model_stride,
+    )
 
 
 def _np(evidence) -> np.ndarray:
