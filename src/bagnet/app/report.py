@@ -25,9 +25,10 @@ from .._io import write_text
 from .._text import plural
 from ..data.images import ImageError, load_image
 from ..explain import plot_misclassification, plot_patches
+from ..explain._unknown import UnknownCheck, unknown_check
 from .explorer import ExploredImage, Explorer, figure_png
 
-__all__ = ["DemoItem", "Report", "build_report", "write_report"]
+__all__ = ["DemoItem", "Report", "build_report", "known_classes", "unknown_note", "write_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,34 @@ class Report:
     scoring: str = ""  # among which outputs the labelled images' predictions were chosen
     misclassified: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    # Per image: name, top-1 class name and probability, and the unknown check
+    # (None when the model carries no calibrated threshold).
+    predictions: list[dict] = field(default_factory=list)
+
+
+def known_classes(names: Sequence[str], who: str = "This model", listed: int = 12) -> str:
+    """One line saying what a model knows: its class count and names (the first ``listed``
+    of a long list, then how many more)."""
+    shown = list(names) if len(names) <= listed + 2 else [*names[:listed], f"... and {len(names) - listed} more"]
+    return f"{who} knows {plural(len(names), 'class')}: {', '.join(shown)}"
+
+
+def unknown_note(model: torch.nn.Module) -> str:
+    """How the model's predictions on photos of other things are treated: the calibrated
+    "probably none of these classes" flag and how it was set, or that there is none."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    setting = cfg.get("unknown")
+    n = int(model.num_classes)
+    if not setting:
+        return (f"This model carries no calibrated threshold for 'none of these classes': a photo of anything else "
+                f"is still named as one of its {plural(n, 'class')}, unflagged (bagnet calibrate adds one).")
+    how = [f"its {setting.get('method', 'familiarity')} score is below {float(setting['threshold']):.4g}"]
+    held = setting.get("held_out") or {}
+    if "cost" in held and "caught" in held:
+        how.append(f"on held-out images this flags {100 * held['cost']:.1f}% of in-class images and catches "
+                   f"{100 * held['caught']:.1f}% of images of other classes")
+    return (f"A prediction is flagged 'probably none of the {plural(n, 'class')} this model knows' when "
+            + "; ".join(how) + ".")
 
 
 def build_report(
@@ -118,6 +147,7 @@ def build_report(
         raise ValueError("no readable images to report on")
     timing["classify"] = time.perf_counter() - start
 
+    checks = [_check(explorer, lg) for lg in logits]
     allowed = torch.as_tensor(list(label_outputs)) if label_outputs is not None else None
     labelled = [(i, item) for i, item in enumerate(items) if item.label is not None]
     accuracy, wrong, preds = {}, [], {}
@@ -147,11 +177,13 @@ def build_report(
             analyses[i] = explorer.explore(items[i].load(), items[i].name)
         return analyses[i]
 
-    cards = [_image_card(explorer, items[i], analysis(i), preds.get(i), top, res) for i in range(min(show, len(items)))]
+    cards = [_image_card(explorer, items[i], analysis(i), preds.get(i), top, res, checks[i])
+             for i in range(min(show, len(items)))]
     mistakes = [_mistake_figure(explorer, items[i], analysis(i), pred, res) for i, pred in wrong[:show]]
     timing["explain"] = time.perf_counter() - start
 
-    body = [_header(explorer, title, source, len(items), res, notes)]
+    flagged = sum(bool(c and c.flag) for c in checks)
+    body = [_header(explorer, title, source, len(items), res, notes, flagged)]
     if labelled:
         body.append(_accuracy_section(explorer, accuracy, per_class, len(labelled), len(wrong), scoring))
     body.append(f"<h2>Explanations</h2><p class=note>{_EXPLAIN_NOTE}</p>" + "".join(cards))
@@ -171,8 +203,18 @@ def build_report(
         f"({res} resolution, device {html.escape(str(explorer.device))}).</footer>"
     )
     page = _PAGE.format(title=html.escape(title), style=_STYLE, body="\n".join(body))
+    listed = []
+    for item, lg, check in zip(items, logits, checks):
+        best = int(lg.argmax())
+        listed.append({"name": item.name, "prediction": explorer.classes[best],
+                       "probability": float(torch.softmax(lg.double(), 0)[best]), "unknown": check})
     return Report(page, len(items), accuracy, scoring=scoring if labelled else "",
-                  misclassified=[items[i].name for i, _ in wrong], seconds=timing)
+                  misclassified=[items[i].name for i, _ in wrong], seconds=timing, predictions=listed)
+
+
+def _check(explorer: Explorer, logits: torch.Tensor) -> UnknownCheck | None:
+    check = unknown_check(explorer.model, logits)
+    return check if isinstance(check, UnknownCheck) or check is None else check[0]
 
 
 def write_report(report: Report | str, path: str | os.PathLike) -> Path:
@@ -185,9 +227,10 @@ def write_report(report: Report | str, path: str | os.PathLike) -> Path:
 
 _EXPLAIN_NOTE = (
     "Each map shows the class evidence (patch logit) of the patch centred on every pixel, with the "
-    "image's edges drawn over it: red speaks for the class, blue against it, on a scale symmetric "
-    "about zero. The image logit is the average of the patch logits. Black boxes outline each "
-    "class's most predictive patches; those of the top class are cut out below."
+    "image's edges drawn over it: red speaks for the class, blue against it. The maps of one image share "
+    "one colour scale, symmetric about zero, shown by the colour bar and stated under the figure. The "
+    "image logit is the mean of the patch logits. Black boxes outline each class's most predictive "
+    "patches; those of the top class are cut out below."
 )
 
 
@@ -196,8 +239,14 @@ def _fig(fig, alt: str) -> str:
     return f'<img class=fig src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
 
 
-def _header(explorer: Explorer, title: str, source: str, n: int, res: str, notes: Sequence[str]) -> str:
+def _header(explorer: Explorer, title: str, source: str, n: int, res: str, notes: Sequence[str], flagged: int) -> str:
     ex = explorer
+    names = ", ".join(html.escape(c) for c in ex.classes)
+    knows = html.escape(known_classes(ex.classes))
+    if len(ex.classes) > 14:  # the full list folds away
+        knows += f" <details><summary>all {len(ex.classes)}</summary>{names}</details>"
+    has_threshold = bool((getattr(ex.model, "pretrained_cfg", None) or {}).get("unknown"))
+    tally = (f" {plural(flagged, 'image')} of {n} flagged." if has_threshold else "")
     lines = [
         f"<h1>{html.escape(title)}</h1>",
         (
@@ -206,6 +255,8 @@ def _header(explorer: Explorer, title: str, source: str, n: int, res: str, notes
             f"{ex.patch_stride} px; images resized so their short side is {ex.img_size} px; {plural(n, 'image')}; "
             f"maps at {res} resolution.</p>"
         ),
+        f"<p class=knows><b>{knows}</b></p>",
+        f"<p class={'note' if has_threshold else 'warn'}>{html.escape(unknown_note(ex.model))}{tally}</p>",
     ]
     lines += [f"<p class=warn>{html.escape(note)}</p>" for note in notes]
     return "\n".join(lines)
@@ -244,7 +295,8 @@ def _predictions_table(analysis: ExploredImage, label: int | None, n: int = 5) -
     return f"<table class=preds><tr><th>class</th><th>prob.</th><th>logit</th></tr>{''.join(rows)}</table>"
 
 
-def _image_card(explorer: Explorer, item: DemoItem, analysis: ExploredImage, pred: int | None, top: int, res: str) -> str:
+def _image_card(explorer: Explorer, item: DemoItem, analysis: ExploredImage, pred: int | None, top: int, res: str,
+                check: UnknownCheck | None) -> str:
     truth = ""
     if item.label is not None:
         ok = pred == item.label
@@ -253,12 +305,17 @@ def _image_card(explorer: Explorer, item: DemoItem, analysis: ExploredImage, pre
             f"{' &#10003;' if ok else ' &#10007;'}</span>"
         )
     explanation = analysis.explanation(analysis.ranking(top), res)
+    explanation.patch_stride = explorer.patch_stride  # the caption says which patches make the logit
     fig, _ = explanation.plot()
     best = explanation.classes[0]
     grid, _ = plot_patches(analysis.display, explanation.patches_for(best),
                            title=f"most predictive patches for {explorer.classes[best]}")
+    flag = ""
+    if check is not None and check.flag:
+        flag = (f"<p class=unknown>&#9888; {html.escape(check.message)} ({check.method} score {check.score:.3g}, "
+                f"below the threshold {check.threshold:.3g}): the classes below are only the closest it knows.</p>")
     return (
-        f"<section class=card><h3>{html.escape(item.name)}{truth}</h3>"
+        f"<section class=card><h3>{html.escape(item.name)}{truth}</h3>{flag}"
         f"<div class=row>{_predictions_table(analysis, item.label)}{_fig(fig, 'evidence maps of ' + item.name)}</div>"
         f"<div class=row>{_fig(grid, 'top patches of ' + item.name)}</div></section>"
     )
@@ -277,6 +334,7 @@ def _mistake_figure(explorer: Explorer, item: DemoItem, analysis: ExploredImage,
         true_probability=float(analysis.probs[true]),
         predicted_probability=float(analysis.probs[pred]),
         geometry=analysis.geometry(res),
+        model_stride=explorer.patch_stride,
     )
     return f"<figure class=mistake><figcaption>{html.escape(item.name)}</figcaption>{_fig(fig, 'misclassified ' + item.name)}</figure>"
 
@@ -290,6 +348,9 @@ h1 { font-size: 24px; margin-bottom: 4px; } h2 { margin-top: 28px; font-size: 19
 figure { margin: 0; } figcaption { font-size: 12px; color: #3d4650; max-width: 260px; }
 img.fig { max-width: 100%; height: auto; } .mistake { margin-top: 18px; }
 table { border-collapse: collapse; font-size: 13px; } td, th { padding: 2px 8px; text-align: left; border-bottom: 1px solid #eef0f3; }
+.unknown { background: #fff1e6; border: 1px solid #e0a060; color: #8a3a00; border-radius: 6px; padding: 6px 10px;
+  font-weight: 600; margin: 0 0 8px; }
+details { display: inline; font-weight: normal; } summary { cursor: pointer; color: #3d5a80; }
 .ok { color: #1a7f37; font-weight: normal; } .bad { color: #b2182b; font-weight: normal; }
 footer { margin-top: 28px; }
 """

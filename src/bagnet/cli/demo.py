@@ -48,8 +48,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--restrict-to-folder-classes", action="store_true",
                    help="with labelled --data: predict among the folder's classes only, ignoring the model's other "
                         "outputs (the ImageNet-subset evaluation); by default predicting any other class is wrong")
-    p.epilog = ("Without --model/--weights: the authors' ImageNet BagNet-33 if its weights are downloaded, else the "
-                "shipped Imagenette model; --weights imagenet uses (and downloads once) BagNet-33.")
+    p.epilog = ("Without --model/--weights: the authors' ImageNet BagNet-33 if its weights are already in the torch hub "
+                "cache (nothing is downloaded to find out), else the shipped Imagenette model; --weights imagenet uses "
+                "(and downloads once) BagNet-33. The output starts with the classes the model knows; a prediction "
+                "the model's calibrated check finds unlike all of them is flagged 'probably none of the N classes "
+                "this model knows'.")
     p.set_defaults(func=run)
 
 
@@ -60,7 +63,7 @@ def resolve_demo_model(args: argparse.Namespace) -> nn.Module:
 
 def run(args: argparse.Namespace) -> int:
     from ..app import Explorer
-    from ..app.report import build_report, write_report
+    from ..app.report import build_report, known_classes, unknown_note, write_report
     from ._common import resolve_device
 
     for name in ("max_images", "show", "top"):
@@ -77,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.restrict_to_folder_classes:
             outputs = None  # the labels stay mapped; the prediction is the best of all outputs
     explorer = Explorer(model, class_names=names, device=device, img_size=args.img_size)
+    # First what the model can and cannot say, so no answer below is read as more than it is.
+    print(known_classes(explorer.classes, who=explorer.model_name), flush=True)
+    print(unknown_note(model), flush=True)
     for note in notes:
         logger.warning("%s", note)
     report = build_report(
@@ -84,6 +90,13 @@ def run(args: argparse.Namespace) -> int:
         res=args.res, label_outputs=outputs, notes=notes,
     )
     path = write_report(report, Path(args.out) / "report.html")
+    flagged = [p for p in report.predictions if p["unknown"] is not None and p["unknown"].flag]
+    if args.data is None or len(report.predictions) <= args.show:
+        for p in report.predictions:
+            flag = f"  <- {p['unknown'].message}" if p in flagged else ""
+            print(f"{p['name']}: {p['prediction']} {100 * p['probability']:.1f}%{flag}")
+    elif flagged:
+        print(f"{len(flagged)} of {plural(len(report.predictions), 'image')}: {flagged[0]['unknown'].message}")
     if report.accuracy:
         acc = ", ".join(f"{k} {v:.1f}%" for k, v in report.accuracy.items())
         print(f"{acc} on {plural(report.num_images, 'image')}; {len(report.misclassified)} misclassified; {report.scoring}")

@@ -1,0 +1,138 @@
+"""`bagnet demo` says what the model knows, flags photos of other things, and picks the
+authors' ImageNet BagNet by default only when its weights are already cached."""
+
+import hashlib
+import logging
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import bagnet
+from bagnet.app import SAMPLE_NAMES, sample_image
+from bagnet.explain import preprocess
+from bagnet.models import _factory, _weights
+
+from .conftest import CLASSES, IMG_SIZE
+from .test_demo import run_demo
+
+MESSAGE = f"probably none of the {len(CLASSES)} classes this model knows"
+
+
+def cards(page: str) -> dict[str, str]:
+    """Each explained image's card, by its title."""
+    found = re.findall(r"<section class=card><h3>([^<]*)</h3>(.*?)</section>", page, flags=re.S)
+    return dict(found)
+
+
+def sample_max_logits(model) -> dict[str, float]:
+    """Independent of the demo: each sample photo (all within 2:1, so not cut) resized
+    to the model's short side and through the model."""
+    out = {}
+    for name in SAMPLE_NAMES:
+        x, _ = preprocess(sample_image(name), model.pretrained_cfg, img_size=IMG_SIZE)
+        with torch.no_grad():
+            out[name] = float(model.eval()(x[None])[0].max())
+    return out
+
+
+@pytest.fixture
+def calibrated_file(tmp_path, tiny_model_file, tiny_model):
+    """The tiny model with a max-logit threshold between the samples' scores: about half
+    of them are flagged, so flagging all or none would both fail."""
+    scores = sample_max_logits(tiny_model)
+    threshold = float(np.median(list(scores.values())))
+    model = bagnet.load_model(tiny_model_file)
+    unknown = {"method": "max_logit", "threshold": threshold, "held_out": {"cost": 0.05, "caught": 0.5}}
+    path = bagnet.save_model_file(tmp_path / "calibrated.pt", model,
+                                  {**model.pretrained_cfg, "unknown": unknown})
+    flagged = {n for n, s in scores.items() if s < threshold}
+    assert 0 < len(flagged) < len(SAMPLE_NAMES)
+    return path, flagged
+
+
+def test_first_lines_say_what_the_model_knows_and_that_nothing_is_flagged(tmp_path, tiny_model_file, capsys):
+    code, out, err = run_demo(capsys, "--weights", tiny_model_file, "--out", tmp_path, "--show", "1", "--res", "native")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"bagnet_tiny knows {len(CLASSES)} classes: {', '.join(CLASSES)}"
+    assert lines[1].startswith("This model carries no calibrated threshold for 'none of these classes'")
+    assert "probably none" not in out
+    page = (tmp_path / "report.html").read_text()
+    assert f"<b>This model knows {len(CLASSES)} classes: {', '.join(CLASSES)}</b>" in page
+    assert "<p class=warn>This model carries no calibrated threshold" in page
+
+
+def test_every_flagged_sample_says_so_in_the_terminal_and_the_report(tmp_path, calibrated_file, capsys):
+    path, flagged = calibrated_file
+    code, out, err = run_demo(capsys, "--weights", path, "--out", tmp_path, "--show", len(SAMPLE_NAMES),
+                              "--top", "1", "--res", "native")
+    assert code == 0, err
+    assert out.splitlines()[1].startswith(f"A prediction is flagged '{MESSAGE}' when its max_logit score is below")
+    per_image = {line.split(":")[0]: line for line in out.splitlines()[2:-1]}
+    assert set(per_image) == set(SAMPLE_NAMES)
+    page = (tmp_path / "report.html").read_text()
+    shown = cards(page)
+    assert set(shown) == set(SAMPLE_NAMES)
+    for name in SAMPLE_NAMES:
+        assert (MESSAGE in per_image[name]) == (name in flagged), per_image[name]
+        assert ("<p class=unknown>" in shown[name] and MESSAGE in shown[name]) == (name in flagged), name
+    assert f"{len(flagged)} images of {len(SAMPLE_NAMES)} flagged" in page
+
+
+def test_a_long_class_list_is_shortened_on_the_terminal_and_folded_in_the_report(tmp_path, capsys):
+    from bagnet.data.imagenet import imagenet_classes
+
+    torch.manual_seed(2)
+    names = list(imagenet_classes())
+    path = bagnet.save_model_file(tmp_path / "in1k.pt", bagnet.create_model("bagnet_tiny"),
+                                  {"classes": names, "img_size": IMG_SIZE})
+    code, out, err = run_demo(capsys, "--weights", path, "--out", tmp_path / "o", "--show", "1", "--res", "native")
+    assert code == 0, err
+    assert out.splitlines()[0] == f"bagnet_tiny knows 1000 classes: {', '.join(names[:12])}, ... and 988 more"
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert "<details><summary>all 1000</summary>" in page and names[-1] in page
+
+
+@pytest.fixture
+def cached_imagenet_stand_in(tmp_path, monkeypatch):
+    """bagnet_tiny registered as the ImageNet default under a tag whose 'download' is a
+    hash-named file; installing it in the (per-test) torch hub cache is what a download does."""
+    torch.manual_seed(3)
+    raw = tmp_path / "raw.pth"
+    torch.save(bagnet.create_model("bagnet_tiny").state_dict(), raw)
+    digest = hashlib.sha256(raw.read_bytes()).hexdigest()
+    cfg = _weights.PretrainedCfg(url=f"https://example.invalid/bagnet_tiny-{digest[:8]}.pth", sha256=digest[:8],
+                                 img_size=IMG_SIZE)
+    monkeypatch.setitem(_weights._PRETRAINED, ("bagnet_tiny", "testnet"), cfg)
+    monkeypatch.setattr(_factory, "IMAGENET_MODEL", ("bagnet_tiny", "testnet"))
+
+    def install():
+        cached = _weights.cached_path(cfg.url)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_bytes(raw.read_bytes())
+
+    return install
+
+
+def test_demo_uses_the_imagenet_model_only_once_it_is_cached_and_says_so(tmp_path, capsys, caplog, monkeypatch,
+                                                                          cached_imagenet_stand_in):
+    caplog.set_level(logging.INFO)
+
+    def download(url, *args, **kwargs):
+        raise AssertionError(f"the demo tried to download {url}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    args = ("--show", "1", "--top", "1", "--res", "native", "--max-images", "1")
+    code, out, err = run_demo(capsys, "--out", tmp_path / "a", *args)
+    assert code == 0, err
+    default = _factory.DEFAULT_MODEL[0]
+    assert out.splitlines()[0].startswith(f"{default} knows ")
+    assert "pass --weights testnet once" in caplog.text  # how to get the ImageNet weights
+    caplog.clear()
+    cached_imagenet_stand_in()
+    code, out, err = run_demo(capsys, "--out", tmp_path / "b", *args)
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("bagnet_tiny knows 1000 classes: tench, goldfish")
+    assert "bagnet_tiny with the authors' ImageNet weights (1000 classes), found in the torch hub cache" in caplog.text
