@@ -18,7 +18,8 @@ from .._extras import MissingExtraError
 from ._help import HelpFormatter, all_parsers
 
 # Order is the order of `bagnet --help`.
-COMMANDS = ("models", "train", "eval", "explain", "calibrate", "analyze", "demo", "serve", "bench", "export")
+COMMANDS = ("models", "train", "eval", "explain", "calibrate", "certify", "attack", "analyze", "demo", "serve", "bench",
+            "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ sticker's pixels with a position search) for any classifier.
 
 from ._attack import AttackResult, patch_attack
 from ._defense import DEFENSES, Certificate, RobustBagNet, certify
+from ._evaluate import RobustnessSummary, plot_certified_accuracy, robustness_records, summarize
 from ._geometry import AffectedLocations, affected_locations, patch_pixels
 
 __all__ = [
@@ -18,8 +19,12 @@ __all__ = [
     "AttackResult",
     "Certificate",
     "RobustBagNet",
+    "RobustnessSummary",
     "affected_locations",
     "certify",
     "patch_attack",
     "patch_pixels",
+    "plot_certified_accuracy",
+    "robustness_records",
+    "summarize",
 ]
