@@ -124,3 +124,16 @@ def test_progress_in_a_log_file_is_plain_lines(tmp_path, folder, models):
     lines = [line for line in text.splitlines() if line.startswith("outputs of B9: ")]
     n = 3 * len(CLASSES)  # val images, one per batch
     assert lines and lines[-1].startswith(f"outputs of B9: {n}/{n}, ")
+
+
+def test_heatmap_dtype_is_recorded_and_refused_when_unknown(tmp_path, folder, models, capsys):
+    common = ["analyze", "misclassified", "--data", str(folder), "--bagnet", f"B9={models / 'b9.pt'}", "--count", "1",
+              "--max-images", "6"]
+    assert main([*common, "--dtype", "bf16", "--out", str(tmp_path / "o")]) == 0
+    result = json.loads((tmp_path / "o" / "misclassified.json").read_text())
+    assert result["dtype"] == "bfloat16" and result["meta"]["options"]["heatmap_dtype"] == "bfloat16"
+    capsys.readouterr()
+    assert main([*common, "--dtype", "double-ish", "--out", str(tmp_path / "p")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--dtype 'double-ish' is not one of auto" in err
+    assert not (tmp_path / "p" / "misclassified.json").exists()

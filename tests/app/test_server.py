@@ -347,3 +347,19 @@ def test_large_photos_are_reduced_before_resizing(tiny_model):
     _, direct = explorer.prepare(torch.from_numpy(array).permute(2, 0, 1))  # tensors are not reduced
     assert tuple(shown.shape) == (3, IMG_SIZE, 64)
     assert (shown - direct).abs().mean() < 0.04  # about 10 grey levels, on sharp-edged noise
+
+
+def test_bfloat16_maps_are_close_and_the_page_says_so(tiny_model):
+    explorer = Explorer(tiny_model, img_size=IMG_SIZE, top_k=3, dtype=torch.bfloat16)
+    image = random_image(IMG_SIZE, 60, seed=9)
+    explored = explorer.explore(image)
+    full = naive_full_map(tiny_model, normalized(image), 2)
+    got = explored.evidence(2, "full").numpy()
+    err = np.abs(got - full)
+    assert err.max() <= 0.05 * np.abs(full).max() and err.max() > 0  # approximate, not float32's map
+    server = make_server(explorer, "127.0.0.1", 0)
+    try:
+        assert server.config()["map_dtype"] == "bfloat16"
+    finally:
+        server.server_close()
+    assert Explorer(tiny_model, img_size=IMG_SIZE).map_dtype == "float32"

@@ -167,3 +167,37 @@ def test_scale_is_one_per_image_by_default_and_fixed_with_scale(files, tmp_path,
                      "--out", str(tmp_path / "bad")]) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "--scale takes 'image' or a positive number" in err
+
+
+def test_dtype_bfloat16_is_recorded_and_close_to_float32(files, tmp_path, capsys):
+    common = [str(files / "photo.jpg"), "--weights", str(files / "tiny.pt"), "--classes", "0", "-k", "1"]
+    assert main(["explain", *common, "--out", str(tmp_path / "f32")]) == 0
+    assert main(["explain", *common, "--dtype", "bfloat16", "--out", str(tmp_path / "bf16")]) == 0
+    assert "--dtype auto" not in capsys.readouterr().err  # an explicit choice needs no note
+    f32, bf16 = (json.loads((tmp_path / d / "photo.json").read_text()) for d in ("f32", "bf16"))
+    assert f32["dtype"] == "float32" and bf16["dtype"] == "bfloat16"
+    logits = [[p["logit"] for p in r["predictions"]] for r in (f32, bf16)]
+    assert logits[0] != logits[1] and logits[0] == pytest.approx(logits[1], abs=0.05 * max(map(abs, logits[0])))
+
+
+def test_dtype_auto_says_what_it_chose(files, tmp_path, capsys, monkeypatch):
+    import bagnet._device
+
+    monkeypatch.setattr(bagnet._device, "fast_bfloat16", lambda device: "this CPU has test units")
+    rc = main(["explain", str(files / "gray.png"), "--weights", str(files / "tiny.pt"), "--dtype", "auto",
+               "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 0 and "--dtype auto: bfloat16 (this CPU has test units)" in err
+    assert json.loads((tmp_path / "gray.json").read_text())["dtype"] == "bfloat16"
+    monkeypatch.setattr(bagnet._device, "fast_bfloat16", lambda device: None)
+    assert main(["explain", str(files / "gray.png"), "--weights", str(files / "tiny.pt"), "--dtype", "auto",
+                 "--out", str(tmp_path)]) == 0
+    assert "--dtype auto" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "gray.json").read_text())["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("command", [["explain", "x.png"], ["serve", "--port", "0"]])
+def test_unknown_dtype_is_a_one_line_error(files, tmp_path, capsys, command):
+    rc = main([*command, "--weights", str(files / "tiny.pt"), "--dtype", "int8"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "--dtype 'int8' is not one of auto, float32, bfloat16" in err

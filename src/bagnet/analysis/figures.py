@@ -53,6 +53,7 @@ def class_patches(
     stride: int | str = "native",
     batch_size: int = 32,
     subdir: str = "class_patches",
+    dtype: torch.dtype | str | None = None,
 ) -> dict:
     """Class-typical patches of every BagNet for ``classes`` (default: all of the data's).
 
@@ -73,7 +74,7 @@ def class_patches(
     for b in bagnets:
         cols = list(range(len(data.classes))) if b.columns is None else b.columns.tolist()
         labels = dict(zip(data.classes, cols))
-        mapper = EvidenceMapper(b.model, stride=stride)
+        mapper = EvidenceMapper(b.model, stride=stride, dtype=dtype)
         results[b.label] = []
         for name in progress(names, f"class patches of {b.label}", total=len(names)):
             cp = find_class_patches(b.model, data.root, labels[name], k=top, stride=stride, labels=labels,
@@ -85,7 +86,7 @@ def class_patches(
             figures.append({"label": b.label, "class": name, "png": rel.as_posix(),
                             "caption": f"{b.label}: patches with the most evidence for '{name}' "
                                        f"({plural(cp.num_images, 'image')})"})
-    return {"figures": figures, "results": results, "stride": stride, "top": top}
+    return {"figures": figures, "results": results, "stride": stride, "top": top, "dtype": _name(dtype)}
 
 
 def misclassified(
@@ -100,6 +101,7 @@ def misclassified(
     batch_size: int = 32,
     cache: LogitCache | None = None,
     subdir: str = "misclassified",
+    dtype: torch.dtype | str | None = None,
 ) -> dict:
     """The ``count`` most confidently misclassified images of every BagNet, as figures.
 
@@ -124,7 +126,7 @@ def misclassified(
         wrong = np.flatnonzero(pred != p.targets)
         conf = p.probs()[wrong, pred[wrong]]
         chosen = wrong[np.argsort(-conf, kind="stable")[:count]]
-        mapper = EvidenceMapper(b.model, stride=stride)
+        mapper = EvidenceMapper(b.model, stride=stride, dtype=dtype)
         for row in progress(chosen, f"misclassified by {b.label}", total=len(chosen)):
             index = int(p.indices[row])
             pixels, target = data.dataset[index]
@@ -140,7 +142,12 @@ def misclassified(
             figures.append({"label": b.label, "index": index, "file": file, "true": t, "predicted": pr,
                             "probability": prob, "png": rel.as_posix(),
                             "caption": f"{b.label}: {file}, a '{t}' taken for '{pr}' (p = {prob:.2f})"})
-    return {"figures": figures, "stride": stride}
+    return {"figures": figures, "stride": stride, "dtype": _name(dtype)}
+
+
+def _name(dtype: torch.dtype | str | None) -> str:
+    """The heatmaps' arithmetic as the JSON records it: bfloat16 maps are not float32 ones."""
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def write_class_patches(result: dict, out_dir: str | os.PathLike, meta: dict | None = None) -> dict[str, Path]:

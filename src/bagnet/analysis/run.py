@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._device import resolve_device
+from .._device import resolve_device, resolve_dtype
 from ._classifier import Classifier, build_model, make_classifier
 from ._data import EvalData, find_class_index, load_data
 from ._output import read_json
@@ -347,8 +347,16 @@ def _interactions(s: Session, max_images=None, n_patches=10, patch_size=8, gap=0
                         max_images=max_images or s.max_images, batch_size=s.batch_size, seed=s.seed, cache=s.cache)
 
 
+def _heatmap_dtype(s: Session, name: str):
+    """The dtype of the ``heatmap_dtype`` option; an ``auto`` choice of bfloat16 is logged."""
+    dtype, line = resolve_dtype(name, s.device)
+    if line:
+        logger.warning("%s", line)
+    return dtype
+
+
 def _spatial(s: Session, max_images=None, methods=None, max_k=30, k_step=2, cell=8, heatmap_stride=1,
-             ig_steps=25, lrp_epsilon=1e-2, test_bagnets=False):
+             ig_steps=25, lrp_epsilon=1e-2, test_bagnets=False, heatmap_dtype="float32"):
     from ._captum import METHODS
     from .spatial_sensitivity import spatial_sensitivity
 
@@ -360,25 +368,27 @@ def _spatial(s: Session, max_images=None, methods=None, max_k=30, k_step=2, cell
     ks = sorted({0, *range(int(k_step), int(max_k) + 1, int(k_step)), int(max_k)}) if int(k_step) > 0 else [0, int(max_k)]
     return spatial_sensitivity(
         s.bagnets, tested, s.data, methods=METHODS if methods is None else methods, ks=ks, cell=int(cell),
-        heatmap_stride=heatmap_stride, max_images=max_images or s.max_images, batch_size=s.batch_size,
+        heatmap_stride=heatmap_stride, heatmap_dtype=_heatmap_dtype(s, heatmap_dtype),
+        max_images=max_images or s.max_images, batch_size=s.batch_size,
         ig_steps=int(ig_steps), lrp_epsilon=float(lrp_epsilon), seed=s.seed, cache=s.cache,
     )
 
 
-def _class_patches(s: Session, classes=None, top=8, heatmap_stride="native"):
+def _class_patches(s: Session, classes=None, top=8, heatmap_stride="native", heatmap_dtype="float32"):
     from .figures import class_patches
 
     if isinstance(classes, str):
         classes = [c.strip() for c in classes.split(",") if c.strip()]
     return class_patches(s.bagnets, s.data, out_dir=s.out_dir, classes=classes, top=int(top),
-                         stride=heatmap_stride, batch_size=s.batch_size)
+                         stride=heatmap_stride, batch_size=s.batch_size, dtype=_heatmap_dtype(s, heatmap_dtype))
 
 
-def _misclassified(s: Session, max_images=None, count=8, heatmap_stride=1):
+def _misclassified(s: Session, max_images=None, count=8, heatmap_stride=1, heatmap_dtype="float32"):
     from .figures import misclassified
 
     return misclassified(s.bagnets, s.data, out_dir=s.out_dir, count=int(count), stride=heatmap_stride,
-                         max_images=max_images or s.max_images, batch_size=s.batch_size, cache=s.cache)
+                         max_images=max_images or s.max_images, batch_size=s.batch_size, cache=s.cache,
+                         dtype=_heatmap_dtype(s, heatmap_dtype))
 
 
 def _writer(module: str, fn: str) -> Callable[..., dict[str, Path]]:
@@ -408,13 +418,13 @@ EXPERIMENTS: dict[str, Experiment] = {
                    "interactions.json", "do masked image parts change the logit independently?"),
         Experiment("spatial-sensitivity", _spatial, _writer("spatial_sensitivity", "write_spatial_sensitivity"),
                    {"max_images": None, "methods": None, "max_k": 30, "k_step": 2, "cell": 8, "heatmap_stride": 1,
-                    "ig_steps": 25, "lrp_epsilon": 1e-2, "test_bagnets": False},
+                    "ig_steps": 25, "lrp_epsilon": 1e-2, "test_bagnets": False, "heatmap_dtype": "float32"},
                    "spatial_sensitivity.json", "masking cells ranked by heatmaps vs attributions vs random"),
         Experiment("class-patches", _class_patches, _writer("figures", "write_class_patches"),
-                   {"classes": None, "top": 8, "heatmap_stride": "native"},
+                   {"classes": None, "top": 8, "heatmap_stride": "native", "heatmap_dtype": "float32"},
                    "class_patches.json", "most class-typical patches of each BagNet over the data"),
         Experiment("misclassified", _misclassified, _writer("figures", "write_misclassified"),
-                   {"max_images": None, "count": 8, "heatmap_stride": 1},
+                   {"max_images": None, "count": 8, "heatmap_stride": 1, "heatmap_dtype": "float32"},
                    "misclassified.json", "heatmaps of misclassified images"),
     )
 }

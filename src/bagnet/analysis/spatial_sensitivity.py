@@ -70,7 +70,8 @@ class SpatialSensitivity:
 
 
 def bagnet_cells(
-    clf: Classifier, pixels: torch.Tensor, targets: torch.Tensor, *, cell: int = 8, stride: int | str = 1
+    clf: Classifier, pixels: torch.Tensor, targets: torch.Tensor, *, cell: int = 8, stride: int | str = 1,
+    dtype: torch.dtype | str | None = None,
 ) -> torch.Tensor:
     """True-class evidence of a BagNet summed per ``cell x cell`` cell, ``[B, H/cell, W/cell]``.
 
@@ -83,7 +84,7 @@ def bagnet_cells(
 
     if not clf.is_bagnet:
         raise ValueError(f"{clf.label} is not a BagNet, so it has no evidence heatmap")
-    attribution = PatchEvidence(clf.model, stride=stride).attribute(clf.normalize(pixels), target=clf.column(targets))
+    attribution = PatchEvidence(clf.model, stride=stride, dtype=dtype).attribute(clf.normalize(pixels), target=clf.column(targets))
     return cell_sums(attribution.float(), cell)
 
 
@@ -155,6 +156,7 @@ def spatial_sensitivity(
     ks: Sequence[int] = tuple(range(0, 31, 2)),
     cell: int = 8,
     heatmap_stride: int | str = 1,
+    heatmap_dtype: torch.dtype | str | None = None,
     max_images: int | None = None,
     batch_size: int = 32,
     ig_steps: int = 25,
@@ -174,6 +176,8 @@ def spatial_sensitivity(
         ks: numbers of masked cells (0 is the unmasked image, taken from the cache).
         cell: cell side in pixels (the paper: 8).
         heatmap_stride: 1 (the paper's heatmaps) or ``"native"`` (see the module note).
+        heatmap_dtype: arithmetic of the BagNet heatmaps (default float32; bfloat16 is
+            faster on hardware with bfloat16 units, and approximate).
         max_images: the first images of ``data``'s order.
         batch_size: model inputs per forward pass.
         ig_steps: integration steps of integrated gradients.
@@ -211,7 +215,7 @@ def spatial_sensitivity(
     n_done = 0
     per_batch = max(1, min(8, batch_size // 4))
     for x, y, idx in data.iter_batches(data.indices(max_images), per_batch, desc="spatial sensitivity" if show_progress else None):
-        common: dict[str, torch.Tensor] = {heat_names[b.label]: bagnet_cells(b, x, y, cell=cell, stride=heatmap_stride).cpu() for b in bagnets}
+        common: dict[str, torch.Tensor] = {heat_names[b.label]: bagnet_cells(b, x, y, cell=cell, stride=heatmap_stride, dtype=heatmap_dtype).cpu() for b in bagnets}
         common[RANDOM] = torch.stack([_random_cells((x.shape[-2] // cell, x.shape[-1] // cell), seed, int(i)) for i in idx])
         for m in tested:
             rankings = dict(common)

@@ -68,6 +68,9 @@ class Explorer:
             with many classes (:class:`FeatureCache`, shared by all images; default 1 GiB).
             While an image's features are kept, switching it to another class costs one
             dot product per pixel instead of a pass through the model.
+        dtype: arithmetic of the evidence maps (see :func:`~bagnet.explain.evidence_map`);
+            ``torch.bfloat16`` is faster on hardware with bfloat16 units but approximate.
+            The predictions always come from the float32 model.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class Explorer:
         top_k: int = 5,
         max_concurrent: int = 1,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        dtype: torch.dtype | str | None = None,
     ):
         self.model = model.eval().to(device)
         self.device = torch.device(device)
@@ -100,9 +104,10 @@ class Explorer:
         self.top_k = int(top_k)
         # Folded once here, not per request.
         self._mappers = {
-            "native": EvidenceMapper(model, stride="native", device=self.device),
-            "full": EvidenceMapper(model, stride=1, device=self.device),
+            "native": EvidenceMapper(model, stride="native", device=self.device, dtype=dtype),
+            "full": EvidenceMapper(model, stride=1, device=self.device, dtype=dtype),
         }
+        self.map_dtype = str(self._mappers["full"].dtype).removeprefix("torch.")
         # One bound for everything that takes memory or cores per image: decoding,
         # resizing and the model passes.
         self._slots = threading.BoundedSemaphore(max_concurrent)

@@ -214,6 +214,7 @@ class ExplorerServer(ThreadingHTTPServer):
             "max_upload_bytes": self.max_upload_bytes,
             "samples": list(SAMPLE_NAMES),
             "top_k": ex.top_k,
+            "map_dtype": ex.map_dtype,
         }
 
     def thumbnail(self, name: str) -> bytes:

@@ -6,9 +6,10 @@ import argparse
 import logging
 from typing import Any
 
+import torch
 from torch import nn
 
-from .._device import resolve_device  # noqa: F401  (the sub-commands take it from here)
+from .._device import resolve_device, resolve_dtype  # noqa: F401  (the sub-commands take them from here)
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,25 @@ def add_model_args(parser: argparse.ArgumentParser, *, required: bool = False, t
 def add_device_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("device")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+
+
+def add_dtype_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--dtype`` of the evidence maps, resolved by :func:`map_dtype`."""
+    parser.add_argument("--dtype", default="float32", metavar="float32|bfloat16|float16|auto",
+                        help="arithmetic of the evidence maps: float32 (exact, default); bfloat16 or float16 are faster "
+                             "on hardware with such units but approximate (docs/precision.md); auto picks bfloat16 "
+                             "where the device has bfloat16 matrix units, and says so")
+
+
+def map_dtype(name: str, device: torch.device | str, command: str) -> torch.dtype:
+    """The torch dtype ``--dtype name`` means on ``device``; an ``auto`` choice of bfloat16 is
+    said on stderr, since its maps are not float32's."""
+    import sys
+
+    dtype, line = resolve_dtype(name, device)
+    if line:
+        print(f"bagnet {command}: {line}", file=sys.stderr)
+    return dtype
 
 
 def resolve_model(args: argparse.Namespace, **kwargs: Any) -> nn.Module:

@@ -120,6 +120,10 @@ def _misclassified_args(p: argparse.ArgumentParser) -> None:
 def _heatmap_stride(g, default: str) -> None:
     g.add_argument("--heatmap-stride", default=None,
                    help=f"evidence map stride: 1 (the paper's full-resolution heatmaps) or 'native' (default: {default})")
+    g.add_argument("--dtype", dest="heatmap_dtype", default=None, metavar="float32|bfloat16|float16|auto",
+                   help="arithmetic of the BagNet heatmaps: float32 (exact, default); bfloat16/float16 are faster "
+                        "on hardware with such units but approximate (docs/precision.md); auto picks bfloat16 "
+                        "where the device has bfloat16 matrix units, and says so")
 
 
 _EXTRA = {
@@ -131,7 +135,8 @@ _EXTRA = {
 
 # CLI destinations that are experiment options (passed on only when given).
 _OPTION_DESTS = ("n_patches", "patch_size", "gap", "target", "methods", "max_k", "k_step", "cell",
-                 "heatmap_stride", "ig_steps", "lrp_epsilon", "test_bagnets", "classes", "top", "count")
+                 "heatmap_stride", "heatmap_dtype", "ig_steps", "lrp_epsilon", "test_bagnets", "classes", "top",
+                 "count")
 
 
 def _no_experiment(args: argparse.Namespace) -> int:
@@ -140,7 +145,13 @@ def _no_experiment(args: argparse.Namespace) -> int:
 
 
 def _options(args: argparse.Namespace) -> dict:
+    from ._common import map_dtype, resolve_device
+
     opts = {k: getattr(args, k) for k in _OPTION_DESTS if getattr(args, k, None) is not None}
+    if "heatmap_dtype" in opts:
+        # Recorded as the dtype it resolved to ('auto' would not say what the maps were).
+        dtype = map_dtype(opts["heatmap_dtype"], resolve_device(args.device), "analyze")
+        opts["heatmap_dtype"] = str(dtype).removeprefix("torch.")
     if "patch_size" in opts and opts["patch_size"] != "q":
         opts["patch_size"] = _int(opts["patch_size"], "--patch-size")
     if "heatmap_stride" in opts and opts["heatmap_stride"] != "native":
@@ -166,13 +177,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.experiment} needs at least one --bagnet")
     if not args.bagnet and not args.reference:
         raise ValueError("name at least one model with --bagnet or --reference")
+    options = _options(args)  # bad options fail before any model is loaded
     session = Session(
         args.data, [parse_model_spec(s) for s in args.bagnet], [parse_model_spec(s) for s in args.reference],
         out_dir=args.out, split=args.split, img_size=args.img_size, max_images=args.max_images,
         batch_size=args.batch_size, workers=args.workers, device=args.device, seed=args.seed,
         class_map=args.class_map, threads=args.threads,
     )
-    result, _ = run_experiment(session, args.experiment, _options(args), force=True)
+    result, _ = run_experiment(session, args.experiment, options, force=True)
     _print_tables(tables_for(args.experiment, result))
     paths = write_report(session.out_dir)
     print(f"results: {session.out_dir}  report: {paths['html']}")

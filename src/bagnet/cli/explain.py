@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .._io import atomic_path, write_text
 from .._text import plural
-from ._common import add_device_args, add_model_args, resolve_device, resolve_model
+from ._common import add_device_args, add_dtype_arg, add_model_args, map_dtype, resolve_device, resolve_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
              "compare across images",
     )
     g.add_argument("--out", default="out/explain", help="output folder (default: out/explain)")
+    add_dtype_arg(g)
     add_device_args(p)
     p.set_defaults(func=run)
 
@@ -140,12 +141,13 @@ def run(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ValueError(f"-k must be at least 1, got {args.k}")
     device = resolve_device(args.device)
+    dtype = map_dtype(args.dtype, device, "explain")
     model = resolve_model(args).to(device)
     classes = _parse_classes(args.classes, model)
     q = model.receptive_field
     if args.img_size is not None and args.img_size < q:
         raise ValueError(f"--img-size {args.img_size} is smaller than the model's {q}x{q} px patches")
-    mapper = EvidenceMapper(model, stride=stride)  # fold the weights once for all images
+    mapper = EvidenceMapper(model, stride=stride, dtype=dtype)  # fold the weights once for all images
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -164,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         name = _unique(relative or Path(image).stem or "image", used)
         scale = vmax if vmax is not None else result.colour_scale()
-        record = {"file": str(image), **result.to_dict(),
+        # The dtype goes with the numbers: bfloat16 maps and logits are close to float32's, not equal.
+        record = {"file": str(image), "dtype": str(dtype).removeprefix("torch."), **result.to_dict(),
                   "colour_scale": {"vmax": scale, "set_by": "--scale" if vmax is not None else "image"}}
         fig, _ = result.plot(vmax=vmax)  # None: the same per-image scale, and the caption says how it was set
         png, js = out / f"{name}.png", out / f"{name}.json"

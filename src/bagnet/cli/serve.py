@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_device_args, add_model_args
+from ._common import add_device_args, add_dtype_arg, add_model_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_device_args(p)
     p.add_argument("--img-size", type=int, default=None, help="short side images are resized to (default: the model's)")
+    add_dtype_arg(p)
     p.set_defaults(func=run)
     p.epilog = ("Without --model/--weights: the authors' ImageNet BagNet-33 if its weights are downloaded, else the "
                 "shipped Imagenette model; --weights imagenet uses (and downloads once) BagNet-33.")
@@ -38,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..app import Explorer, make_server
-    from ._common import resolve_device
+    from ._common import map_dtype, resolve_device
     from .demo import resolve_demo_model
 
     if not 0 < args.max_upload_mb <= 1024:
@@ -48,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.cache_mb <= 2**20:
         raise ValueError(f"--cache-mb must lie in [0, 1048576], got {args.cache_mb}")
     device = resolve_device(args.device)
+    dtype = map_dtype(args.dtype, device, "serve")
     explorer = Explorer(resolve_demo_model(args), device=device, img_size=args.img_size,
-                        cache_bytes=int(args.cache_mb * 2**20))
+                        cache_bytes=int(args.cache_mb * 2**20), dtype=dtype)
     try:
         server = make_server(explorer, args.host, args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
                              allow_hosts=args.allow_host)

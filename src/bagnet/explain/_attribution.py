@@ -49,11 +49,14 @@ class PatchEvidence(Attribution):
             ``eval()``, are used even in training mode). Inputs are normalized images.
         stride: 1, another positive integer, or ``"native"``.
         pad_value: padding of the normalized image (not used with ``"native"``).
+        dtype: arithmetic of the map (see :func:`~bagnet.explain.evidence_map`); bfloat16
+            maps are approximate, and so is then the convergence delta.
 
     Brendel & Bethge, ICLR 2019, https://openreview.net/forum?id=SkfMWhAqYQ
     """
 
-    def __init__(self, model: nn.Module, *, stride: int | str = 1, pad_value: float = 0.0):
+    def __init__(self, model: nn.Module, *, stride: int | str = 1, pad_value: float = 0.0,
+                 dtype: torch.dtype | str | None = None):
         if not isinstance(model, BagNet):
             raise TypeError(f"PatchEvidence needs a bagnet.models.BagNet, got {type(model).__name__}")
         if stride != "native" and (isinstance(stride, bool) or not isinstance(stride, int) or stride < 1):
@@ -64,6 +67,7 @@ class PatchEvidence(Attribution):
         self.model = model
         self.stride = stride
         self.pad_value = pad_value
+        self.dtype = dtype
 
     def has_convergence_delta(self) -> bool:
         return True
@@ -90,7 +94,7 @@ class PatchEvidence(Attribution):
         targets = _targets(target, x.shape[0], self.model.num_classes, x.device)
         # Folded anew on every call, so a model trained in between is never explained stale.
         pad = None if self.stride == "native" else self.pad_value
-        mapper = EvidenceMapper(self.model, stride=self.stride, pad_value=pad)
+        mapper = EvidenceMapper(self.model, stride=self.stride, pad_value=pad, dtype=self.dtype)
         classes, position = targets.unique(return_inverse=True)
         with torch.no_grad():
             maps = mapper(x.detach(), classes.to(mapper.device))  # [B, K, h, w]

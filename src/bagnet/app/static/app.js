@@ -42,7 +42,8 @@ async function init() {
   }
   $("#model-info").textContent = config.model + ": " + config.classes.length + " classes, " +
     config.receptive_field + "×" + config.receptive_field + " px patches every " + config.patch_stride +
-    " px; images are resized so their short side is " + config.img_size + " px";
+    " px; images are resized so their short side is " + config.img_size + " px" +
+    (config.map_dtype === "float32" ? "" : "; evidence maps computed in " + config.map_dtype + " (approximate)");
   $("#limit").textContent = "up to " + size(config.max_upload_bytes);
   document.querySelectorAll(".stride").forEach((el) => { el.textContent = config.patch_stride; });
   for (const name of config.samples) {
