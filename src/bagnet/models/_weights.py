@@ -82,8 +82,8 @@ _PRETRAINED: dict[tuple[str, str], PretrainedCfg] = {
     ),
     # Shipped with the package (docs/models/bagnet17_slim-imagenette.md is its model card).
     ("bagnet17_slim", "imagenette"): PretrainedCfg(
-        file="bagnet17_slim-imagenette-91fee4c1.pt",
-        sha256="91fee4c1",
+        file="bagnet17_slim-imagenette-31cc0a24.pt",
+        sha256="31cc0a24",
         dataset="imagenette",
         img_size=112,
         num_classes=10,
