@@ -2,17 +2,46 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 from PIL import Image
 
 from .._extras import require
 from ..data.images import to_rgb
 
-__all__ = ["SAMPLE_NAMES", "sample_image"]
+__all__ = ["SAMPLE_NAMES", "SAMPLE_SUBJECTS", "SampleSubject", "sample_image", "sample_note", "sample_subject"]
 
 # Colour photos of everyday objects (plus one grayscale classic). All are files inside the
 # scikit-image wheel: none needs pooch or the network.
 SAMPLE_NAMES = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle", "camera")
+
+
+@dataclass(frozen=True)
+class SampleSubject:
+    """What a sample photo shows, and the ImageNet class names that would be right for it.
+
+    Attributes:
+        description: a few words for people ("a tabby cat").
+        labels: ImageNet class names (as in ``bagnet.data.imagenet.imagenet_classes()``)
+            that count as a correct prediction; empty when ImageNet has none.
+    """
+
+    description: str
+    labels: tuple[str, ...]
+
+
+# Every sample is known to be outside the Imagenette classes, so the demo can say so next
+# to the prediction instead of relying on the model's (weak) unknown-photo flag alone.
+SAMPLE_SUBJECTS: dict[str, SampleSubject] = {
+    "chelsea": SampleSubject("a cat", ("tabby", "tiger cat", "Egyptian cat")),
+    "coffee": SampleSubject("a cup of coffee", ("espresso", "cup", "coffee mug")),
+    "astronaut": SampleSubject("an astronaut in an orange suit", ()),
+    "rocket": SampleSubject("a rocket on its launch pad", ("missile", "projectile", "space shuttle")),
+    "motorcycle": SampleSubject("a motorcycle", ("moped", "motor scooter")),
+    "camera": SampleSubject("a man with a camera on a tripod", ("reflex camera", "tripod")),
+}
 
 
 def sample_image(name: str) -> Image.Image:
@@ -27,3 +56,30 @@ def sample_image(name: str) -> Image.Image:
 
     array = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
     return to_rgb(Image.fromarray(np.ascontiguousarray(array)))
+
+
+def sample_subject(name: str) -> SampleSubject:
+    """What sample ``name`` shows.
+
+    Raises:
+        ValueError: unknown name.
+    """
+    if name not in SAMPLE_SUBJECTS:
+        raise ValueError(f"unknown sample image {name!r}; choose one of {', '.join(SAMPLE_NAMES)}")
+    return SAMPLE_SUBJECTS[name]
+
+
+def sample_note(name: str, class_names: Sequence[str]) -> str:
+    """One sentence telling whether a model with ``class_names`` can name sample ``name``.
+
+    A sample whose subject matches none of the classes gets "... is none of the N classes
+    this model knows", whatever the model predicts; one that matches lists the classes that
+    would be right.
+    """
+    subject = sample_subject(name)
+    known = {c.casefold(): c for c in class_names}
+    right = [known[label.casefold()] for label in subject.labels if label.casefold() in known]
+    n = len(class_names)
+    if not right:
+        return f"sample photo: {subject.description}, none of the {n} classes this model knows"
+    return f"sample photo: {subject.description}; right answers among this model's classes: {', '.join(right)}"
