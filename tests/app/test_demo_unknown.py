@@ -136,3 +136,22 @@ def test_demo_uses_the_imagenet_model_only_once_it_is_cached_and_says_so(tmp_pat
     assert code == 0, err
     assert out.splitlines()[0].startswith("bagnet_tiny knows 1000 classes: tench, goldfish")
     assert "bagnet_tiny with the authors' ImageNet weights (1000 classes), found in the torch hub cache" in caplog.text
+
+
+def test_with_many_images_the_terminal_counts_the_flagged_ones(tmp_path, tiny_model_file, capsys):
+    from PIL import Image
+
+    from .conftest import random_image
+
+    model = bagnet.load_model(tiny_model_file)
+    # A threshold above any possible score: every image is flagged.
+    path = bagnet.save_model_file(tmp_path / "strict.pt", model,
+                                  {**model.pretrained_cfg, "unknown": {"method": "max_softmax", "threshold": 1.5}})
+    for i in range(3):
+        Image.fromarray(random_image(IMG_SIZE, 60, seed=i)).save(tmp_path / f"photo{i}.png")
+    code, out, err = run_demo(capsys, "--weights", path, "--data", tmp_path, "--out", tmp_path / "out",
+                              "--show", "1", "--res", "native")
+    assert code == 0, err
+    assert f"3 of 3 images: {MESSAGE}" in out.splitlines()
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "3 images of 3 flagged" in page and page.count("<p class=unknown>") == 1  # one card shown
