@@ -6,9 +6,11 @@ on a fresh machine; in CI (``CI=true``, which ``.ci/run`` sets after installing 
 they fail instead, so a broken install cannot hide them.
 """
 
+import copy
 import io
 import json
 import os
+import urllib.request
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ import torch
 from PIL import Image
 
 import bagnet
+from bagnet.app import sample_image
 
 from .conftest import CLASSES, IMG_SIZE, png_bytes, random_image
 from .test_server import bomb_header, normalized
@@ -115,7 +118,7 @@ def test_upload_switch_class_and_resolution(page, running_server, tiny_model, tm
     second = page.get_attribute("#heatmap", "src")
     assert second.startswith("data:image/png;base64,") and second != first
     assert page.get_attribute(f"#classes button[data-class='{other}']", "aria-pressed") == "true"
-    assert page.inner_text("#legend-class") == CLASSES[other]
+    assert page.inner_text("#map-class").startswith(f"evidence for {CLASSES[other]} (")
 
     # Full resolution: a finer map of the same class.
     page.check("#res-full")
@@ -189,7 +192,9 @@ def test_sample_photo_after_an_upload(page, running_server):
     assert page.locator("#classes li").count() == len(CLASSES)
     photo = page.get_attribute("#photo", "src")
     img = Image.open(io.BytesIO(__import__("base64").b64decode(photo.split(",", 1)[1])))
-    assert min(img.size) == IMG_SIZE and np.asarray(img).std() > 10
+    assert img.size == sample_image("coffee").size and np.asarray(img).std() > 10  # sharp: the photo's own pixels
+    assert page.inner_text("#shown") == "Showing the sample photo coffee (from scikit-image)"
+    assert page.get_attribute("#samples button[data-sample='coffee']", "aria-pressed") == "true"
 
 
 def test_any_class_from_the_list_of_all_classes(page, running_server):
@@ -206,4 +211,118 @@ def test_any_class_from_the_list_of_all_classes(page, running_server):
     hidden = next(c for c in range(12) if c not in shown)
     page.select_option("#class-select", str(hidden))
     page.wait_for_selector(f"#heatmap[data-class='{hidden}']")
-    assert page.inner_text("#legend-class") == f"thing {hidden}"
+    assert page.inner_text("#map-class").startswith(f"evidence for thing {hidden} (")
+
+
+def api_view(server, upload_id, cls, res="native"):
+    with urllib.request.urlopen(f"{server.url}api/uploads/{upload_id}/view?class={cls}&res={res}", timeout=60) as r:
+        return json.loads(r.read())
+
+
+def shown_id(page):
+    return page.evaluate("() => current.id")
+
+
+def test_colour_bar_with_one_scale_per_image_and_a_same_scale_option(page, running_server):
+    server = running_server()
+    open_page(page, server)
+    choose_file(page, "a.png", png_bytes(random_image(IMG_SIZE, IMG_SIZE, seed=21)))
+    page.wait_for_selector("#heatmap[data-class]")
+    assert page.locator("#colorbar .ramp").is_visible()
+    ramp = page.eval_on_selector("#colorbar .ramp", "el => getComputedStyle(el).backgroundImage")
+    assert ramp.startswith("linear-gradient") and ramp.count("rgb(") == 11
+    vmax = api_view(server, shown_id(page), 0)["vmax"]
+    bar = page.inner_text("#bar-max")
+    assert bar.startswith("+") and float(bar[1:]) == pytest.approx(vmax, rel=2e-3)
+    assert "the same scale for every class of this image" in page.inner_text("#scale-note")
+    assert "is the mean of the model's own patch values" in page.inner_text("#mean-note")
+    for cls in (1, 3):  # the scale stays while the class changes
+        page.click(f"#classes button[data-class='{cls}']")
+        page.wait_for_selector(f"#heatmap[data-class='{cls}']")
+        assert page.inner_text("#bar-max") == bar
+
+    # "Same scale across images": the next image keeps this one's scale.
+    page.check("#same-scale")
+    page.wait_for_function("() => document.querySelector('#scale-note').textContent.includes('kept for every image')")
+    choose_file(page, "b.png", png_bytes(random_image(IMG_SIZE, IMG_SIZE, seed=22) // 4))
+    page.wait_for_function("() => document.querySelector('#shown-name')?.textContent === 'b.png'")
+    page.wait_for_selector("#heatmap[data-class]")
+    assert page.inner_text("#bar-max") == bar and "taken from a.png" in page.inner_text("#scale-note")
+    assert api_view(server, shown_id(page), 0)["vmax"] != pytest.approx(vmax, rel=2e-3)  # its own would differ
+    page.uncheck("#same-scale")
+    page.wait_for_function("old => document.querySelector('#bar-max').textContent !== old", arg=bar)
+
+
+def test_progress_is_shown_while_an_image_is_analysed(page, running_server):
+    server = running_server()
+    open_page(page, server)
+    held = []
+    page.route("**/api/samples/chelsea", lambda route: held.append(route))
+    page.click("#samples button[data-sample='chelsea']")
+    page.wait_for_selector("#progress:not([hidden])")
+    page.wait_for_function("() => true")  # lets playwright hand the held request to the handler
+    while not held:
+        page.wait_for_timeout(50)
+    assert page.inner_text("#progress-text").startswith("analysing the sample photo chelsea…")
+    assert page.get_attribute("body", "data-busy") == "true" and page.locator("#result").is_hidden()
+    held[0].continue_()
+    page.wait_for_selector("#heatmap[data-class]")
+    assert page.locator("#progress").is_hidden()
+    assert page.inner_text("#shown") == "Showing the sample photo chelsea (from scikit-image)"
+
+
+def test_unknown_flag_on_a_sample_and_the_classes_listed(page, running_server, tiny_model):
+    flagged = copy.deepcopy(tiny_model)
+    flagged.pretrained_cfg["unknown"] = {"method": "max_softmax", "threshold": 2.0}  # above any probability
+    server = running_server(flagged)
+    open_page(page, server)
+    assert page.inner_text("#known") == "This model knows 4 classes: cat, dog, tea, rocket."
+    assert "are flagged (max_softmax below 2.00" in page.inner_text("#unknown-setting")
+    page.click("#samples button[data-sample='astronaut']")
+    page.wait_for_selector("#heatmap[data-class]")
+    assert page.locator("#unknown.flag").is_visible()
+    assert page.inner_text("#unknown").startswith("⚠ Probably none of the 4 classes this model knows")
+
+    # A model without a threshold says that it cannot tell, on the page and per image.
+    plain = running_server()
+    open_page(page, plain)
+    assert "No threshold is calibrated for this model" in page.inner_text("#unknown-setting")
+    page.click("#samples button[data-sample='astronaut']")
+    page.wait_for_selector("#heatmap[data-class]")
+    assert page.get_attribute("#unknown", "data-flag") == "unchecked"
+    assert "no threshold is calibrated for this model" in page.inner_text("#unknown")
+
+
+def test_phone_layout_keeps_the_classes_next_to_the_map(browser, running_server):
+    server = running_server()
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        open_page(page, server)
+        page.click("#samples button[data-sample='chelsea']")
+        page.wait_for_selector("#heatmap[data-class]")
+        page.locator("#stage").scroll_into_view_if_needed()
+        page.evaluate("() => document.querySelector('#stage').scrollIntoView({block: 'start'})")
+        stage = page.locator("#stage").bounding_box()
+        assert stage["y"] >= 0 and stage["y"] + stage["height"] <= 844 and stage["width"] <= 390
+        for button in page.locator("#classes button").all():  # every class, with the map still in view
+            box = button.bounding_box()
+            assert 0 <= box["y"] and box["y"] + box["height"] <= 844, box
+        assert page.locator("#map-class").is_visible() and page.inner_text("#map-class").startswith("evidence for ")
+        sizes = page.eval_on_selector_all("#labels span", "els => els.map(e => parseFloat(getComputedStyle(e).fontSize))")
+        assert len(sizes) == 3 and min(sizes) >= 12
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390  # no sideways scrolling
+        page.screenshot(path="/tmp/explorer-phone.png")
+    finally:
+        context.close()
+
+
+def test_an_error_hides_the_previous_result(page, running_server):
+    server = running_server()
+    open_page(page, server)
+    choose_file(page, "good.png", png_bytes(random_image(IMG_SIZE, IMG_SIZE, seed=23)))
+    page.wait_for_selector("#heatmap[data-class]")
+    choose_file(page, "notes.png", b"not a picture")
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.locator("#result").is_hidden() and "notes.png" in page.inner_text("#error")

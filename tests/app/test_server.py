@@ -83,7 +83,7 @@ def test_upload_predictions_and_maps_match_the_model(running_server, tiny_model)
     assert (summary["width"], summary["height"]) == (IMG_SIZE, IMG_SIZE)
 
     # Native maps: the paper's padded maps at the model's stride = patch logits of the padded image.
-    status, headers, body = call(server, f"/api/uploads/{summary['id']}/result.json?res=native")
+    status, headers, body = call(server, f"/api/uploads/{summary['id']}/result.json?res=native&maps=1")
     assert status == 200 and "attachment" in headers["Content-Disposition"]
     result = json.loads(body)
     q = tiny_model.receptive_field
@@ -268,7 +268,7 @@ def test_concurrent_users_get_their_own_results(running_server, tiny_model):
             barrier.wait()
             summary = upload(server, arrays[i], name=f"user{i}.png")
             barrier.wait()  # every upload exists before anyone asks for a map
-            status, _, body = call(server, f"/api/uploads/{summary['id']}/result.json?res=native")
+            status, _, body = call(server, f"/api/uploads/{summary['id']}/result.json?res=native&maps=1")
             assert status == 200, body
             results[i] = (summary, json.loads(body))
         except Exception as e:

@@ -29,9 +29,20 @@ from .._extras import require
 from .._text import plural
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..data.images import load_image
-from ..explain import EvidenceMapper, Explanation, MapGeometry, Patch, Prediction, preprocess, top_patches
+from ..explain import (
+    EvidenceMapper,
+    Explanation,
+    MapGeometry,
+    Patch,
+    Prediction,
+    UnknownCheck,
+    preprocess,
+    top_patches,
+    unknown_check,
+)
 from ..explain._images import ImageLike, image_tensor
 from ._cache import DEFAULT_CACHE_BYTES, FeatureCache
+from ._figure import explorer_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -46,6 +57,12 @@ RESOLUTIONS = ("native", "full")
 _FULL_ALL_CLASSES = 32
 # Full-resolution maps a many-class image keeps besides the features (the latest viewed).
 _KEEP_FULL_MAPS = 16
+# The photo shown under the evidence is kept at up to this many pixels on its long side
+# (sharp on a laptop screen; the model still sees its own input size).
+PHOTO_SIDE = 1280
+# The colour scale of an image's maps: this percentile of |evidence| over the native maps
+# of its top classes, the same for every class (and resolution) of the image.
+SCALE_PERCENTILE = 99.0
 class Explorer:
     """A model ready to explain images; shared by all requests of a server.
 
@@ -203,14 +220,30 @@ class Explorer:
             if isinstance(image, (bytes, bytearray, memoryview)):
                 image = io.BytesIO(image)
                 image.name = name  # load_image's messages name the file
+            # JPEGs are decoded at a reduced scale that still leaves a sharp photo to show.
+            shrink = max(2 * self.img_size, PHOTO_SIDE // 2)
             if isinstance(image, io.IOBase):
-                image = load_image(image, max_pixels=max_pixels, shrink_to=2 * self.img_size)
+                image = load_image(image, max_pixels=max_pixels, shrink_to=shrink)
             elif max_pixels is not None:
                 raise ValueError("max_pixels applies to image files and bytes only")
+            elif isinstance(image, (str, os.PathLike)):
+                image = load_image(image, shrink_to=shrink)
+            photo = _photo(image) if isinstance(image, Image.Image) else None
             x, shown, where = self._prepare(image)
-            return ExploredImage(self, name, x, shown, self._logits(x), self._evidence(x, None, "native"), where)
+            return ExploredImage(self, name, x, shown, self._logits(x), self._evidence(x, None, "native"), where,
+                                 photo=photo)
 
     analyse = explore  # the old name (the command line spells it "analyze"; the app explores)
+
+
+def _photo(image: Image.Image) -> bytes:
+    """The part of ``image`` the model sees, at up to :data:`PHOTO_SIDE` pixels, as JPEG."""
+    box = _centre_box(*image.size)
+    # Box-filtered while cropping: a copy of a 40-megapixel crop would take 120 MB.
+    factor = max(box[2] - box[0], box[3] - box[1]) // PHOTO_SIDE
+    photo = image.reduce(factor, box) if factor >= 2 else image.crop(box)
+    photo.thumbnail((PHOTO_SIDE, PHOTO_SIDE), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return _jpeg(photo)
 
 
 def _centre_box(w: int, h: int) -> tuple[int, int, int, int]:
@@ -234,10 +267,15 @@ class ExploredImage:
             twice the short side).
         display: the resized image in [0, 1], ``[3, H, W]``; ``image`` is it as PIL.
         logits, probs: ``[K]``.
+        unknown: whether the image is probably none of the model's classes
+            (:func:`bagnet.explain.unknown_check`); ``None`` when the model carries no
+            calibrated threshold.
+        scale: the colour scale of all this image's maps: ``+-scale`` spans the colour
+            bar (the 99th percentile of |evidence| over the native maps of its top classes).
     """
 
     def __init__(self, explorer: Explorer, name: str, x: torch.Tensor, display: torch.Tensor, logits, native,
-                 source: dict | None = None):
+                 source: dict | None = None, *, photo: bytes | None = None):
         self.explorer = explorer
         self.name = name
         h, w = display.shape[-2:]
@@ -247,6 +285,11 @@ class ExploredImage:
         self._x = x
         self.logits = logits
         self.probs = torch.softmax(logits.double(), 0).float()
+        self.unknown: UnknownCheck | None = unknown_check(explorer.model, logits)  # type: ignore[assignment]
+        self._photo = photo
+        top = torch.argsort(logits, descending=True)[: explorer.top_k]
+        scale = float(np.percentile(native[top].abs().numpy(), SCALE_PERCENTILE)) if native.numel() else 0.0
+        self.scale = scale if scale > 0 else 1.0
         self._maps: dict[str, dict[int, torch.Tensor]] = {"native": dict(enumerate(native)), "full": {}}
         self._lock = threading.Lock()
         self._key = next(explorer._keys)
@@ -330,49 +373,70 @@ class ExploredImage:
             logits=self.logits,
             class_names=self.explorer.classes,
             model_name=self.explorer.model_name,
+            unknown=self.unknown,
             source=self.source,
         )
 
     # -- what the page and the downloads show -----------------------------------------
 
-    def heatmap_rgba(self, cls: int, res: str = "native") -> tuple[np.ndarray, float]:
-        """The map as a translucent RGBA overlay of the image's size, and its colour scale."""
+    @property
+    def photo(self) -> Image.Image:
+        """The photo shown under the maps: the analysed part of the original image, sharp,
+        at up to :data:`PHOTO_SIDE` pixels (:attr:`image`, the model's input, for images
+        given as tensors or arrays)."""
+        return Image.open(io.BytesIO(self._photo)) if self._photo is not None else self.image
+
+    def upsampled(self, cls: int, res: str = "native") -> np.ndarray:
+        """The map of ``cls`` with one value per pixel of the model's input (native maps:
+        every pixel takes the value of the nearest patch centre)."""
         m = self.evidence(cls, res).numpy()
         h, w = self.display.shape[-2:]
         if res == "native":
-            # Native entry (i, j) is centred on pixel (s*i, s*j): every pixel takes the
-            # value of the nearest centre.
+            # Native entry (i, j) is centred on pixel (s*i, s*j).
             s = self.explorer.patch_stride
             rows = np.clip((np.arange(h) + s // 2) // s, 0, m.shape[0] - 1)
             cols = np.clip((np.arange(w) + s // 2) // s, 0, m.shape[1] - 1)
             m = m[rows[:, None], cols[None, :]]
-        return colorize(m)
+        return m
 
-    def view(self, cls: int, res: str = "native") -> dict:
-        """What the page shows for one class: overlay PNG (data URL), top patches, scale."""
-        rgba, vmax = self.heatmap_rgba(cls, res)
+    def heatmap_rgba(self, cls: int, res: str = "native", vmax: float | None = None) -> tuple[np.ndarray, float]:
+        """The map as a translucent RGBA overlay of the model input's size, and its colour
+        scale (this image's :attr:`scale` unless ``vmax`` is given)."""
+        return colorize(self.upsampled(cls, res), vmax=self.scale if vmax is None else vmax)
+
+    def view(self, cls: int, res: str = "native", vmax: float | None = None) -> dict:
+        """What the page shows for one class: overlay PNG (data URL), top patches, colour
+        scale (``+-vmax``; default: this image's :attr:`scale`) and what the map averages."""
+        rgba, scale = self.heatmap_rgba(cls, res, vmax)
+        m = self.evidence(cls, res)
         return {
             "class": cls,
             "name": self.class_name(cls),
             "res": res,
             "heatmap": png_data_url(Image.fromarray(rgba, "RGBA")),
             "patches": [p.to_dict() for p in self.patches(cls, res)],
-            "vmax": vmax,
+            "vmax": scale,
+            "scale": "image" if vmax is None else "fixed",
+            "map_mean": float(m.mean()),
+            "beyond_scale": float((m.abs() > scale).float().mean()),
             **{k: v for k, v in self.prediction(cls).to_dict().items() if k in ("probability", "logit")},
         }
 
     def summary(self, n: int = 10) -> dict:
         """What the page needs right after an upload."""
         h, w = self.display.shape[-2:]
+        photo = self._photo or _jpeg(self.image)
         return {
             "name": self.name,
             "width": w,
             "height": h,
-            "image": png_data_url(self.image, "JPEG"),
+            "image": "data:image/jpeg;base64," + base64.b64encode(photo).decode("ascii"),
             "predictions": self.predictions(n),
             "top_class": self.top_class,
             "original_size": self.source["size"],
             "note": self.crop_note(),
+            "unknown": None if self.unknown is None else self.unknown.to_dict(),
+            "scale": self.scale,
         }
 
     def crop_note(self) -> str | None:
@@ -383,22 +447,39 @@ class ExploredImage:
         return (f"only the centre {x1 - x0}x{y1 - y0} pixels of this {w}x{h} image were analysed "
                 "(the long side is limited to twice the short side)")
 
-    def figure_png(self, cls: int, res: str = "native") -> bytes:
-        """The explanation figure of one class (image | heatmap with top patches), as PNG."""
-        fig, _ = self.explanation([cls], res).plot()
-        return figure_png(fig)
+    def figure(self, cls: int, res: str = "native", vmax: float | None = None) -> Figure:
+        """The page's view of one class as a figure: the photo with the evidence, the top
+        patches numbered, and a colour bar with the scale (this image's unless ``vmax``)."""
+        pred = self.prediction(cls)
+        title = f"{self.name}: evidence for {pred.name} (p = {pred.probability:.3f}, logit {pred.logit:.2f})"
+        if self.unknown is not None and self.unknown.flag:
+            title += f"\n{self.unknown.message}"
+        return explorer_figure(np.asarray(self.photo), self.upsampled(cls, res), self.patches(cls, res),
+                               self.scale if vmax is None else vmax, res=res, class_name=pred.name, title=title)
 
-    def to_dict(self, res: str = "native", n: int = 10) -> dict:
-        """:meth:`Explanation.to_dict` of the top classes, with their maps.
+    def figure_png(self, cls: int, res: str = "native", vmax: float | None = None, dpi: int = 200) -> bytes:
+        """:meth:`figure` as PNG at ``dpi`` dots per inch."""
+        return figure_png(self.figure(cls, res, vmax), dpi=dpi)
 
-        ``maps`` holds, per explained class index, the ``[h, w]`` evidence map (rounded to
-        1e-4) of this resolution; full-resolution maps of models with many classes are
-        given for the ``top_k`` classes only (each further one costs a pass).
+    def figure_svg(self, cls: int, res: str = "native", vmax: float | None = None) -> bytes:
+        """:meth:`figure` as SVG (the photo and the map embedded as images)."""
+        buf = io.BytesIO()
+        self.figure(cls, res, vmax).savefig(buf, format="svg", bbox_inches="tight")
+        return buf.getvalue()
+
+    def to_dict(self, res: str = "native", n: int = 10, *, maps: bool = False) -> dict:
+        """:meth:`Explanation.to_dict` of the top classes, with the "none of these" check.
+
+        With ``maps``, ``maps`` holds per explained class index the ``[h, w]`` evidence map
+        (rounded to 1e-4) of this resolution; full-resolution maps of models with many
+        classes are given for the ``top_k`` classes only.
         """
         many = res == "full" and self.num_classes > _FULL_ALL_CLASSES
         classes = self.ranking(self.explorer.top_k if many else n)
-        out = {"image": self.name, "resolution": res, **self.explanation(classes, res, n=n).to_dict()}
-        out["maps"] = {str(c): np.round(self.evidence(c, res).numpy(), 4).tolist() for c in classes}
+        out = {"image": self.name, "resolution": res, "scale": self.scale,
+               **self.explanation(classes, res, n=n).to_dict()}
+        if maps:
+            out["maps"] = {str(c): np.round(self.evidence(c, res).numpy(), 4).tolist() for c in classes}
         return out
 
 
@@ -406,22 +487,29 @@ class ExploredImage:
 Analysis = ExploredImage
 
 
-def colorize(m: np.ndarray, percentile: float = 99.0) -> tuple[np.ndarray, float]:
-    """RGBA uint8 overlay of a map on the paper's symmetric red-blue scale.
+def colorize(m: np.ndarray, percentile: float = 99.0, vmax: float | None = None) -> tuple[np.ndarray, float]:
+    """RGBA uint8 overlay of a map on the paper's symmetric red-blue scale, and the scale.
 
-    The scale is ``+-`` the ``percentile`` of ``|m|`` (as :func:`bagnet.explain.plot_heatmap`
-    and the authors' figures), so one extreme patch does not wash out the rest. Weak
-    evidence is drawn more transparent, so the photo shows through where the model sees
-    little either way.
+    The scale is ``+-vmax``; by default the ``percentile`` of ``|m|`` (as
+    :func:`bagnet.explain.plot_heatmap` and the authors' figures), so one extreme patch
+    does not wash out the rest. Weak evidence is drawn more transparent, so the photo
+    shows through where the model sees little either way.
     """
     colormaps = require("matplotlib", "the explorer's heatmaps").colormaps
 
-    vmax = float(np.percentile(np.abs(m), percentile)) if m.size else 0.0
-    vmax = vmax if vmax > 0 else 1.0
+    if vmax is None:
+        vmax = float(np.percentile(np.abs(m), percentile)) if m.size else 0.0
+    vmax = float(vmax) if vmax > 0 else 1.0
     t = np.clip(m / vmax, -1.0, 1.0)
     rgba = colormaps["RdBu_r"]((t + 1.0) / 2.0)
     rgba[..., 3] = 0.25 + 0.75 * np.abs(t)
     return (rgba * 255 + 0.5).astype(np.uint8), vmax
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=88)
+    return buf.getvalue()
 
 
 def figure_png(fig: Figure, dpi: int = 100) -> bytes:

@@ -24,9 +24,14 @@ Routes::
     GET  /api/samples/<name>.jpg            sample thumbnail
     POST /api/uploads                       body = the image file's bytes -> analysis summary
     POST /api/samples/<name>                analyse a sample image      -> analysis summary
-    GET  /api/uploads/<id>/view?class=C&res=native|full   heatmap PNG (data URL) + top patches
-    GET  /api/uploads/<id>/figure.png?class=C&res=...     the figure, as a download
-    GET  /api/uploads/<id>/result.json?res=...            predictions, top patches and maps (JSON)
+    GET  /api/uploads/<id>/view?class=C&res=native|full[&vmax=V]  heatmap PNG (data URL) + top patches
+    GET  /api/uploads/<id>/figure.png?class=C&res=...[&vmax=V]   the figure (200 dpi), as a download
+    GET  /api/uploads/<id>/figure.svg?class=C&res=...[&vmax=V]   the same figure as SVG
+    GET  /api/uploads/<id>/result.json?res=...[&maps=1]          predictions, top patches (JSON);
+                                                                 maps=1: with the evidence maps
+
+``vmax`` fixes the colour scale at ``+-vmax`` (the page's "same scale across images");
+without it every class of an image shares that image's scale.
 """
 
 from __future__ import annotations
@@ -48,9 +53,10 @@ from pathlib import PurePath
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from .._extras import require
 from ..data.images import ImageError
 from ._hosts import WILDCARDS, HostPolicy, is_loopback, reachable_urls
-from .explorer import RESOLUTIONS, ExploredImage, Explorer
+from .explorer import RESOLUTIONS, SCALE_PERCENTILE, ExploredImage, Explorer
 from .samples import SAMPLE_NAMES, sample_image
 
 __all__ = ["DEFAULT_MAX_PIXELS", "ExplorerServer", "make_server"]
@@ -205,7 +211,12 @@ class ExplorerServer(ThreadingHTTPServer):
 
     def config(self) -> dict:
         ex = self.explorer
+        unknown = (getattr(ex.model, "pretrained_cfg", None) or {}).get("unknown")
         return {
+            # How the "none of these classes" flag is set, or None: no threshold calibrated.
+            "unknown": None if not unknown else {"method": unknown.get("method"), "threshold": unknown.get("threshold")},
+            "colormap": _colormap_stops(),
+            "scale_percentile": SCALE_PERCENTILE,
             "model": ex.model_name,
             "receptive_field": ex.receptive_field,
             "patch_stride": ex.patch_stride,
@@ -416,21 +427,26 @@ class _Handler(BaseHTTPRequestHandler):
         analysis = self.server.store.get(key)
         cls, res = _parse_class(analysis, query)
         start = time.perf_counter()
-        view = analysis.view(cls, res)
+        view = analysis.view(cls, res, _parse_vmax(query))
         view["ms"] = round(1000 * (time.perf_counter() - start), 1)
         self._json(view)
 
-    def _figure(self, key: str, query=None) -> None:
+    def _figure(self, key: str, fmt: str, query=None) -> None:
         analysis = self.server.store.get(key)
         cls, res = _parse_class(analysis, query)
-        png = analysis.figure_png(cls, res)
-        filename = _safe_name(f"{PurePath(analysis.name).stem}-{analysis.class_name(cls)}-{res}.png")
-        self._send(200, png, "image/png", {"Content-Disposition": f'attachment; filename="{filename}"'})
+        vmax = _parse_vmax(query)
+        data = analysis.figure_png(cls, res, vmax) if fmt == "png" else analysis.figure_svg(cls, res, vmax)
+        filename = _safe_name(f"{PurePath(analysis.name).stem}-{analysis.class_name(cls)}-{res}.{fmt}")
+        self._send(200, data, "image/png" if fmt == "png" else "image/svg+xml",
+                   {"Content-Disposition": f'attachment; filename="{filename}"'})
 
     def _result(self, key: str, query=None) -> None:
         analysis = self.server.store.get(key)
         res = _parse_res(query)
-        body = json.dumps(analysis.to_dict(res), indent=1).encode()
+        maps = query.get("maps", "0")
+        if maps not in ("0", "1"):
+            raise HTTPError(400, f"maps must be 0 or 1, got {maps!r}")
+        body = json.dumps(analysis.to_dict(res, maps=maps == "1"), indent=1).encode()
         filename = _safe_name(f"{PurePath(analysis.name).stem}-{res}.json")
         self._send(200, body, "application/json", {"Content-Disposition": f'attachment; filename="{filename}"'})
 
@@ -443,7 +459,7 @@ _ROUTES = (
     ("POST", r"/api/uploads", _Handler._upload),
     ("POST", r"/api/samples/([a-z_]+)", _Handler._sample),
     ("GET", r"/api/uploads/([^/]+)/view", _Handler._view),
-    ("GET", r"/api/uploads/([^/]+)/figure\.png", _Handler._figure),
+    ("GET", r"/api/uploads/([^/]+)/figure\.(png|svg)", _Handler._figure),
     ("GET", r"/api/uploads/([^/]+)/result\.json", _Handler._result),
 )
 
@@ -453,6 +469,29 @@ def _parse_res(query: dict) -> str:
     if res not in RESOLUTIONS:
         raise HTTPError(400, f"res must be 'native' or 'full', got {res!r}")
     return res
+
+
+def _parse_vmax(query: dict) -> float | None:
+    raw = query.get("vmax")
+    if raw is None:
+        return None
+    try:
+        vmax = float(raw)
+    except ValueError:
+        vmax = float("nan")
+    if not 0 < vmax < 1e9:  # also refuses nan and inf
+        raise HTTPError(400, f"vmax must be a positive number (the colour scale), got {raw!r}")
+    return vmax
+
+
+def _colormap_stops(n: int = 11) -> list[str]:
+    """The heatmaps' colour map (RdBu_r) as CSS colours from -vmax to +vmax, for the colour bar."""
+    require("matplotlib", "the explorer's heatmaps")
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    cmap = colormaps["RdBu_r"]
+    return [to_hex(cmap(i / (n - 1))) for i in range(n)]
 
 
 def _parse_class(analysis: ExploredImage, query: dict) -> tuple[int, str]:

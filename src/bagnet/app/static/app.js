@@ -4,9 +4,11 @@
 
 const $ = (sel) => document.querySelector(sel);
 let config = null;
-let current = null; // {id, summary, cls, res, views: Map}
+let current = null; // {id, summary, label, cls, res, views: Map}
 let request = 0; // the latest view request; older answers are ignored
 let analysing = 0; // the latest upload or sample; older answers are ignored
+let locked = null; // {vmax, from}: the colour scale kept across images, or null
+let progressTimer = null;
 
 function showError(message) {
   const box = $("#error");
@@ -16,9 +18,33 @@ function showError(message) {
 
 function setStatus(text) { $("#status").textContent = text; }
 
+// A visible progress line with the seconds waited so far (a big model takes a while).
+function startProgress(text) {
+  stopProgress();
+  const started = performance.now();
+  const tick = () => {
+    $("#progress-text").textContent = text + " (" + ((performance.now() - started) / 1000).toFixed(0) + " s)";
+  };
+  tick();
+  progressTimer = setInterval(tick, 500);
+  $("#progress").hidden = false;
+  $("#stage").classList.add("busy");
+  document.body.dataset.busy = "true";
+}
+
+function stopProgress() {
+  if (progressTimer !== null) clearInterval(progressTimer);
+  progressTimer = null;
+  $("#progress").hidden = true;
+  $("#stage").classList.remove("busy");
+  delete document.body.dataset.busy;
+}
+
 function size(bytes) {
   return bytes >= 1048576 ? (bytes / 1048576).toFixed(1) + " MB" : Math.round(bytes / 1024) + " kB";
 }
+
+function num(x) { return Math.abs(x) >= 100 ? x.toFixed(0) : x.toPrecision(3); }
 
 async function api(url, options) {
   let response;
@@ -33,6 +59,36 @@ async function api(url, options) {
   return body;
 }
 
+function showModel() {
+  const n = config.classes.length;
+  $("#model-info").textContent = config.model + ": " + config.receptive_field + "×" + config.receptive_field +
+    " px patches every " + config.patch_stride + " px; images are resized so their short side is " +
+    config.img_size + " px (the photo is shown at its own resolution)" +
+    (config.map_dtype === "float32" ? "" : "; evidence maps computed in " + config.map_dtype + " (approximate)");
+  // The classes the model knows, always in view: it answers with one of them for any photo.
+  const known = $("#known");
+  const names = config.classes.join(", ");
+  if (n <= 20) {
+    const p = document.createElement("p");
+    p.textContent = "This model knows " + n + " classes: " + names + ".";
+    known.replaceChildren(p);
+  } else {
+    const details = document.createElement("details");
+    const summary = document.createElement("summary");
+    summary.textContent = "This model knows " + n + " classes (show them)";
+    const list = document.createElement("p");
+    list.className = "names";
+    list.textContent = names;
+    details.append(summary, list);
+    known.replaceChildren(details);
+  }
+  $("#unknown-setting").textContent = config.unknown
+    ? "Photos that are probably none of these classes are flagged (" + config.unknown.method +
+      " below " + num(config.unknown.threshold) + ", calibrated on images of its classes and of others)."
+    : "No threshold is calibrated for this model, so it cannot flag photos of other things: " +
+      "it always answers with one of its " + n + " classes.";
+}
+
 async function init() {
   try {
     config = await api("/api/config");
@@ -40,12 +96,10 @@ async function init() {
     showError(err.message);
     return;
   }
-  $("#model-info").textContent = config.model + ": " + config.classes.length + " classes, " +
-    config.receptive_field + "×" + config.receptive_field + " px patches every " + config.patch_stride +
-    " px; images are resized so their short side is " + config.img_size + " px" +
-    (config.map_dtype === "float32" ? "" : "; evidence maps computed in " + config.map_dtype + " (approximate)");
+  showModel();
   $("#limit").textContent = "up to " + size(config.max_upload_bytes);
   document.querySelectorAll(".stride").forEach((el) => { el.textContent = config.patch_stride; });
+  $("#colorbar .ramp").style.background = "linear-gradient(to right, " + config.colormap.join(", ") + ")";
   for (const name of config.samples) {
     const button = document.createElement("button");
     button.type = "button";
@@ -55,7 +109,8 @@ async function init() {
     img.src = "/api/samples/" + name + ".jpg";
     img.alt = name;
     button.append(img);
-    button.addEventListener("click", () => analyse("/api/samples/" + name, {method: "POST"}, name));
+    button.addEventListener("click", () => analyse("/api/samples/" + name, {method: "POST"},
+      {name, sample: true}));
     $("#samples").append(button);
   }
   const select = $("#class-select");
@@ -74,51 +129,105 @@ async function init() {
   document.querySelectorAll("input[name=res]").forEach((el) => el.addEventListener("change", () => {
     if (current) { current.res = el.value; showView(); }
   }));
+  $("#same-scale").addEventListener("change", (e) => {
+    const view = current && current.shownView;
+    locked = e.target.checked && view ? {vmax: view.vmax, from: current.label.name} : null;
+    if (e.target.checked && !view) e.target.checked = false;
+    if (current) showView();
+  });
   $("#opacity").addEventListener("input", (e) => { $("#heatmap").style.opacity = e.target.value / 100; });
-  $("#show-patches").addEventListener("change", (e) => { $("#patches").style.display = e.target.checked ? "" : "none"; });
+  $("#show-patches").addEventListener("change", (e) => {
+    const display = e.target.checked ? "" : "none";
+    $("#patches").style.display = display;
+    $("#labels").style.display = display;
+  });
   document.body.dataset.ready = "true";
 }
 
 function upload(file) {
   // The server enforces the same limit; checking here saves sending a file it would refuse.
   if (file.size > config.max_upload_bytes) {
+    hideResult();
     showError(file.name + " is " + size(file.size) + ", over the upload limit of " + size(config.max_upload_bytes));
     return;
   }
   const url = "/api/uploads?name=" + encodeURIComponent(file.name);
-  analyse(url, {method: "POST", body: file, headers: {"Content-Type": "application/octet-stream"}}, file.name);
+  analyse(url, {method: "POST", body: file, headers: {"Content-Type": "application/octet-stream"}},
+    {name: file.name, sample: false});
 }
 
-async function analyse(url, options, name) {
+// On an error no earlier result stays on screen, where it could pass for this image's.
+function hideResult() {
+  current = null;
+  $("#result").hidden = true;
+  document.querySelectorAll("#samples button").forEach((b) => b.removeAttribute("aria-pressed"));
+}
+
+async function analyse(url, options, label) {
   const mine = ++analysing;
   showError("");
-  setStatus("analysing " + name + "…");
-  document.body.dataset.busy = "true";
+  hideResult();
+  setStatus("");
+  startProgress("analysing " + (label.sample ? "the sample photo " : "your file ") + label.name + "…");
   try {
     const summary = await api(url, options);
     if (mine !== analysing) return; // the user has picked another image meanwhile
     const res = document.querySelector("input[name=res]:checked").value;
-    current = {id: summary.id, summary, cls: summary.top_class, res, views: new Map()};
-    render(summary);
+    current = {id: summary.id, summary, label, cls: summary.top_class, res, views: new Map()};
+    render(summary, label);
     await showView();
   } catch (err) {
-    if (mine === analysing) { showError(err.message); setStatus(""); }
+    if (mine === analysing) { hideResult(); showError(err.message); }
   } finally {
-    if (mine === analysing) delete document.body.dataset.busy;
+    if (mine === analysing && !current) stopProgress();
   }
 }
 
-function render(summary) {
+function showUnknown(summary) {
+  const box = $("#unknown");
+  const u = summary.unknown;
+  const n = config.classes.length;
+  if (u === null) {
+    box.className = "unchecked";
+    box.textContent = "Not checked whether this photo shows one of the " + n + " classes: no threshold is " +
+      "calibrated for this model, and it always names one of them.";
+  } else if (u.flag) {
+    box.className = "flag";
+    box.textContent = "⚠ " + u.message.charAt(0).toUpperCase() + u.message.slice(1) + " (" + u.method + " " +
+      num(u.score) + ", below the threshold " + num(u.threshold) + "): the predictions below are its closest " +
+      "guesses, not what the photo shows.";
+  } else {
+    box.className = "known";
+    box.textContent = "Looks like one of the " + n + " classes this model knows (" + u.method + " " +
+      num(u.score) + ", threshold " + num(u.threshold) + ").";
+  }
+  box.hidden = false;
+  box.dataset.flag = u === null ? "unchecked" : String(u.flag);
+}
+
+function render(summary, label) {
   $("#result").hidden = false;
+  const shown = $("#shown");
+  shown.replaceChildren("Showing " + (label.sample ? "the sample photo " : "your file "));
+  const name = document.createElement("strong");
+  name.id = "shown-name";
+  name.textContent = label.name;
+  shown.append(name, label.sample ? " (from scikit-image)" : "");
+  document.querySelectorAll("#samples button").forEach((b) => {
+    b.setAttribute("aria-pressed", String(label.sample && b.dataset.sample === label.name));
+  });
   $("#photo").src = summary.image;
   $("#note").textContent = summary.note || "";
   $("#note").hidden = !summary.note;
+  showUnknown(summary);
   // The previous image's heatmap must not sit on the new photo while its own is computed.
   const heat = $("#heatmap");
   heat.removeAttribute("src");
   delete heat.dataset.class;
   delete heat.dataset.res;
   $("#patches").replaceChildren();
+  $("#labels").replaceChildren();
+  $("#map-class").textContent = "";
   $("#patches").setAttribute("viewBox", "0 0 " + summary.width + " " + summary.height);
   const list = $("#classes");
   list.replaceChildren();
@@ -152,42 +261,49 @@ function selectClass(cls) {
   showView();
 }
 
+function viewQuery(state) {
+  return "?class=" + state.cls + "&res=" + state.res + (locked ? "&vmax=" + locked.vmax : "");
+}
+
 async function showView() {
   const state = current;
-  const key = state.cls + "/" + state.res;
+  const query = viewQuery(state);
   const mine = ++request;
   document.querySelectorAll("#classes button").forEach((b) => {
     b.setAttribute("aria-pressed", String(Number(b.dataset.class) === state.cls));
   });
   $("#class-select").value = String(state.cls);
-  let view = state.views.get(key);
+  let view = state.views.get(query);
   if (!view) {
-    setStatus("computing the " + state.res + " resolution evidence of " + config.classes[state.cls] + "…");
-    document.body.dataset.busy = "true";
+    startProgress("computing the " + state.res + " resolution evidence of " + config.classes[state.cls] + "…");
     try {
-      view = await api("/api/uploads/" + state.id + "/view?class=" + state.cls + "&res=" + state.res);
+      view = await api("/api/uploads/" + state.id + "/view" + query);
     } catch (err) {
-      if (mine === request) { showError(err.message); setStatus(""); delete document.body.dataset.busy; }
+      if (mine === request) { stopProgress(); showError(err.message); setStatus(""); }
       return;
     }
-    state.views.set(key, view);
+    state.views.set(query, view);
   }
   if (mine !== request || state !== current) return; // a newer click won
   setStatus(view.ms !== undefined && !view.shown ? "computed in " + (view.ms / 1000).toFixed(2) + " s" : "");
   view.shown = true;
-  delete document.body.dataset.busy;
-  applyView(state, view);
+  stopProgress();
+  applyView(state, view, query);
 }
 
-function applyView(state, view) {
+function applyView(state, view, query) {
+  state.shownView = view;
   const heat = $("#heatmap");
   heat.src = view.heatmap;
   heat.className = state.res;
   heat.dataset.class = view.class;
   heat.dataset.res = state.res;
   const svg = $("#patches");
+  const labels = $("#labels");
   svg.replaceChildren();
+  labels.replaceChildren();
   const ns = "http://www.w3.org/2000/svg";
+  const {width, height} = state.summary;
   view.patches.forEach((p, i) => {
     const [x0, y0, x1, y1] = p.box;
     const rect = document.createElementNS(ns, "rect");
@@ -198,21 +314,37 @@ function applyView(state, view) {
     const title = document.createElementNS(ns, "title");
     title.textContent = "#" + (i + 1) + ": evidence " + p.score.toFixed(2);
     rect.append(title);
-    // Labels are sized in image pixels, which the page scales up or down with the image.
-    const font = Math.max(5, state.summary.width / 40);
-    const label = document.createElementNS(ns, "text");
-    label.setAttribute("x", x0 + font / 5);
-    label.setAttribute("y", y0 + font);
-    label.setAttribute("font-size", font);
-    label.setAttribute("stroke-width", font / 6);
+    svg.append(rect);
+    // Numbers in page pixels, so they stay readable however small the map is drawn.
+    const label = document.createElement("span");
     label.textContent = String(i + 1);
-    svg.append(rect, label);
+    label.style.left = (100 * x0 / width) + "%";
+    label.style.top = (100 * y0 / height) + "%";
+    labels.append(label);
   });
-  $("#legend-class").textContent = view.name;
-  $("#legend-range").textContent = "±" + view.vmax.toFixed(2);
-  const q = "?class=" + view.class + "&res=" + state.res;
-  $("#download-png").href = "/api/uploads/" + state.id + "/figure.png" + q;
-  $("#download-json").href = "/api/uploads/" + state.id + "/result.json?res=" + state.res;
+  const pct = (100 * view.probability).toFixed(1) + "%";
+  $("#map-class").textContent = "evidence for " + view.name + " (" + pct + ")";
+  $("#bar-min").textContent = "−" + num(view.vmax);
+  $("#bar-max").textContent = "+" + num(view.vmax);
+  const k = config.top_k;
+  $("#scale-note").textContent = "Colours: evidence for " + view.name + " (patch logits), from −" + num(view.vmax) +
+    " (blue, against) to +" + num(view.vmax) + " (red, for); " +
+    (locked ? "this scale is kept for every image (taken from " + locked.from + ")"
+      : "the same scale for every class of this image (the " + config.scale_percentile + "th percentile of " +
+        "|evidence| of its top " + k + " classes)") +
+    (view.beyond_scale > 0 ? "; " + (100 * view.beyond_scale).toFixed(1) + "% of the values lie beyond it and " +
+      "take the end colours." : ".");
+  const q = config.receptive_field;
+  $("#mean-note").textContent = "The image logit for " + view.name + ", " + view.logit.toFixed(2) +
+    ", is the mean of the model's own patch values (" + q + "×" + q + " px patches every " + config.patch_stride +
+    " px inside the image). This map centres a patch on " +
+    (state.res === "full" ? "every pixel" : "every " + config.patch_stride + "th pixel") +
+    ", zero-padded at the borders; its mean is " + view.map_mean.toFixed(2) + ".";
+  const base = "/api/uploads/" + state.id;
+  $("#download-png").href = base + "/figure.png" + query;
+  $("#download-svg").href = base + "/figure.svg" + query;
+  $("#download-json").href = base + "/result.json?res=" + state.res;
+  $("#download-maps").href = base + "/result.json?res=" + state.res + "&maps=1";
 }
 
 init();

@@ -1,0 +1,82 @@
+"""The explorer's download figure: what the page shows for one class, as PNG or SVG.
+
+The sharp photo with the class evidence over it (the map stretched over the part of the
+photo the model saw, as on the page), the top patches outlined and numbered, and a colour
+bar stating the scale. Drawn with matplotlib's object API (no pyplot state), so any
+number of server threads can draw at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._extras import require
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..explain import Patch
+
+__all__ = ["explorer_figure"]
+
+_PATCH_COLOUR = "#ffd60a"
+
+
+def explorer_figure(photo: np.ndarray, evidence: np.ndarray, patches: Sequence[Patch], vmax: float, *,
+                    res: str, class_name: str, title: str) -> Figure:
+    """The evidence of one class over a photo, on the colour scale ``+-vmax``.
+
+    Args:
+        photo: ``[H, W, 3]`` uint8, the part of the original image the model saw.
+        evidence: the map with one value per pixel of the model's input (``[h, w]``),
+            stretched over the photo.
+        patches: the top patches, boxes in the model input's pixels; numbered in order.
+        vmax: the colour bar spans ``[-vmax, vmax]``; values beyond take its end colours.
+        res: ``"native"`` (drawn as blocks) or ``"full"`` (interpolated).
+        class_name: the class whose evidence this is.
+        title: above the picture.
+    """
+    require("matplotlib", "the explorer's figures")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    ph, pw = photo.shape[:2]
+    h, w = evidence.shape
+    m = evidence
+    norm = Normalize(-vmax, vmax)
+    # As on the page: weak evidence more transparent, so the photo shows through.
+    alpha = 0.7 * (0.25 + 0.75 * np.clip(np.abs(m) / vmax, 0, 1))
+
+    width = 6.0
+    fig = Figure(figsize=(width, width * ph / pw + 1.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    extent = (0, pw, ph, 0)
+    ax.imshow(photo, extent=extent, interpolation="antialiased")
+    ax.imshow(m, cmap="RdBu_r", norm=norm, alpha=alpha, extent=extent,
+              interpolation="nearest" if res == "native" else "bilinear")
+    sx, sy = pw / w, ph / h
+    font = 11
+    for i, p in enumerate(patches):
+        x0, y0, x1, y1 = p.box
+        ax.add_patch(Rectangle((x0 * sx, y0 * sy), (x1 - x0) * sx, (y1 - y0) * sy, fill=False,
+                               edgecolor=_PATCH_COLOUR, linewidth=1.6))
+        ax.text(x0 * sx + 2, y0 * sy + 2, str(i + 1), color=_PATCH_COLOUR, fontsize=font, fontweight="bold",
+                va="top", ha="left", bbox={"facecolor": "black", "alpha": 0.55, "pad": 1.2, "linewidth": 0})
+    ax.set_xlim(0, pw)
+    ax.set_ylim(ph, 0)
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=10)
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap="RdBu_r"), ax=ax, orientation="horizontal",
+                       fraction=0.05, pad=0.03, extend="both")
+    bar.set_label(f"patch logit (evidence for {class_name}); scale ±{vmax:.3g}, values beyond drawn at the ends; "
+                  f"the image logit is the mean of the model's patch logits", fontsize=8)
+    bar.ax.tick_params(labelsize=8)
+    bar.ax.set_gid("colorbar")  # findable in the SVG
+    return fig
