@@ -77,7 +77,7 @@ def test_every_flagged_sample_says_so_in_the_terminal_and_the_report(tmp_path, c
     assert set(shown) == set(SAMPLE_NAMES)
     for name in SAMPLE_NAMES:
         assert (MESSAGE in per_image[name]) == (name in flagged), per_image[name]
-        assert ("<p class=unknown>" in shown[name] and MESSAGE in shown[name]) == (name in flagged), name
+        assert (f"<p class=unknown>&#9888; {MESSAGE}" in shown[name]) == (name in flagged), name
     assert f"{len(flagged)} images of {len(SAMPLE_NAMES)} flagged" in page
 
 
@@ -155,3 +155,25 @@ def test_with_many_images_the_terminal_counts_the_flagged_ones(tmp_path, tiny_mo
     assert f"3 of 3 images: {MESSAGE}" in out.splitlines()
     page = (tmp_path / "out" / "report.html").read_text()
     assert "3 images of 3 flagged" in page and page.count("<p class=unknown>") == 1  # one card shown
+
+
+def test_every_sample_photo_says_it_is_none_of_the_classes_whatever_the_model_flags(tmp_path, capsys):
+    """The samples' subjects are known: each card and terminal line says whether the model's
+    classes can name it, also where the model's own check does not flag it."""
+    names = ["tabby", "dog", "tea", "rocket"]  # 'tabby' is a right answer for chelsea (a cat)
+    torch.manual_seed(4)
+    path = bagnet.save_model_file(tmp_path / "m.pt", bagnet.create_model("bagnet_tiny", num_classes=4),
+                                  {"classes": names, "img_size": IMG_SIZE})
+    code, out, err = run_demo(capsys, "--weights", path, "--out", tmp_path, "--show", len(SAMPLE_NAMES),
+                              "--top", "1", "--res", "native")
+    assert code == 0, err
+    per_image = {line.split(":")[0]: line for line in out.splitlines()[2:-1]}
+    shown = cards((tmp_path / "report.html").read_text())
+    for name in SAMPLE_NAMES:
+        if name == "chelsea":
+            assert "right answers among this model's classes: tabby" in per_image[name]
+            assert "<p class=note>sample photo: a cat; right answers among this model&#x27;s classes: tabby" in shown[name]
+        else:
+            assert "none of the 4 classes this model knows]" in per_image[name], per_image[name]
+            assert re.search(r"<p class=unknown>sample photo: [^<]*, none of the 4 classes this model knows</p>",
+                             shown[name]), name

@@ -42,11 +42,17 @@ class DemoItem:
         image: an RGB image (any size; the explorer resizes it), or the path of one, read
             when needed so that a long list of files does not sit in memory.
         label: the model output of its true class, if known.
+        subject: a sentence on what the image shows and whether the model's classes can
+            name it (the sample photos: :func:`~bagnet.app.samples.sample_note`).
+        outside: the image shows none of the model's classes (known independently of the
+            model, as for the sample photos); its card then warns that any answer is wrong.
     """
 
     name: str
     image: Image.Image | str | os.PathLike
     label: int | None = None
+    subject: str | None = None
+    outside: bool = False
 
     def load(self) -> Image.Image:
         """The image; raises :class:`~bagnet.data.images.ImageError` for an unreadable file."""
@@ -63,8 +69,8 @@ class Report:
     scoring: str = ""  # among which outputs the labelled images' predictions were chosen
     misclassified: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
-    # Per image: name, top-1 class name and probability, and the unknown check
-    # (None when the model carries no calibrated threshold).
+    # Per image: name, top-1 class name and probability, the unknown check (None when the
+    # model carries no calibrated threshold) and what the image shows, if known.
     predictions: list[dict] = field(default_factory=list)
 
 
@@ -207,7 +213,8 @@ def build_report(
     for item, lg, check in zip(items, logits, checks):
         best = int(lg.argmax())
         listed.append({"name": item.name, "prediction": explorer.classes[best],
-                       "probability": float(torch.softmax(lg.double(), 0)[best]), "unknown": check})
+                       "probability": float(torch.softmax(lg.double(), 0)[best]), "unknown": check,
+                       "subject": item.subject})
     return Report(page, len(items), accuracy, scoring=scoring if labelled else "",
                   misclassified=[items[i].name for i, _ in wrong], seconds=timing, predictions=listed)
 
@@ -314,6 +321,8 @@ def _image_card(explorer: Explorer, item: DemoItem, analysis: ExploredImage, pre
     if check is not None and check.flag:
         flag = (f"<p class=unknown>&#9888; {html.escape(check.message)} ({check.method} score {check.score:.3g}, "
                 f"below the threshold {check.threshold:.3g}): the classes below are only the closest it knows.</p>")
+    if item.subject:
+        flag += f"<p class={'unknown' if item.outside else 'note'}>{html.escape(item.subject)}</p>"
     return (
         f"<section class=card><h3>{html.escape(item.name)}{truth}</h3>{flag}"
         f"<div class=row>{_predictions_table(analysis, item.label)}{_fig(fig, 'evidence maps of ' + item.name)}</div>"

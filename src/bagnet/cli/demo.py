@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     model = resolve_demo_model(args)
     names = None
     if args.data is None:
-        items, source, outputs, notes = _sample_items(), "sample photos from scikit-image", None, []
+        items, source, outputs, notes = _sample_items(model), "sample photos from scikit-image", None, []
     else:
         items, source, outputs, notes = _folder_items(Path(args.data), model, args.max_images)
         names = _readable_names(model, Path(args.data))
@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     if args.data is None or len(report.predictions) <= args.show:
         for p in report.predictions:
             flag = f"  <- {p['unknown'].message}" if p in flagged else ""
-            print(f"{p['name']}: {p['prediction']} {100 * p['probability']:.1f}%{flag}")
+            subject = f"  [{p['subject']}]" if p["subject"] else ""
+            print(f"{p['name']}: {p['prediction']} {100 * p['probability']:.1f}%{flag}{subject}")
     elif flagged:
         print(f"{len(flagged)} of {plural(len(report.predictions), 'image')}: {flagged[0]['unknown'].message}")
     if report.accuracy:
@@ -104,11 +105,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample_items():
+def _sample_items(model: nn.Module):
+    """The sample photos, each saying what it shows and whether ``model``'s classes hold it:
+    the model's own flag catches only some photos of other things."""
     from ..app import SAMPLE_NAMES, sample_image
     from ..app.report import DemoItem
+    from ..app.samples import sample_note, sample_subject
+    from ..explain._explain import class_names
 
-    return [DemoItem(name, sample_image(name)) for name in SAMPLE_NAMES]
+    names = class_names(model)
+    known = {c.casefold() for c in names}
+    items = []
+    for name in SAMPLE_NAMES:
+        outside = not any(label.casefold() in known for label in sample_subject(name).labels)
+        items.append(DemoItem(name, sample_image(name), subject=sample_note(name, names), outside=outside))
+    return items
 
 
 def _folder_items(root: Path, model, max_images: int):
