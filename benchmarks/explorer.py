@@ -48,35 +48,37 @@ def main() -> None:
     images = [sample_image(n) for n in SAMPLE_NAMES[: args.images]]
     explorer.explore(images[0])  # warm-up: first-call allocations
 
-    upload, first, switch, figure = [], [], [], []
+    # Wall and CPU seconds of each step: the machine is shared, and CPU time (this
+    # process's, all threads) is what the step costs whatever else runs.
+    times: dict[str, list[tuple[float, float]]] = {"upload": [], "first": [], "switch": [], "figure": []}
+
+    def timed(step, fn, *args):
+        w, c = time.perf_counter(), time.process_time()
+        out = fn(*args)
+        times[step].append((time.perf_counter() - w, time.process_time() - c))
+        return out
+
     for image in images:
-        t0 = time.perf_counter()
-        analysis = explorer.explore(image)
-        t1 = time.perf_counter()
+        analysis = timed("upload", explorer.explore, image)
         # The classes switched to are ranked below the top_k (the explorer's first view may
         # compute the top ones along with the top class): the click that used to cost a pass.
         ranked = analysis.ranking()
         top, others = ranked[0], ranked[explorer.top_k : explorer.top_k + args.switches]
-        analysis.view(top, "full")
-        t2 = time.perf_counter()
-        upload.append(t1 - t0)
-        first.append(t2 - t1)
+        timed("first", analysis.view, top, "full")
         for c in others:
-            t3 = time.perf_counter()
-            analysis.view(c, "full")
-            switch.append(time.perf_counter() - t3)
-        t4 = time.perf_counter()
-        analysis.figure_png(others[-1], "full")
-        figure.append(time.perf_counter() - t4)
+            timed("switch", analysis.view, c, "full")
+        timed("figure", analysis.figure_png, others[-1], "full")
     med = statistics.median
     print(f"{explorer.model_name}, {explorer.num_classes} classes, short side {explorer.img_size} px, "
           f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}, median of {len(images)} photos "
-          f"({len(switch)} switches)")
-    print(f"upload (logits + native maps of all classes): {med(upload):.3f} s")
-    print(f"first full-resolution view:                  {med(first):.3f} s")
-    print(f"switch class at full resolution:             {med(switch):.3f} s (max {max(switch):.3f} s)")
-    print(f"figure download (PNG):                        {med(figure):.3f} s")
-    print(f"first view / switch: {med(first) / med(switch):.1f}x")
+          f"({len(times['switch'])} switches); wall s / CPU s")
+    labels = {"upload": "upload (logits + native maps of all classes)", "first": "first full-resolution view",
+              "switch": "switch class at full resolution", "figure": "figure download (PNG)"}
+    for step, label in labels.items():
+        wall, cpu = med(t[0] for t in times[step]), med(t[1] for t in times[step])
+        print(f"{label + ':':46s} {wall:8.3f} s wall {cpu:8.3f} s CPU (max {max(t[0] for t in times[step]):.3f} s wall)")
+    first, switch = med(t[0] for t in times["first"]), med(t[0] for t in times["switch"])
+    print(f"first view / switch (wall): {first / switch:.1f}x")
     cache = getattr(explorer, "cache_info", None)
     if cache is not None:
         print(f"cache: {cache()}")

@@ -30,6 +30,7 @@ def main(argv=None) -> None:
     p.add_argument("--class", dest="cls", type=int, default=None, help="class to show (default: the top one)")
     p.add_argument("--res", choices=("native", "full"), default="full")
     p.add_argument("--out", default="docs/serve.png")
+    p.add_argument("--viewport", default="1100x920", help="WIDTHxHEIGHT of the browser window (390x844: a phone)")
     args = p.parse_args(argv)
 
     from playwright.sync_api import sync_playwright
@@ -42,7 +43,8 @@ def main(argv=None) -> None:
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1100, "height": 920})
+            width, height = (int(v) for v in args.viewport.split("x"))
+            page = browser.new_page(viewport={"width": width, "height": height})
             page.set_default_timeout(120_000)
             page.goto(server.url)
             page.wait_for_selector("body[data-ready]")
@@ -54,7 +56,8 @@ def main(argv=None) -> None:
             if args.res == "full":
                 page.check("#res-full")
                 page.wait_for_selector("#heatmap[data-res='full']")
-            png = page.screenshot()
+            page.evaluate("window.scrollTo(0, 0)")
+            png = page.screenshot(full_page=True)
             browser.close()
     finally:
         server.shutdown()

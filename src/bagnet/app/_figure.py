@@ -75,8 +75,8 @@ def explorer_figure(photo: np.ndarray, evidence: np.ndarray, patches: Sequence[P
     ax.set_title(title, fontsize=10)
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap="RdBu_r"), ax=ax, orientation="horizontal",
                        fraction=0.05, pad=0.03, extend="both")
-    bar.set_label(f"patch logit (evidence for {class_name}); scale ±{vmax:.3g}, values beyond drawn at the ends; "
-                  f"the image logit is the mean of the model's patch logits", fontsize=8)
+    bar.set_label(f"patch logit: evidence for {class_name}, scale ±{vmax:.3g} (values beyond take the end colours)\n"
+                  "the image's logit is the mean of the model's patch logits", fontsize=8)
     bar.ax.tick_params(labelsize=8)
     bar.ax.set_gid("colorbar")  # findable in the SVG
     return fig

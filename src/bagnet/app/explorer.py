@@ -459,7 +459,9 @@ class ExploredImage:
 
     def figure_png(self, cls: int, res: str = "native", vmax: float | None = None, dpi: int = 200) -> bytes:
         """:meth:`figure` as PNG at ``dpi`` dots per inch."""
-        return figure_png(self.figure(cls, res, vmax), dpi=dpi)
+        buf = io.BytesIO()
+        self.figure(cls, res, vmax).savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+        return buf.getvalue()
 
     def figure_svg(self, cls: int, res: str = "native", vmax: float | None = None) -> bytes:
         """:meth:`figure` as SVG (the photo and the map embedded as images)."""

@@ -194,7 +194,7 @@ function showUnknown(summary) {
   } else if (u.flag) {
     box.className = "flag";
     box.textContent = "⚠ " + u.message.charAt(0).toUpperCase() + u.message.slice(1) + " (" + u.method + " " +
-      num(u.score) + ", below the threshold " + num(u.threshold) + "): the predictions below are its closest " +
+      num(u.score) + ", below the threshold " + num(u.threshold) + "): the classes listed are only its closest " +
       "guesses, not what the photo shows.";
   } else {
     box.className = "known";
