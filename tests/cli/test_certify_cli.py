@@ -3,9 +3,11 @@ agrees with itself and with the library, and bad input is one clear line."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
 import bagnet
 from bagnet.cli.main import main
@@ -125,3 +127,30 @@ def test_certify_refuses_a_model_without_patch_logits(folder_and_model, tmp_path
     rc = main(["certify", "--data", str(root), "--model", "resnet18", "--weights", str(tmp_path / "r18.pt"),
                "--workers", "0", "--out", str(tmp_path)])
     assert rc == 1 and "not a BagNet" in capsys.readouterr().err
+
+
+def test_explain_says_whether_the_prediction_is_certified(folder_and_model, tmp_path, capsys):
+    root, weights = folder_and_model
+    image = root / "val" / "circle" / "0.png"
+    rc = main(["explain", str(image), "--weights", str(weights), "--certify-patch", "5%", "--stride", "native",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    record = json.loads((tmp_path / "0.json").read_text())
+    entry = record["certified"]
+    model = bagnet.load_model(weights).eval()
+    cfg = model.pretrained_cfg
+    # The image is 48 x 48, the model's size: explain sees it as it is, no resizing or crop.
+    pixels = torch.from_numpy(np.array(Image.open(image).convert("RGB"))).permute(2, 0, 1).float() / 255
+    mean, std = (torch.tensor(cfg[k]).reshape(3, 1, 1) for k in ("mean", "std"))
+    x = ((pixels - mean) / std)[None]
+    cert = certify(model, x, patch_size="5%", defense="mask")
+    assert entry["certified"] == bool(cert.certified[0]) and entry["margin"] == pytest.approx(float(cert.margin[0]))
+    assert entry["prediction"]["name"] == CLASSES[int(cert.prediction[0])]
+    assert ("CERTIFIED" if entry["certified"] else "not certified") in text
+    # The removed window: grid corner (r, c) of a 3 x 3 window (11 px patch, q 9, stride 8) in pixels.
+    r, c = cert.removed[0].tolist()
+    assert cert.window == (3, 3) and entry["patch_px_resized"] == 11
+    assert entry["removed_box_resized"] == [8 * c, 8 * r, min(48, 8 * c + 25), min(48, 8 * r + 25)]
+    rc = main(["explain", str(image), "--weights", str(weights), "--stride", "native", "--out", str(tmp_path / "b")])
+    assert rc == 0 and "certified" not in json.loads((tmp_path / "b" / "0.json").read_text())

@@ -52,6 +52,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
              "compare across images",
     )
     g.add_argument("--out", default="out/explain", help="output folder (default: out/explain)")
+    g.add_argument("--certify-patch", default=None, metavar="SIZE",
+                   help="also say whether the prediction is certified against any sticker of this size (pixels, or "
+                        "a share of the image area such as 2%%), with the window the masking removed (JSON 'certified')")
+    g.add_argument("--certify-defense", default="mask", choices=("mask", "clip"),
+                   help="the defence --certify-patch certifies: mask (PatchGuard) or clip (Clipped BagNet) (default: mask)")
     add_dtype_arg(g)
     add_device_args(p)
     p.set_defaults(func=run)
@@ -147,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
     q = model.receptive_field
     if args.img_size is not None and args.img_size < q:
         raise ValueError(f"--img-size {args.img_size} is smaller than the model's {q}x{q} px patches")
+    if args.certify_patch is not None and not callable(getattr(model, "patch_logits", None)):
+        raise ValueError("--certify-patch needs a BagNet")
     mapper = EvidenceMapper(model, stride=stride, dtype=dtype)  # fold the weights once for all images
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -169,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
         # The dtype goes with the numbers: bfloat16 maps and logits are close to float32's, not equal.
         record = {"file": str(image), "dtype": str(dtype).removeprefix("torch."), **result.to_dict(),
                   "colour_scale": {"vmax": scale, "set_by": "--scale" if vmax is not None else "image"}}
+        if args.certify_patch:
+            record["certified"] = _certificate(model, result, record, args.certify_patch, args.certify_defense)
         fig, _ = result.plot(vmax=vmax)  # None: the same per-image scale, and the caption says how it was set
         png, js = out / f"{name}.png", out / f"{name}.json"
         png.parent.mkdir(parents=True, exist_ok=True)
@@ -178,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
         write_text(js, text)
         top = result.predictions[0]
         print(f"{image}: {top.name} ({top.probability:.3f}) -> {png}, {js}")
+        if args.certify_patch:
+            print(f"  {_certified_line(record['certified'])}")
     if failed:
         print(f"bagnet explain: {failed} of {plural(total, 'image')} failed", file=sys.stderr)
     return 1 if failed else 0
@@ -191,3 +202,39 @@ def _unique(stem: str, used: set[str]) -> str:
         name, n = f"{stem}-{n}", n + 1
     used.add(name)
     return name
+
+
+def _certificate(model, result, record: dict, patch: str, defense: str) -> dict:
+    """The ``certified`` entry of the JSON: is the defended prediction of the image the model
+    saw provably immune to any ``patch`` sticker, and (mask) which window was removed."""
+    import torch
+
+    from ..robust import certify
+
+    cfg = model.pretrained_cfg
+    mean, std = (torch.as_tensor(cfg[k], dtype=torch.float32).reshape(3, 1, 1) for k in ("mean", "std"))
+    device = next(model.parameters()).device
+    x = ((result.image - mean) / std)[None].to(device)
+    with torch.no_grad():
+        cert = certify(model.eval(), x, patch_size=patch, defense=defense)
+    pred = int(cert.prediction[0])
+    out = {"patch": patch, "patch_px_resized": cert.patch_size, "defense": defense,
+           "prediction": {"index": pred, "name": result.class_names[pred]}, "certified": bool(cert.certified[0]),
+           "margin": float(cert.margin[0])}
+    if cert.removed is not None:
+        q, s = model.receptive_field, model.patch_stride
+        (r, c), (wh, ww) = cert.removed[0].tolist(), cert.window
+        w, h = record["resized_size"]
+        resized = [s * c, s * r, min(w, s * (c + ww - 1) + q), min(h, s * (r + wh - 1) + q)]
+        bx0, by0, bx1, by1 = record["analysed_box"]
+        sx, sy = (bx1 - bx0) / w, (by1 - by0) / h
+        out["removed_box_resized"] = resized
+        out["removed_box"] = [round(bx0 + resized[0] * sx), round(by0 + resized[1] * sy),
+                              round(bx0 + resized[2] * sx), round(by0 + resized[3] * sy)]
+    return out
+
+
+def _certified_line(c: dict) -> str:
+    verdict = "CERTIFIED" if c["certified"] else "not certified"
+    return (f"{c['defense']}-defended prediction {c['prediction']['name']}: {verdict} against any "
+            f"{c['patch_px_resized']} x {c['patch_px_resized']} px sticker ({c['patch']}; margin {c['margin']:.3g})")
