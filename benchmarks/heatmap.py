@@ -3,6 +3,11 @@
     python benchmarks/heatmap.py                       # BagNet-33, 224 x 224, all 1000 classes
     python benchmarks/heatmap.py --ablations           # also: what makes the fast path fast
     python benchmarks/heatmap.py --large 1024          # memory-bounded tiles on a large image
+    python benchmarks/heatmap.py --dtypes float32,bfloat16 --bf16-ablations   # reduced precision
+
+``--dtypes`` (default ``float32,bfloat16``) times the one-pass map in each dtype against the
+same reference, and compares each reduced-precision map with the float32 one over the whole
+map (largest difference relative to the largest |value|, correlation).
 
 The full reference pushes all H*W crops through the network (about 8 minutes at 224 px on
 a 2-core CPU), so by default it is timed on ``--sample`` random pixels, batched exactly as
@@ -92,6 +97,8 @@ def main() -> None:
     p.add_argument("--large", type=int, default=None, metavar="N",
                    help="only time an N x N map under the memory bound and report peak memory")
     p.add_argument("--max-memory", type=float, default=None, help="GiB for --large (default: the library's)")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="dtypes of the one-pass map, float32 first")
+    p.add_argument("--bf16-ablations", action="store_true", help="also time variants of the bfloat16 map")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -119,9 +126,15 @@ def main() -> None:
 
     x = torch.randn(1, 3, args.size, args.size)
     h = w = args.size
-    mapper = EvidenceMapper(model)
-    mapper(torch.randn(1, 3, 40, 40), classes)  # warm up oneDNN's primitive cache on small shapes
-    fast, fast_wall, fast_cpu = timed(lambda: mapper(x, classes), args.repeats)
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    if not dtypes or dtypes[0] != "float32":
+        p.error("--dtypes must start with float32 (the reduced ones are compared with it)")
+    runs = {}
+    for name in dtypes:
+        m = EvidenceMapper(model, dtype=name)
+        m(torch.randn(1, 3, 40, 40), classes)  # warm up oneDNN's primitive cache on small shapes
+        runs[name] = (m, *timed(lambda: m(x, classes), args.repeats))  # noqa: B023 (called at once)
+    mapper, fast, fast_wall, fast_cpu = runs["float32"]
 
     n = h * w if args.sample <= 0 else min(args.sample, h * w)
     pixels = torch.randperm(h * w, generator=torch.Generator().manual_seed(1))[:n]
@@ -138,6 +151,18 @@ def main() -> None:
     line(f"reference ({how})", ref_wall, ref_cpu)
     line("one pass (evidence_map)", fast_wall, fast_cpu, ref_wall, ref_cpu, diff)
     print(f"  max |diff| / max |logit| = {diff / top:.1e} (tolerance 1e-4)")
+    for name in dtypes[1:]:
+        _, low, low_wall, low_cpu = runs[name]
+        d = (low[0][:, pixels[:, 0], pixels[:, 1]] - ref[0]).abs().max().item()
+        line(f"one pass in {name}", low_wall, low_cpu, ref_wall, ref_cpu, d)
+        whole = (low - fast).abs().max().item() / fast.abs().max().item()
+        corr = torch.corrcoef(torch.stack([low.flatten().double(), fast.flatten().double()]))[0, 1].item()
+        print(f"    vs float32: x{fast_wall / low_wall:.2f} wall, x{fast_cpu / low_cpu:.2f} cpu; whole map: "
+              f"max |diff| / max |float32| = {whole:.2e}, correlation {corr:.6f}; on the sampled pixels "
+              f"max |diff| / max |logit| = {d / top:.2e}", flush=True)
+    runs = low = None  # free the maps (800 MB each for all classes) before the ablations
+    if args.bf16_ablations:
+        bf16_ablations(model, x, classes, fast, args.repeats)
 
     if not args.ablations:
         return
@@ -176,6 +201,37 @@ def main() -> None:
     native = EvidenceMapper(model, stride="native")
     out, wl, cp = timed(lambda: native(x, classes))
     line("default, native stride (8)", wl, cp)
+
+def bf16_ablations(model, x, classes, f32, repeats):
+    """Variants of the bfloat16 map, each timed and compared with the float32 map ``f32``."""
+    print("bfloat16 ablations (max |diff| against the float32 map)")
+
+    def report(name, fn):
+        out, wl, cp = timed(fn, repeats)
+        line(name, wl, cp, diff=(out - f32).abs().max().item())
+
+    default = EvidenceMapper(model, dtype=torch.bfloat16)
+    report("bfloat16, channels_last, space-to-batch (default)", lambda: default(x, classes))
+    report("bfloat16, dilated convolutions (no phase interleaving)",
+           lambda: EvidenceMapper(model, dtype=torch.bfloat16, _layout="dilated")(x, classes))
+    real_torch = _maps.torch
+    _maps.torch = no_channels_last()
+    try:
+        nchw = EvidenceMapper(model, dtype=torch.bfloat16)
+        report("bfloat16, space-to-batch, NCHW", lambda: nchw(x, classes))
+    finally:
+        _maps.torch = real_torch
+    # Where the time goes: the profiler's self CPU time per operator, one run.
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        default(x, classes)
+    total = sum(e.self_cpu_time_total for e in prof.key_averages())
+    print("  bfloat16 default, self CPU time per operator (profiler):")
+    for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:8]:
+        print(f"    {e.key:<36} {e.self_cpu_time_total / 1e6:7.2f} s  {100 * e.self_cpu_time_total / total:5.1f}%"
+              f"  ({e.count} calls)")
+
 
 if __name__ == "__main__":
     main()
