@@ -281,7 +281,10 @@ def test_unknown_flag_on_a_sample_and_the_classes_listed(page, running_server, t
     page.click("#samples button[data-sample='astronaut']")
     page.wait_for_selector("#heatmap[data-class]")
     assert page.locator("#unknown.flag").is_visible()
-    assert page.inner_text("#unknown").startswith("⚠ Probably none of the 4 classes this model knows")
+    # What the sample shows is known (none of the classes), and the model's check flags it too.
+    fact, check = page.inner_text("#unknown").split("\n", 1)
+    assert fact == "⚠ This sample photo: an astronaut in an orange suit, none of the 4 classes this model knows."
+    assert check.strip().startswith("⚠ Probably none of the 4 classes this model knows")
 
     # A model without a threshold says that it cannot tell, on the page and per image.
     plain = running_server()
@@ -290,6 +293,7 @@ def test_unknown_flag_on_a_sample_and_the_classes_listed(page, running_server, t
     page.click("#samples button[data-sample='astronaut']")
     page.wait_for_selector("#heatmap[data-class]")
     assert page.get_attribute("#unknown", "data-flag") == "unchecked"
+    assert page.locator("#sample-note").is_visible()  # the known fact stays visible without a threshold
     assert "no threshold is calibrated for this model" in page.inner_text("#unknown")
 
 

@@ -129,3 +129,13 @@ def test_uploaded_bytes_keep_a_sharp_photo(tiny_model):
     explorer = Explorer(tiny_model, img_size=IMG_SIZE)
     image = explorer.explore(png_bytes(random_image(300, 500, seed=16)), "x.png")
     assert image.photo.size == (500, 300) and image.image.size == (80, IMG_SIZE)
+
+
+def test_a_sample_says_whether_the_classes_can_name_it(running_server):
+    server = running_server()
+    status, _, body = call(server, "/api/samples/rocket", b"", "POST")
+    assert status == 201
+    # CLASSES has "rocket", but not ImageNet's names for that photo (missile, space shuttle, ...).
+    assert json.loads(body)["sample_note"] == "sample photo: a rocket on its launch pad, none of the 4 classes this model knows"
+    status, _, body = call(server, "/api/uploads", png_bytes(random_image(IMG_SIZE, IMG_SIZE, seed=1)), "POST")
+    assert status == 201 and json.loads(body)["sample_note"] is None

@@ -23,7 +23,8 @@ Routes::
     GET  /api/config                        model, classes, limits, sample names
     GET  /api/samples/<name>.jpg            sample thumbnail
     POST /api/uploads                       body = the image file's bytes -> analysis summary
-    POST /api/samples/<name>                analyse a sample image      -> analysis summary
+    POST /api/samples/<name>                analyse a sample image      -> analysis summary and
+                                            "sample_note": whether the model's classes can name it
     GET  /api/uploads/<id>/view?class=C&res=native|full[&vmax=V]  heatmap PNG (data URL) + top patches
     GET  /api/uploads/<id>/figure.png?class=C&res=...[&vmax=V]   the figure (200 dpi), as a download
     GET  /api/uploads/<id>/figure.svg?class=C&res=...[&vmax=V]   the same figure as SVG
@@ -57,7 +58,7 @@ from .._extras import require
 from ..data.images import ImageError
 from ._hosts import WILDCARDS, HostPolicy, is_loopback, reachable_urls
 from .explorer import RESOLUTIONS, SCALE_PERCENTILE, ExploredImage, Explorer
-from .samples import SAMPLE_NAMES, sample_image
+from .samples import SAMPLE_NAMES, sample_image, sample_note
 
 __all__ = ["DEFAULT_MAX_PIXELS", "ExplorerServer", "make_server"]
 
@@ -413,15 +414,16 @@ class _Handler(BaseHTTPRequestHandler):
     def _sample(self, name: str, query=None) -> None:
         if name not in SAMPLE_NAMES:
             raise HTTPError(404, f"no sample image {name!r}")
-        self._explore(sample_image(name), name)
+        # What the photo shows is known: say whether the model's classes can name it at all.
+        self._explore(sample_image(name), name, note=sample_note(name, self.server.explorer.classes))
 
-    def _explore(self, image, name: str, **kwargs) -> None:
+    def _explore(self, image, name: str, note: str | None = None, **kwargs) -> None:
         try:
             analysis = self.server.explorer.explore(image, name=name, **kwargs)
         except ImageError as e:
             raise HTTPError(415 if "not an image" in str(e) else 400, str(e)) from None
         key = self.server.store.add(analysis)
-        self._json({"id": key, **analysis.summary()}, 201)
+        self._json({"id": key, **analysis.summary(), "sample_note": note}, 201)
 
     def _view(self, key: str, query=None) -> None:
         analysis = self.server.store.get(key)

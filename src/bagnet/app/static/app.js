@@ -187,6 +187,8 @@ function showUnknown(summary) {
   const box = $("#unknown");
   const u = summary.unknown;
   const n = config.classes.length;
+  // A sample's subject is known: when no class of the model fits it, say so whatever the check found.
+  const outside = Boolean(summary.sample_note && summary.sample_note.includes("none of the"));
   if (u === null) {
     box.className = "unchecked";
     box.textContent = "Not checked whether this photo shows one of the " + n + " classes: no threshold is " +
@@ -198,8 +200,15 @@ function showUnknown(summary) {
       "guesses, not what the photo shows.";
   } else {
     box.className = "known";
-    box.textContent = "Looks like one of the " + n + " classes this model knows (" + u.method + " " +
-      num(u.score) + ", threshold " + num(u.threshold) + ").";
+    box.textContent = (outside ? "The model's own check did not flag it" : "Looks like one of the " + n +
+      " classes this model knows") + " (" + u.method + " " + num(u.score) + ", threshold " + num(u.threshold) + ").";
+  }
+  if (outside) {
+    const fact = document.createElement("p");
+    fact.id = "sample-note";
+    fact.textContent = "⚠ This " + summary.sample_note + ".";
+    box.prepend(fact);
+    box.className = "flag";
   }
   box.hidden = false;
   box.dataset.flag = u === null ? "unchecked" : String(u.flag);
