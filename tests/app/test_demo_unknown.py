@@ -177,3 +177,28 @@ def test_every_sample_photo_says_it_is_none_of_the_classes_whatever_the_model_fl
             assert "none of the 4 classes this model knows]" in per_image[name], per_image[name]
             assert re.search(r"<p class=unknown>sample photo: [^<]*, none of the 4 classes this model knows</p>",
                              shown[name]), name
+
+
+def test_scale_fixes_the_colour_scale_of_every_figure(tmp_path, tiny_model_file, capsys, monkeypatch):
+    from bagnet.explain import Explanation
+
+    seen = []
+    plot = Explanation.plot
+
+    def recording(self, **kwargs):
+        fig, axes = plot(self, **kwargs)
+        seen.append([ax.images[0].get_clim() for ax in axes[1:]])
+        return fig, axes
+
+    monkeypatch.setattr(Explanation, "plot", recording)
+    code, _, err = run_demo(capsys, "--weights", tiny_model_file, "--out", tmp_path, "--show", "3", "--res", "native",
+                              "--scale", "0.5")
+    assert code == 0, err
+    assert len(seen) == 3 and all(clim == (-0.5, 0.5) for maps in seen for clim in maps)
+    seen.clear()
+    assert run_demo(capsys, "--weights", tiny_model_file, "--out", tmp_path / "b", "--show", "2", "--res", "native")[0] == 0
+    assert len(seen) == 2 and all(len(set(maps)) == 1 for maps in seen)  # one scale per image ...
+    assert seen[0][0] != seen[1][0]  # ... set by that image
+    code, _, err = run_demo(capsys, "--weights", tiny_model_file, "--out", tmp_path / "c", "--scale", "-2")
+    assert code == 1 and err.count("\n") == 1 and "--scale takes 'image' or a positive number" in err
+    assert not (tmp_path / "c").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -110,6 +111,7 @@ def build_report(
     res: str = "full",
     label_outputs: Sequence[int] | None = None,
     notes: Sequence[str] = (),
+    vmax: float | None = None,
 ) -> Report:
     """Classify ``items``, explain the first ``show`` of them, and lay it all out as HTML.
 
@@ -128,12 +130,16 @@ def build_report(
             ``bagnet eval --restrict-to-folder-classes`` scores them); the report says so.
             ``None``: the prediction is the best of all outputs.
         notes: extra lines for the header (e.g. why labels were ignored).
+        vmax: one fixed colour scale ``+-vmax`` for the maps of every image, so colours
+            compare across images; default: one scale per image, shared by its classes.
 
     Raises:
         ValueError: no (readable) images, or ``top``/``show`` below 1.
     """
     if top < 1 or show < 1:
         raise ValueError("top and show must be at least 1")
+    if vmax is not None and not (math.isfinite(vmax) and vmax > 0):
+        raise ValueError(f"the colour scale must be a positive number, got {vmax}")
     timing: dict[str, float] = {}
     notes = list(notes)
 
@@ -183,9 +189,9 @@ def build_report(
             analyses[i] = explorer.explore(items[i].load(), items[i].name)
         return analyses[i]
 
-    cards = [_image_card(explorer, items[i], analysis(i), preds.get(i), top, res, checks[i])
+    cards = [_image_card(explorer, items[i], analysis(i), preds.get(i), top, res, checks[i], vmax)
              for i in range(min(show, len(items)))]
-    mistakes = [_mistake_figure(explorer, items[i], analysis(i), pred, res) for i, pred in wrong[:show]]
+    mistakes = [_mistake_figure(explorer, items[i], analysis(i), pred, res, vmax) for i, pred in wrong[:show]]
     timing["explain"] = time.perf_counter() - start
 
     flagged = sum(bool(c and c.flag) for c in checks)
@@ -303,7 +309,7 @@ def _predictions_table(analysis: ExploredImage, label: int | None, n: int = 5) -
 
 
 def _image_card(explorer: Explorer, item: DemoItem, analysis: ExploredImage, pred: int | None, top: int, res: str,
-                check: UnknownCheck | None) -> str:
+                check: UnknownCheck | None, vmax: float | None = None) -> str:
     truth = ""
     if item.label is not None:
         ok = pred == item.label
@@ -313,7 +319,7 @@ def _image_card(explorer: Explorer, item: DemoItem, analysis: ExploredImage, pre
         )
     explanation = analysis.explanation(analysis.ranking(top), res)
     explanation.patch_stride = explorer.patch_stride  # the caption says which patches make the logit
-    fig, _ = explanation.plot()
+    fig, _ = explanation.plot(vmax=vmax)
     best = explanation.classes[0]
     grid, _ = plot_patches(analysis.display, explanation.patches_for(best),
                            title=f"most predictive patches for {explorer.classes[best]}")
@@ -330,7 +336,8 @@ def _image_card(explorer: Explorer, item: DemoItem, analysis: ExploredImage, pre
     )
 
 
-def _mistake_figure(explorer: Explorer, item: DemoItem, analysis: ExploredImage, pred: int, res: str) -> str:
+def _mistake_figure(explorer: Explorer, item: DemoItem, analysis: ExploredImage, pred: int, res: str,
+                    vmax: float | None = None) -> str:
     true = item.label
     fig, _ = plot_misclassification(
         analysis.display,
@@ -344,6 +351,7 @@ def _mistake_figure(explorer: Explorer, item: DemoItem, analysis: ExploredImage,
         predicted_probability=float(analysis.probs[pred]),
         geometry=analysis.geometry(res),
         model_stride=explorer.patch_stride,
+        vmax=vmax,
     )
     return f"<figure class=mistake><figcaption>{html.escape(item.name)}</figcaption>{_fig(fig, 'misclassified ' + item.name)}</figure>"
 

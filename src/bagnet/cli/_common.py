@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from typing import Any
 
 import torch
@@ -95,3 +96,28 @@ def _has_published_weights(name: str) -> bool:
     from ..models._weights import pretrained_tags
 
     return bool(pretrained_tags(name)) or name not in list_models()  # torchvision classifiers have theirs
+
+
+def add_scale_arg(p: argparse._ActionsContainer) -> None:
+    """``--scale image|V``: the colour scale of evidence figures (``explain``, ``demo``)."""
+    p.add_argument(
+        "--scale",
+        default="image",
+        metavar="image|V",
+        help="colour scale of the heatmaps: 'image' (default) is one scale per image, shared by its classes (the "
+             "99th percentile of |evidence| over its maps); a number V fixes it at +-V for every image, so colours "
+             "compare across images",
+    )
+
+
+def parse_scale(value: str) -> float | None:
+    """``None`` for one scale per image, else the fixed colour range."""
+    if value == "image":
+        return None
+    try:
+        v = float(value)
+    except ValueError:
+        v = float("nan")
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"--scale takes 'image' or a positive number, got {value!r}")
+    return v

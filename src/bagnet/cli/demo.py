@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._text import plural
-from ._common import add_device_args, add_model_args, resolve_model
+from ._common import add_device_args, add_model_args, add_scale_arg, resolve_model
 
 if TYPE_CHECKING:
     from torch import nn
@@ -45,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=3, help="classes per image whose evidence is drawn (default: 3)")
     p.add_argument("--res", choices=("full", "native"), default="full", help="resolution of the drawn maps (default: full)")
     p.add_argument("--img-size", type=int, default=None, help="short side images are resized to (default: the model's)")
+    add_scale_arg(p)
     p.add_argument("--restrict-to-folder-classes", action="store_true",
                    help="with labelled --data: predict among the folder's classes only, ignoring the model's other "
                         "outputs (the ImageNet-subset evaluation); by default predicting any other class is wrong")
@@ -64,11 +65,12 @@ def resolve_demo_model(args: argparse.Namespace) -> nn.Module:
 def run(args: argparse.Namespace) -> int:
     from ..app import Explorer
     from ..app.report import build_report, known_classes, unknown_note, write_report
-    from ._common import resolve_device
+    from ._common import parse_scale, resolve_device
 
     for name in ("max_images", "show", "top"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    vmax = parse_scale(args.scale)
     device = resolve_device(args.device)
     model = resolve_demo_model(args)
     names = None
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         logger.warning("%s", note)
     report = build_report(
         explorer, items, title="bagnet demo", source=source, top=args.top, show=args.show,
-        res=args.res, label_outputs=outputs, notes=notes,
+        res=args.res, label_outputs=outputs, notes=notes, vmax=vmax,
     )
     path = write_report(report, Path(args.out) / "report.html")
     flagged = [p for p in report.predictions if p["unknown"] is not None and p["unknown"].flag]

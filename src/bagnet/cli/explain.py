@@ -16,14 +16,22 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import math
 import re
 import sys
 from pathlib import Path
 
 from .._io import atomic_path, write_text
 from .._text import plural
-from ._common import add_device_args, add_dtype_arg, add_model_args, map_dtype, resolve_device, resolve_model
+from ._common import (
+    add_device_args,
+    add_dtype_arg,
+    add_model_args,
+    add_scale_arg,
+    map_dtype,
+    parse_scale,
+    resolve_device,
+    resolve_model,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,14 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="short side the image is resized to before explaining (default: the model's training size)")
     g.add_argument("--stride", default="1", help="1 (full resolution, default), 'native' (the model's), or N")
     g.add_argument("-k", "--patches", dest="k", type=int, default=5, help="top patches per class (default: 5)")
-    g.add_argument(
-        "--scale",
-        default="image",
-        metavar="image|V",
-        help="colour scale of the heatmaps: 'image' (default) is one scale per image, shared by its classes (the "
-             "99th percentile of |evidence| over its maps); a number V fixes it at +-V for every image, so colours "
-             "compare across images",
-    )
+    add_scale_arg(g)
     g.add_argument("--out", default="out/explain", help="output folder (default: out/explain)")
     g.add_argument("--certify-patch", default=None, metavar="SIZE",
                    help="also say whether the prediction is certified against any sticker of this size (pixels, or "
@@ -125,24 +126,11 @@ def _parse_stride(value: str) -> int | str:
     raise ValueError(f"--stride takes 1, 'native' or a positive integer, got {value!r}")
 
 
-def _parse_scale(value: str) -> float | None:
-    """``None`` for one scale per image, else the fixed colour range."""
-    if value == "image":
-        return None
-    try:
-        v = float(value)
-    except ValueError:
-        v = float("nan")
-    if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"--scale takes 'image' or a positive number, got {value!r}")
-    return v
-
-
 def run(args: argparse.Namespace) -> int:
     from ..explain import EvidenceMapper, explain
 
     stride = _parse_stride(args.stride)
-    vmax = _parse_scale(args.scale)
+    vmax = parse_scale(args.scale)
     if args.k < 1:
         raise ValueError(f"-k must be at least 1, got {args.k}")
     device = resolve_device(args.device)
