@@ -330,3 +330,13 @@ def test_an_error_hides_the_previous_result(page, running_server):
     choose_file(page, "notes.png", b"not a picture")
     page.wait_for_selector("#error:not([hidden])")
     assert page.locator("#result").is_hidden() and "notes.png" in page.inner_text("#error")
+
+
+def test_many_classes_are_listed_behind_one_click(page, running_server):
+    torch.manual_seed(4)
+    model = bagnet.create_model("bagnet_tiny", num_classes=25)
+    model.pretrained_cfg["classes"] = [f"thing {i}" for i in range(25)]
+    open_page(page, running_server(model))
+    assert page.inner_text("#known summary") == "This model knows 25 classes (show them)"
+    page.click("#known summary")
+    assert page.inner_text("#known .names") == ", ".join(f"thing {i}" for i in range(25))

@@ -2,9 +2,13 @@
 
 :class:`Explorer` wraps a model for the demo report and the web page. Its
 :meth:`Explorer.explore` returns an :class:`ExploredImage` holding the logits and the
-native-resolution evidence maps of every class (one cheap pass); full-resolution maps
-are computed the first time they are asked for, and kept. The maps, patches and
-figures are :mod:`bagnet.explain`'s; an ExploredImage turns into an
+native-resolution evidence maps of every class (one cheap pass), the "none of these
+classes" check, one colour scale for all its maps, and the photo itself for display.
+Full-resolution maps cost one pass the first time one is asked for: models with few
+classes keep the maps of all classes; models with many (ImageNet) keep the features
+before the classifier in the explorer's bounded :class:`FeatureCache`, from which each
+further class is one dot product per pixel. The maps and patches are
+:mod:`bagnet.explain`'s; an ExploredImage turns into an
 :class:`~bagnet.explain.Explanation` for any set of classes without recomputing.
 Everything an ExploredImage holds is its own, so many can be used from many threads.
 """
