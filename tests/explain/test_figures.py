@@ -219,3 +219,26 @@ def test_figures_have_no_large_empty_margins(h, w):
         rows, cols = blank_border_fraction(figure_png(fig))
         # The old figure left about a third of its rows blank (fixed 3.4 in height).
         assert rows < 0.06 and cols < 0.06, (h, w, rows, cols)
+
+
+@pytest.mark.parametrize("threshold,flagged", [(1.5, True), (0.0, False)])
+def test_a_flagged_explanation_says_so_above_its_figure(threshold, flagged, capsys, tmp_path):
+    import bagnet
+    from bagnet.cli.main import main
+    from bagnet.explain import explain
+
+    from .conftest import randomized
+
+    model = randomized("bagnet_tiny", num_classes=4, seed=6)
+    # max_softmax lies in (0, 1]: a threshold of 1.5 flags every image, 0 none.
+    model.pretrained_cfg = {**model.pretrained_cfg, "unknown": {"method": "max_softmax", "threshold": threshold}}
+    image = torch.rand(3, 40, 48, generator=torch.Generator().manual_seed(3))
+    fig, _ = explain(model, image, k=1).plot()
+    message = "probably none of the 4 classes this model knows"
+    title = fig._suptitle.get_text() if fig._suptitle is not None else ""
+    assert (message in title) == flagged
+    # and on the terminal line of `bagnet explain`
+    path = bagnet.save_model_file(tmp_path / "m.pt", model, model.pretrained_cfg)
+    Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(tmp_path / "x.png")
+    assert main(["explain", str(tmp_path / "x.png"), "--weights", str(path), "--out", str(tmp_path / "o")]) == 0
+    assert (f"({message}) -> " in capsys.readouterr().out) == flagged

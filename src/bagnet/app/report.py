@@ -319,6 +319,7 @@ def _image_card(explorer: Explorer, item: DemoItem, analysis: ExploredImage, pre
         )
     explanation = analysis.explanation(analysis.ranking(top), res)
     explanation.patch_stride = explorer.patch_stride  # the caption says which patches make the logit
+    explanation.unknown = check  # a flagged image's figure says so too, wherever it is copied to
     fig, _ = explanation.plot(vmax=vmax)
     best = explanation.classes[0]
     grid, _ = plot_patches(analysis.display, explanation.patches_for(best),

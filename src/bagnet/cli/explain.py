@@ -174,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
             fig.savefig(tmp, format="png", dpi=100)
         write_text(js, text)
         top = result.predictions[0]
-        print(f"{image}: {top.name} ({top.probability:.3f}) -> {png}, {js}")
+        flag = f" ({result.unknown.message})" if result.unknown is not None and result.unknown.flag else ""
+        print(f"{image}: {top.name} ({top.probability:.3f}){flag} -> {png}, {js}")
         if args.certify_patch:
             print(f"  {_certified_line(record['certified'])}")
     if failed:

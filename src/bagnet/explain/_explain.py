@@ -171,7 +171,9 @@ class Explanation:
         class's heatmap, patches in black | predicted class's heatmap, patches in red);
         otherwise the image followed by one heatmap per explained class, patches outlined.
         All maps share one colour scale, shown by a colour bar (the figure's last axes) and
-        stated in the caption under them.
+        stated in the caption under them. An image the model's calibrated check flags
+        (:attr:`unknown`) is marked above the panels: "probably none of the N classes this
+        model knows".
 
         Args:
             percentile: the scale is this percentile of ``|evidence|`` over all the maps.
@@ -206,6 +208,7 @@ class Explanation:
             self.image, self.evidence, titles=titles, patches=self.patches, geometry=self.geometry, vmax=vmax,
             percentile=percentile, edges=edges, image_title=f"top-1: {top.name}\np = {top.probability:.3f}",
             model_stride=self.patch_stride,
+            warning=self.unknown.message if self.unknown is not None and self.unknown.flag else None,
         )
 
     # -- Jupyter ------------------------------------------------------------------------

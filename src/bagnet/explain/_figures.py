@@ -300,6 +300,7 @@ def plot_evidence_panels(
     edges: bool = True,
     caption: str | None = None,
     model_stride: int | None = None,
+    warning: str | None = None,
     panel_width: float = 2.6,
 ) -> tuple[Figure, list[Axes]]:
     """The image followed by one heatmap per map, all on one colour scale shown by one
@@ -322,6 +323,8 @@ def plot_evidence_panels(
         caption: text under the panels; default: :func:`evidence_caption` (what the colours
             and the scale mean, and how the maps make the image logit).
         model_stride: the model's own patch stride, for the caption.
+        warning: a line above the panels in red, e.g. that the image is probably none of
+            the model's classes.
         panel_width: width of each panel in inches.
 
     Returns:
@@ -349,6 +352,7 @@ def plot_evidence_panels(
     width = n * panel_width + 1.0  # the colour bar with its ticks and label
     lines = textwrap.wrap(caption, width=max(40, int(width * 15))) if caption else []
     height = panel_height + 0.5 + 0.17 * len(lines) + (0.1 if lines else 0)  # two-line titles, the caption
+    height += 0.3 if warning else 0.0
     # Whole pixels at 100 dpi, so the PNG is exactly the figure's size.
     fig = new_figure((round(width, 2), round(height, 2)), layout="constrained")
     fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.02, hspace=0.0)
@@ -366,6 +370,8 @@ def plot_evidence_panels(
     bar.set_ticks([-scale, -scale / 2, 0.0, scale / 2, scale])
     if lines:
         fig.supxlabel("\n".join(lines), fontsize=8, color="#333333")
+    if warning:
+        fig.suptitle(f"\u26a0 {warning}", fontsize=10, color="#a01010", fontweight="bold")
     return fig, axes
 
 
