@@ -114,9 +114,15 @@ VARIANTS = {
     "compile-chunk1": lambda m, x: Chunked(_compile(prepare_for_inference(m, micro_batch=None), x[:1]), 1),
     "bf16": lambda m, x: prepare_for_inference(m, dtype=torch.bfloat16, micro_batch=None),
     "bf16-chunk1": lambda m, x: Chunked(prepare_for_inference(m, dtype=torch.bfloat16, micro_batch=None), 1),
-    # each model in its best exact mode as `bagnet bench --mode fused` runs it: BagNets
-    # folded, channels-last, one image per pass; ResNet-50 folded, channels-last
+    # each model in its best exact mode as `bagnet bench --mode fused` ran it before
+    # pre-packing: BagNets folded, channels-last, one image per pass; ResNet-50 folded, channels-last
     "best": lambda m, x: prepare_for_inference(m),
+    # ... and with the BagNet's weights pre-packed for oneDNN, ReLU and residual add fused
+    # (bagnet.models._packed; `bagnet bench --mode fused` now); ResNet-50 as in "best"
+    "best-prepack": lambda m, x: prepare_for_inference(m, prepack=True),
+    # the same two in bfloat16 (`bagnet bench --mode bf16` before and after)
+    "bf16-best": lambda m, x: prepare_for_inference(m, dtype=torch.bfloat16),
+    "bf16-prepack": lambda m, x: prepare_for_inference(m, dtype=torch.bfloat16, prepack=True),
 }
 
 

@@ -152,3 +152,36 @@ def test_top1_agreement():
         top1_agreement(a, b[:2])
     with pytest.raises(ValueError, match="no logits"):
         top1_agreement(a[:0], b[:0])
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs PyTorch built with oneDNN")
+@pytest.mark.parametrize("name", ["bagnet17_slim", "bagnet33_slim"])
+def test_prepacked_oneDNN_path_matches_float64(name):
+    # One size where the last stage crops the downsample's input, one where the strided
+    # stages crop its output: both of FusedBottleneck's choices, through the packed convs.
+    model = _randomize(bagnet.create_model(name, num_classes=7), seed=6).eval()
+    x = torch.randn(2, 3, 96, 81, generator=torch.Generator().manual_seed(7))
+    features, patch_logits, logits = _reference(model, x)
+    fast = prepare_for_inference(model, prepack=True)
+    with torch.no_grad():
+        _assert_rel_close(fast.forward_features(x), features)
+        _assert_rel_close(fast.patch_logits(x), patch_logits)
+        assert fast._packed is not None  # the packed path ran
+        _assert_rel_close(copy.deepcopy(fast)(x), logits)  # copies drop the oneDNN weights, then re-pack
+        fast.to(torch.bfloat16)  # new weights: packed again, in bfloat16
+        half = fast(x)
+        assert fast._packed[0][0] == torch.bfloat16 and half.dtype == torch.float32
+        _assert_rel_close(half, logits, rel=0.1)
+        unpacked = prepare_for_inference(model, dtype=torch.bfloat16)(x)
+        assert not torch.equal(half, unpacked)  # the fused adds round once, not twice
+        _assert_rel_close(half, unpacked.double(), rel=0.05)
+
+
+def test_prepack_falls_back_where_oneDNN_cannot_run_it():
+    model = _randomize(bagnet.create_model("bagnet_tiny", num_classes=3), seed=8).eval()
+    x = torch.randn(1, 3, 20, 20, generator=torch.Generator().manual_seed(9))
+    _, _, logits = _reference(model, x)
+    half = prepare_for_inference(model, dtype=torch.float16, prepack=True)  # no packed float16 kernels
+    with torch.no_grad():
+        _assert_rel_close(half(x), logits, rel=0.02)
+    assert half._packed is None

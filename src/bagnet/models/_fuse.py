@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import BagNetBase, check_images, patch_head
+from ._packed import PackedConv, packable
 
 __all__ = [
     "INFERENCE_MODES",
@@ -162,6 +163,12 @@ class FusedBagNet(BagNetBase):
     their first stage; for one 224 px image these take about 12 MB each and stay in the
     CPU's last-level cache between layers, while a batch of 16 streams every one of them
     through main memory (see ``benchmarks/README.md``). CUDA batches are never split.
+
+    ``prepack`` (off by default) runs float32 and bfloat16 CPU passes through oneDNN with
+    the weights laid out once, and each ReLU and residual add fused into the convolution
+    before it (:mod:`bagnet.models._packed`); the weights are read again after ``.to()``.
+    Results equal the unpacked path to float rounding (the fused add happens before the
+    sum is rounded, so bfloat16 results differ slightly).
     """
 
     def __init__(self, model: nn.Module):
@@ -176,6 +183,8 @@ class FusedBagNet(BagNetBase):
         self.num_features = model.num_features
         self.memory_format = torch.contiguous_format
         self.micro_batch: int | None = None
+        self.prepack = False
+        self._packed: tuple | None = None  # (key, stem, [(conv1, conv2, conv3, downsample)])
         for attr in ("model_name", "model_args", "pretrained_cfg"):
             if hasattr(model, attr):
                 setattr(self, attr, copy.deepcopy(getattr(model, attr)))
@@ -210,7 +219,55 @@ class FusedBagNet(BagNetBase):
         return torch.cat([head(self._trunk(part)) for part in x.split(step)]).to(out_dtype)
 
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+        if self.prepack and packable(x) and x.dtype == self.stem.weight.dtype:
+            return self._packed_trunk(x)
         return self.blocks(F.relu(self.stem(x), inplace=True))
+
+    def _packed_trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`_trunk` through :class:`PackedConv` (see ``prepack``); the same crops."""
+        key = (self.stem.weight.dtype, self.stem.weight.data_ptr(), tuple(x.shape[1:]))
+        if self._packed is None or self._packed[0][:2] != key[:2]:
+            self._packed = (key, *self._pack(x))
+        _, stem, blocks = self._packed
+        x = stem(x, relu=True)
+        for (c1, c2, c3, down), block in zip(blocks, self.blocks):
+            out = c2(c1(x, relu=True), relu=True)
+            h, w = out.shape[-2:]
+            if down is None:
+                identity = x[..., :h, :w]
+            else:
+                s = block.downsample.stride[0]
+                if (x.shape[-2] - 1) // s + 1 > 1.1 * h * w / ((x.shape[-1] - 1) // s + 1):
+                    x = x[..., : s * (h - 1) + 1, : s * (w - 1) + 1]  # as FusedBottleneck decides
+                identity = down(x, relu=False)[..., :h, :w]
+            x = c3(out, relu=True, add=identity)
+        return x
+
+    def _pack(self, x: torch.Tensor) -> tuple[PackedConv, list]:
+        """The packed convolutions, laid out for inputs like ``x`` (one pass of the normal path
+        finds every layer's input shape)."""
+        def pack(conv: nn.Conv2d, inp: torch.Tensor) -> PackedConv:
+            return PackedConv(conv.weight, conv.bias, conv.stride[0], 1, tuple(inp.shape))
+
+        stem = pack(self.stem, x)
+        x = F.relu(self.stem(x))
+        blocks = []
+        for block in self.blocks:
+            mid = F.relu(block.conv1(x))
+            out = F.relu(block.conv2(mid))
+            down = None if block.downsample is None else pack(block.downsample, x)
+            blocks.append((pack(block.conv1, x), pack(block.conv2, mid), pack(block.conv3, out), down))
+            x = block(x)
+        return stem, blocks
+
+    def _apply(self, fn, recurse: bool = True):
+        self._packed = None  # .to(), .float(), ...: lay the new weights out again
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_packed"] = None  # oneDNN tensors neither pickle nor deep-copy
+        return state
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature map ``[B, num_features, H', W']``, as :meth:`BagNet.forward_features`."""
@@ -252,9 +309,9 @@ def fuse(model: nn.Module) -> FusedBagNet:
 # "fused" is the fastest exact mode on CPUs with oneDNN; "bf16" is faster still where the
 # CPU has bfloat16 instructions, but not exact (see top1_agreement).
 INFERENCE_MODES: dict[str, dict] = {
-    "plain": dict(fuse=False, channels_last=False, dtype=torch.float32, micro_batch=None),
-    "fused": dict(fuse=True, channels_last=True, dtype=torch.float32, micro_batch=1),
-    "bf16": dict(fuse=True, channels_last=True, dtype=torch.bfloat16, micro_batch=1),
+    "plain": dict(fuse=False, channels_last=False, dtype=torch.float32, micro_batch=None, prepack=False),
+    "fused": dict(fuse=True, channels_last=True, dtype=torch.float32, micro_batch=1, prepack=True),
+    "bf16": dict(fuse=True, channels_last=True, dtype=torch.bfloat16, micro_batch=1, prepack=True),
 }
 
 
@@ -265,6 +322,7 @@ def prepare_for_inference(
     channels_last: bool = True,
     dtype: torch.dtype = torch.float32,
     micro_batch: int | None = 1,
+    prepack: bool = False,
 ) -> nn.Module:
     """A copy of ``model`` set up for fast inference; ``model`` itself is not changed.
 
@@ -281,6 +339,9 @@ def prepare_for_inference(
         micro_batch: for a fused BagNet, images per pass through the network on the CPU
             (``None``: the whole batch at once); see :class:`FusedBagNet`. Other models
             ignore it (ResNet-50 runs fastest on whole batches).
+        prepack: for a fused BagNet, run float32/bfloat16 CPU passes through oneDNN with
+            pre-laid-out weights and fused ReLU/residual adds (see :class:`FusedBagNet`).
+            Other models ignore it.
 
     Returns:
         An eval-mode module that takes float32 images. A fused BagNet converts them to
@@ -302,6 +363,7 @@ def prepare_for_inference(
     if isinstance(prepared, FusedBagNet):
         prepared.memory_format = memory_format
         prepared.micro_batch = micro_batch
+        prepared.prepack = prepack
     elif dtype != torch.float32:
         prepared.register_forward_pre_hook(functools.partial(_cast_input, dtype=dtype))
         prepared.register_forward_hook(_output_to_float32)
