@@ -340,3 +340,20 @@ def test_many_classes_are_listed_behind_one_click(page, running_server):
     assert page.inner_text("#known summary") == "This model knows 25 classes (show them)"
     page.click("#known summary")
     assert page.inner_text("#known .names") == ", ".join(f"thing {i}" for i in range(25))
+
+
+def test_a_failed_map_leaves_the_shown_class_marked(page, running_server):
+    server = running_server()
+    open_page(page, server)
+    choose_file(page, "x.png", png_bytes(random_image(IMG_SIZE, IMG_SIZE, seed=24)))
+    page.wait_for_selector("#heatmap[data-class]")
+    shown = page.get_attribute("#heatmap", "data-class")
+    other = next(c for c in range(len(CLASSES)) if str(c) != shown)
+    page.route(f"**/view?class={other}&*", lambda route: route.fulfill(
+        status=500, content_type="application/json", body=json.dumps({"error": "internal error (test)"})))
+    page.click(f"#classes button[data-class='{other}']")
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.inner_text("#error") == "internal error (test)"
+    assert page.get_attribute(f"#classes button[data-class='{shown}']", "aria-pressed") == "true"
+    assert page.get_attribute(f"#classes button[data-class='{other}']", "aria-pressed") == "false"
+    assert page.get_attribute("#heatmap", "data-class") == shown and page.locator("#progress").is_hidden()

@@ -270,6 +270,13 @@ function selectClass(cls) {
   showView();
 }
 
+function markClass(cls) {
+  document.querySelectorAll("#classes button").forEach((b) => {
+    b.setAttribute("aria-pressed", String(Number(b.dataset.class) === cls));
+  });
+  $("#class-select").value = String(cls);
+}
+
 function viewQuery(state) {
   return "?class=" + state.cls + "&res=" + state.res + (locked ? "&vmax=" + locked.vmax : "");
 }
@@ -278,17 +285,20 @@ async function showView() {
   const state = current;
   const query = viewQuery(state);
   const mine = ++request;
-  document.querySelectorAll("#classes button").forEach((b) => {
-    b.setAttribute("aria-pressed", String(Number(b.dataset.class) === state.cls));
-  });
-  $("#class-select").value = String(state.cls);
+  markClass(state.cls);
   let view = state.views.get(query);
   if (!view) {
     startProgress("computing the " + state.res + " resolution evidence of " + config.classes[state.cls] + "…");
     try {
       view = await api("/api/uploads/" + state.id + "/view" + query);
     } catch (err) {
-      if (mine === request) { stopProgress(); showError(err.message); setStatus(""); }
+      if (mine === request) {
+        stopProgress();
+        showError(err.message);
+        setStatus("");
+        // The list marks the class whose map is still on screen, not the one that failed.
+        if (state.shownView) { state.cls = state.shownView.class; markClass(state.cls); }
+      }
       return;
     }
     state.views.set(query, view);
