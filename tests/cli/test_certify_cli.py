@@ -2,6 +2,9 @@
 agrees with itself and with the library, and bad input is one clear line."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -154,3 +157,25 @@ def test_explain_says_whether_the_prediction_is_certified(folder_and_model, tmp_
     assert entry["removed_box_resized"] == [8 * c, 8 * r, min(48, 8 * c + 25), min(48, 8 * r + 25)]
     rc = main(["explain", str(image), "--weights", str(weights), "--stride", "native", "--out", str(tmp_path / "b")])
     assert rc == 0 and "certified" not in json.loads((tmp_path / "b" / "0.json").read_text())
+
+
+def test_torchrun_shards_images_and_gathers_the_same_results(folder_and_model, tmp_path, capsys):
+    root, weights = folder_and_model
+    common = ["--data", str(root), "--weights", str(weights), "--patch", "2%,10", "--defense", "mask,clip",
+              "--workers", "0", "--device", "cpu"]
+    assert main(["certify", *common, "--out", str(tmp_path / "one")]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "bagnet",
+           "certify", *common, "--out", str(tmp_path / "two")]
+    done = subprocess.run(cmd, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "distributed: 2 processes, backend gloo" in done.stderr
+    assert done.stdout.count("wrote ") == 1  # rank 0 alone reports and writes
+    one = json.loads((tmp_path / "one" / "per_image.json").read_text())
+    two = json.loads((tmp_path / "two" / "per_image.json").read_text())
+    # Batches differ (each process holds half of them), so margins agree to float rounding.
+    margins = [[o.pop("margin") for o in r["results"]] for doc in (one, two) for r in doc["images"]]
+    assert two == one
+    half = len(margins) // 2
+    for a, b in zip(margins[:half], margins[half:]):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)

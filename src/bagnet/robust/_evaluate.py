@@ -6,6 +6,7 @@ arithmetic on it); the attack, when asked for, runs per defence and patch size.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -153,6 +154,6 @@ def plot_certified_accuracy(summaries: Sequence[RobustnessSummary], title: str |
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=8)
     fig.tight_layout()
     return fig, ax
