@@ -173,7 +173,10 @@ def test_dtype_bfloat16_is_recorded_and_close_to_float32(files, tmp_path, capsys
     common = [str(files / "photo.jpg"), "--weights", str(files / "tiny.pt"), "--classes", "0", "-k", "1"]
     assert main(["explain", *common, "--out", str(tmp_path / "f32")]) == 0
     assert main(["explain", *common, "--dtype", "bfloat16", "--out", str(tmp_path / "bf16")]) == 0
-    assert "--dtype auto" not in capsys.readouterr().err  # an explicit choice needs no note
+    captured = capsys.readouterr()
+    assert "--dtype auto" not in captured.err  # an explicit choice needs no note
+    lines = captured.out.splitlines()
+    assert "[bfloat16] ->" in lines[-1] and "[" not in lines[0]  # the terminal line flags it
     f32, bf16 = (json.loads((tmp_path / d / "photo.json").read_text()) for d in ("f32", "bf16"))
     assert f32["dtype"] == "float32" and bf16["dtype"] == "bfloat16"
     logits = [[p["logit"] for p in r["predictions"]] for r in (f32, bf16)]

@@ -143,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
     if args.certify_patch is not None and not callable(getattr(model, "patch_logits", None)):
         raise ValueError("--certify-patch needs a BagNet")
     mapper = EvidenceMapper(model, stride=stride, dtype=dtype)  # fold the weights once for all images
+    # Outputs in a narrower type than float32 say so on the figure and the terminal line too.
+    narrow = str(mapper.dtype).removeprefix("torch.")
+    narrow = "" if narrow in ("float32", "float64") else narrow
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -167,6 +170,9 @@ def run(args: argparse.Namespace) -> int:
         if args.certify_patch:
             record["certified"] = _certificate(model, result, record, args.certify_patch, args.certify_defense)
         fig, _ = result.plot(vmax=vmax)  # None: the same per-image scale, and the caption says how it was set
+        if narrow:
+            fig.text(0.003, 0.005, f"computed in {narrow} (approximate)", ha="left", va="bottom", fontsize=7,
+                     color="0.35")
         png, js = out / f"{name}.png", out / f"{name}.json"
         png.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(record, indent=2) + "\n"
@@ -175,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
         write_text(js, text)
         top = result.predictions[0]
         flag = f" ({result.unknown.message})" if result.unknown is not None and result.unknown.flag else ""
-        print(f"{image}: {top.name} ({top.probability:.3f}){flag} -> {png}, {js}")
+        print(f"{image}: {top.name} ({top.probability:.3f}){flag}{f' [{narrow}]' if narrow else ''} -> {png}, {js}")
         if args.certify_patch:
             print(f"  {_certified_line(record['certified'])}")
     if failed:
