@@ -139,3 +139,14 @@ def test_a_sample_says_whether_the_classes_can_name_it(running_server):
     assert json.loads(body)["sample_note"] == "sample photo: a rocket on its launch pad, none of the 4 classes this model knows"
     status, _, body = call(server, "/api/uploads", png_bytes(random_image(IMG_SIZE, IMG_SIZE, seed=1)), "POST")
     assert status == 201 and json.loads(body)["sample_note"] is None
+
+
+def test_the_downloaded_figure_names_the_models_patch_stride(tiny_model):
+    # The caption says which patches average to the logit ("every 8 px"); without the
+    # stride it could only say "at the model's own stride".
+    image = Explorer(tiny_model, img_size=IMG_SIZE).explore(Image.fromarray(random_image(IMG_SIZE, IMG_SIZE, seed=3)))
+    explanation = image.explanation([0])
+    assert explanation.patch_stride == tiny_model.patch_stride
+    fig, _ = explanation.plot()
+    texts = [t.get_text() for t in fig.findobj(match=lambda a: hasattr(a, "get_text"))]
+    assert any(f"every {tiny_model.patch_stride} px" in t for t in texts), texts

@@ -379,6 +379,7 @@ class ExploredImage:
             model_name=self.explorer.model_name,
             unknown=self.unknown,
             source=self.source,
+            patch_stride=self.explorer.patch_stride,
         )
 
     # -- what the page and the downloads show -----------------------------------------
