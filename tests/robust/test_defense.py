@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import bagnet
 from bagnet import create_model
 from bagnet.robust import RobustBagNet, affected_locations, certify
 from bagnet.testing.models import randomize_batchnorm
@@ -186,3 +187,18 @@ def test_batched_fused_and_any_size(name):
             batched, one = robust(x), torch.cat([robust(x[i:i + 1]) for i in range(3)])
             torch.testing.assert_close(batched, one, rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(fused(x), batched, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", bagnet.list_models())
+def test_every_registered_bagnet_defends_and_certifies(name):
+    model = create_model(name, num_classes=5).eval()
+    x = torch.randn(2, 3, 56, 64)
+    for defense in ("mask", "clip"):
+        robust = RobustBagNet(model, "3%", defense).eval()
+        with torch.no_grad():
+            logits = robust(x)
+        cert = robust.certify(x)
+        assert logits.shape == (2, 5) and torch.isfinite(logits).all()
+        top2 = logits.double().topk(2, 1).values
+        clear = top2[:, 0] - top2[:, 1] > 1e-6  # float32 rounding decides nothing here
+        assert torch.equal(cert.prediction[clear], logits.argmax(1)[clear])

@@ -174,7 +174,9 @@ class RobustBagNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         evidence = self.model.patch_logits(x)
-        return self.defend(evidence, self.geometry(x.shape[-2:]).window)
+        # float64 like the certificates, so that both see the same prediction (a window as
+        # large as the map leaves exact zeros, not float32 rounding noise).
+        return self.defend(evidence.double(), self.geometry(x.shape[-2:]).window).to(evidence.dtype)
 
     # -- certificates ------------------------------------------------------------------
 
