@@ -179,3 +179,18 @@ def test_torchrun_shards_images_and_gathers_the_same_results(folder_and_model, t
     half = len(margins) // 2
     for a, b in zip(margins[:half], margins[half:]):
         assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+
+
+def test_no_model_options_mean_the_default_model(tmp_path, capsys, caplog):
+    from bagnet.models import default_model
+
+    model, _ = default_model()
+    classes = list(model.pretrained_cfg["classes"])
+    size = model.pretrained_cfg.get("img_size") or 224
+    root = make_image_folder(tmp_path / "data", classes=tuple(classes), per_class=1, size=size, splits=("val",))
+    caplog.set_level("INFO")
+    rc = main(["certify", "--data", str(root), "--workers", "0", "--out", str(tmp_path / "o")])
+    assert rc == 0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["images"] == len(classes) and summary["model"] == model.model_name
+    assert any("model:" in r.getMessage() for r in caplog.records)  # it says which model it used
