@@ -35,6 +35,7 @@ changed by any patch of that size. All certificate arithmetic is float64.
 
 from __future__ import annotations
 
+import html
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +83,24 @@ class Certificate:
     def certified_correct(self, labels: torch.Tensor) -> torch.Tensor:
         """``[N]`` bool, certified and correct: what certified accuracy counts."""
         return self.correct(labels) & self.certified.cpu()
+
+    def _repr_html_(self, max_rows: int = 20) -> str:
+        """A table of the certificates, shown inline by Jupyter (the first ``max_rows`` images)."""
+        n = len(self.prediction)
+        certified = int(self.certified.sum())
+        head = (f"{html.escape(self.defense)} defence against {self.patch_size}x{self.patch_size} px patches "
+                f"(window {self.window[0]}x{self.window[1]}): {certified} of {n} images certified")
+        rows = []
+        for i in range(min(n, max_rows)):
+            ok = bool(self.certified[i])
+            removed = "" if self.removed is None else str(tuple(int(v) for v in self.removed[i]))
+            rows.append(f"<tr><td>{i}</td><td>{int(self.prediction[i])}</td>"
+                        f"<td style='color:{'#006400' if ok else '#b00000'}'>{'yes' if ok else 'no'}</td>"
+                        f"<td>{float(self.margin[i]):.4g}</td><td>{removed}</td></tr>")
+        more = f"<p>... {n - max_rows} more</p>" if n > max_rows else ""
+        return (f"<div class='bagnet-certificate'><p><b>{head}</b></p><table><tr><th>image</th>"
+                "<th>prediction</th><th>certified</th><th>margin</th><th>removed window</th></tr>"
+                f"{''.join(rows)}</table>{more}</div>")
 
 
 def _window_sums(e: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:

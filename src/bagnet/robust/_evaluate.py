@@ -106,6 +106,20 @@ class RobustnessSummary:
     attacked: float | None = None
     certified_but_flipped: int = 0
 
+    def _repr_html_(self) -> str:
+        """One table row of accuracies, shown inline by Jupyter."""
+
+        def cell(v: float | None) -> str:
+            return "-" if v is None else f"{v:.2f}%"
+
+        flipped = (f"<p style='color:#b00000'><b>{self.certified_but_flipped} certified images flipped "
+                   "by the attack: the certificate is broken</b></p>") if self.certified_but_flipped else ""
+        return ("<table class='bagnet-robustness'><tr><th>defence</th><th>patch</th><th>images</th>"
+                "<th>clean</th><th>certified</th><th>attacked</th></tr>"
+                f"<tr><td>{self.defense}</td><td>{self.patch} ({self.patch_px} px)</td><td>{self.images}</td>"
+                f"<td>{cell(self.clean)}</td><td>{cell(self.certified)}</td><td>{cell(self.attacked)}</td></tr>"
+                f"</table>{flipped}")
+
 
 def summarize(records: list[dict]) -> list[RobustnessSummary]:
     """One :class:`RobustnessSummary` per defence and patch size, in the records' order."""
