@@ -44,7 +44,9 @@ from ..explain import (
     top_patches,
     unknown_check,
 )
+from ..explain._explain import certificate_record
 from ..explain._images import ImageLike, image_tensor
+from ..models._base import patch_head
 from ._cache import DEFAULT_CACHE_BYTES, FeatureCache
 from ._figure import explorer_figure
 
@@ -193,6 +195,17 @@ class Explorer:
         with torch.inference_mode():
             return self.model(x[None].to(self.device))[0].float().cpu()
 
+    def _logits_and_patch_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits ``[K]`` and the model's own (unpadded) patch logits ``[K, h, w]`` of one
+        normalized image, from one pass: the logits are the head on the mean feature, as
+        ``model(x)`` computes them, and the patch logits, which certificates need, are the
+        same head at every location of the same features."""
+        m = self.model
+        with torch.inference_mode():
+            features = m.forward_features(x[None].to(self.device))
+            logits = m.forward_head(features)
+            return logits[0].float().cpu(), patch_head(m.get_classifier(), features)[0].float().cpu()
+
     def _evidence(self, x: torch.Tensor, classes: Sequence[int] | None, res: str) -> torch.Tensor:
         if res not in RESOLUTIONS:
             raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {res!r}")
@@ -234,8 +247,9 @@ class Explorer:
                 image = load_image(image, shrink_to=shrink)
             photo = _photo(image) if isinstance(image, Image.Image) else None
             x, shown, where = self._prepare(image)
-            return ExploredImage(self, name, x, shown, self._logits(x), self._evidence(x, None, "native"), where,
-                                 photo=photo)
+            logits, patch_logits = self._logits_and_patch_logits(x)
+            return ExploredImage(self, name, x, shown, logits, self._evidence(x, None, "native"), where,
+                                 photo=photo, patch_logits=patch_logits)
 
     analyse = explore  # the old name (the command line spells it "analyze"; the app explores)
 
@@ -279,8 +293,9 @@ class ExploredImage:
     """
 
     def __init__(self, explorer: Explorer, name: str, x: torch.Tensor, display: torch.Tensor, logits, native,
-                 source: dict | None = None, *, photo: bytes | None = None):
+                 source: dict | None = None, *, photo: bytes | None = None, patch_logits: torch.Tensor | None = None):
         self.explorer = explorer
+        self._patch_logits = patch_logits
         self.name = name
         h, w = display.shape[-2:]
         self.source = source or {"size": [w, h], "box": [0, 0, w, h]}
@@ -382,6 +397,41 @@ class ExploredImage:
             patch_stride=self.explorer.patch_stride,
         )
 
+    # -- certified robustness to adversarial patches ------------------------------------
+
+    def certificate(self, patch: str, defense: str = "mask") -> dict:
+        """Whether the defended prediction is certified against any ``patch`` sticker.
+
+        Computed by :mod:`bagnet.robust` from the patch logits of the upload's pass (no
+        further pass through the model). ``patch`` is a side in pixels of the model's input
+        (``"16"``, ``"16px"``) or a share of its area (``"2%"``); ``defense`` is ``"mask"``
+        (PatchGuard) or ``"clip"`` (Clipped BagNet). Returns the record ``bagnet explain
+        --certify-patch`` writes (:func:`bagnet.explain._explain.certificate_record`): the
+        defended prediction, ``certified``, ``margin``, a ``message`` and, for ``"mask"``,
+        ``removed_box_resized`` (the window the masking removed, in the model input's
+        pixels, as the patches' ``box``) and ``removed_box`` (in the original image's).
+
+        Raises:
+            ValueError: a bad patch size or defence.
+        """
+        from ..robust import RobustBagNet
+
+        if defense not in ("mask", "clip"):
+            raise ValueError(f"defense must be 'mask' or 'clip', got {defense!r}")
+        if not isinstance(patch, str):
+            raise ValueError(f"patch must be a string such as '2%' or '16', got {patch!r}")
+        with self._lock:  # made on first use for images explored before it was kept
+            if self._patch_logits is None:
+                with self.explorer._slots:
+                    self._patch_logits = self.explorer._logits_and_patch_logits(self._x)[1]
+        ex = self.explorer
+        robust = RobustBagNet(ex.model, patch, defense)
+        h, w = self.display.shape[-2:]
+        geo = robust.geometry((h, w))
+        cert = robust.certify_evidence(self._patch_logits[None], geo.window, geo.patch_size)
+        return certificate_record(cert, 0, patch=patch, class_names=ex.classes, receptive_field=ex.receptive_field,
+                                  patch_stride=ex.patch_stride, resized_size=[w, h], analysed_box=self.source["box"])
+
     # -- what the page and the downloads show -----------------------------------------
 
     @property
@@ -475,19 +525,24 @@ class ExploredImage:
         self.figure(cls, res, vmax).savefig(buf, format="svg")
         return buf.getvalue()
 
-    def to_dict(self, res: str = "native", n: int = 10, *, maps: bool = False) -> dict:
+    def to_dict(self, res: str = "native", n: int = 10, *, maps: bool = False, certify: str | None = None,
+                defense: str = "mask") -> dict:
         """:meth:`Explanation.to_dict` of the top classes, with the "none of these" check.
 
         With ``maps``, ``maps`` holds per explained class index the ``[h, w]`` evidence map
         (rounded to 1e-4) of this resolution; full-resolution maps of models with many
-        classes are given for the ``top_k`` classes only.
+        classes are given for the ``top_k`` classes only. With ``certify`` (a patch size),
+        ``certified`` holds :meth:`certificate` of it and ``defense``.
         """
+        cert = None if certify is None else self.certificate(certify, defense)
         many = res == "full" and self.num_classes > _FULL_ALL_CLASSES
         classes = self.ranking(self.explorer.top_k if many else n)
         out = {"image": self.name, "resolution": res, "scale": self.scale,
                **self.explanation(classes, res, n=n).to_dict()}
         if maps:
             out["maps"] = {str(c): np.round(self.evidence(c, res).numpy(), 4).tolist() for c in classes}
+        if cert is not None:
+            out["certified"] = cert
         return out
 
 

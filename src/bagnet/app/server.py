@@ -29,7 +29,10 @@ Routes::
     GET  /api/uploads/<id>/figure.png?class=C&res=...[&vmax=V]   the figure (200 dpi), as a download
     GET  /api/uploads/<id>/figure.svg?class=C&res=...[&vmax=V]   the same figure as SVG
     GET  /api/uploads/<id>/result.json?res=...[&maps=1]          predictions, top patches (JSON);
-                                                                 maps=1: with the evidence maps
+                                                                 maps=1: with the evidence maps;
+                                                                 certify=2%[&defense=clip]: with "certified"
+    GET  /api/uploads/<id>/certificate?patch=2%[&defense=mask|clip]  is the defended prediction certified
+                                                                 against any such sticker; the removed window
 
 ``vmax`` fixes the colour scale at ``+-vmax`` (the page's "same scale across images");
 without it every class of an image shares that image's scale.
@@ -442,13 +445,24 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, data, "image/png" if fmt == "png" else "image/svg+xml",
                    {"Content-Disposition": f'attachment; filename="{filename}"'})
 
+    def _certificate(self, key: str, query=None) -> None:
+        analysis = self.server.store.get(key)
+        patch, defense = _parse_certify(query, "patch")
+        if patch is None:
+            raise HTTPError(400, "give the patch size to certify against, e.g. patch=2% (or a side in pixels)")
+        self._json(_certify(analysis, patch, defense))
+
     def _result(self, key: str, query=None) -> None:
         analysis = self.server.store.get(key)
         res = _parse_res(query)
         maps = query.get("maps", "0")
         if maps not in ("0", "1"):
             raise HTTPError(400, f"maps must be 0 or 1, got {maps!r}")
-        body = json.dumps(analysis.to_dict(res, maps=maps == "1"), indent=1).encode()
+        patch, defense = _parse_certify(query, "certify")
+        record = analysis.to_dict(res, maps=maps == "1")
+        if patch is not None:
+            record["certified"] = _certify(analysis, patch, defense)
+        body = json.dumps(record, indent=1).encode()
         filename = _safe_name(f"{PurePath(analysis.name).stem}-{res}.json")
         self._send(200, body, "application/json", {"Content-Disposition": f'attachment; filename="{filename}"'})
 
@@ -463,7 +477,28 @@ _ROUTES = (
     ("GET", r"/api/uploads/([^/]+)/view", _Handler._view),
     ("GET", r"/api/uploads/([^/]+)/figure\.(png|svg)", _Handler._figure),
     ("GET", r"/api/uploads/([^/]+)/result\.json", _Handler._result),
+    ("GET", r"/api/uploads/([^/]+)/certificate", _Handler._certificate),
 )
+
+
+def _parse_certify(query: dict, name: str) -> tuple[str | None, str]:
+    """``(patch size or None, defence)`` of a request: the size under ``name``, the defence
+    under ``defense`` (``mask`` by default; refused without a size, where it would do nothing)."""
+    patch, defense = query.get(name), query.get("defense")
+    if patch is None and defense is not None:
+        raise HTTPError(400, f"defense={defense!r} needs a patch size to certify against ({name}=2%, ...)")
+    if defense is not None and defense not in ("mask", "clip"):
+        raise HTTPError(400, f"defense must be 'mask' or 'clip', got {defense!r}")
+    if patch is not None and (len(patch) > 16 or not patch.strip()):
+        raise HTTPError(400, f"{name} must be a patch size such as 2% or 16 (pixels), got {patch[:40]!r}")
+    return patch, defense or "mask"
+
+
+def _certify(analysis: ExploredImage, patch: str, defense: str) -> dict:
+    try:
+        return analysis.certificate(patch, defense)
+    except ValueError as e:  # unreadable size, or a patch larger than the image
+        raise HTTPError(400, str(e)) from None
 
 
 def _parse_res(query: dict) -> str:

@@ -204,6 +204,7 @@ def _certificate(model, result, record: dict, patch: str, defense: str) -> dict:
     saw provably immune to any ``patch`` sticker, and (mask) which window was removed."""
     import torch
 
+    from ..explain._explain import certificate_record
     from ..robust import certify
 
     cfg = model.pretrained_cfg
@@ -212,21 +213,9 @@ def _certificate(model, result, record: dict, patch: str, defense: str) -> dict:
     x = ((result.image - mean) / std)[None].to(device)
     with torch.no_grad():
         cert = certify(model.eval(), x, patch_size=patch, defense=defense)
-    pred = int(cert.prediction[0])
-    out = {"patch": patch, "patch_px_resized": cert.patch_size, "defense": defense,
-           "prediction": {"index": pred, "name": result.class_names[pred]}, "certified": bool(cert.certified[0]),
-           "margin": float(cert.margin[0])}
-    if cert.removed is not None:
-        q, s = model.receptive_field, model.patch_stride
-        (r, c), (wh, ww) = cert.removed[0].tolist(), cert.window
-        w, h = record["resized_size"]
-        resized = [s * c, s * r, min(w, s * (c + ww - 1) + q), min(h, s * (r + wh - 1) + q)]
-        bx0, by0, bx1, by1 = record["analysed_box"]
-        sx, sy = (bx1 - bx0) / w, (by1 - by0) / h
-        out["removed_box_resized"] = resized
-        out["removed_box"] = [round(bx0 + resized[0] * sx), round(by0 + resized[1] * sy),
-                              round(bx0 + resized[2] * sx), round(by0 + resized[3] * sy)]
-    return out
+    return certificate_record(cert, 0, patch=patch, class_names=result.class_names,
+                              receptive_field=model.receptive_field, patch_stride=model.patch_stride,
+                              resized_size=record["resized_size"], analysed_box=record["analysed_box"])
 
 
 def _certified_line(c: dict) -> str:

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from ..robust import Certificate
+
 __all__ = ["Explanation", "Prediction", "explain", "model_config"]
 
 _TOP = re.compile(r"^top(\d+)$")
@@ -125,7 +127,7 @@ class Explanation:
         sx, sy = (bx1 - bx0) / w, (by1 - by0) / h
 
         def box(b):
-            return [round(bx0 + b[0] * sx), round(by0 + b[1] * sy), round(bx0 + b[2] * sx), round(by0 + b[3] * sy)]
+            return original_box(b, source["box"], (w, h))
 
         def center(c):  # the original pixel under the centre of resized pixel c
             return [min(bx0 + math.floor((c[0] + 0.5) * sx), bx1 - 1), min(by0 + math.floor((c[1] + 0.5) * sy), by1 - 1)]
@@ -248,6 +250,39 @@ class Explanation:
         png = base64.b64encode(self._repr_png_()).decode("ascii")
         parts.append(f"<img src='data:image/png;base64,{png}' alt='class-evidence maps'/></div>")
         return "".join(parts)
+
+
+def original_box(box: Sequence[float], analysed_box: Sequence[int], resized_size: Sequence[int]) -> list[int]:
+    """A box ``[x0, y0, x1, y1]`` of the resized frame the model saw (``resized_size`` is
+    ``[width, height]``) in the original image's pixels, rounded; ``analysed_box`` is the
+    part of the original the model saw."""
+    bx0, by0, bx1, by1 = analysed_box
+    sx, sy = (bx1 - bx0) / resized_size[0], (by1 - by0) / resized_size[1]
+    return [round(bx0 + box[0] * sx), round(by0 + box[1] * sy), round(bx0 + box[2] * sx), round(by0 + box[3] * sy)]
+
+
+def certificate_record(cert: Certificate, i: int, *, patch: str, class_names: Sequence[str], receptive_field: int,
+                       patch_stride: int, resized_size: Sequence[int], analysed_box: Sequence[int]) -> dict:
+    """What ``bagnet explain --certify-patch`` and the explorer report of image ``i`` of a
+    :class:`bagnet.robust.Certificate` (JSON-serializable, boxes as in :data:`COORDINATES`):
+    the defended prediction, whether it is certified, the margin, a sentence saying so and,
+    for ``"mask"``, the window the masking removed (``removed_box``, ``removed_box_resized``)."""
+    w, h = resized_size
+    p, pred, ok = cert.patch_size, int(cert.prediction[i]), bool(cert.certified[i])
+    # A size asked as a share of the image is said as such; one asked in pixels gets its share.
+    share = patch.strip() if patch.strip().endswith("%") else f"{100 * p * p / (w * h):.2g}%"
+    sticker = f"{p}x{p} px sticker ({share} of the image)"
+    article = "an" if p in (11, 18) or str(p).startswith("8") else "a"  # "an 8x8", "an 11x11"
+    out = {"patch": patch, "patch_px_resized": p, "defense": cert.defense,
+           "prediction": {"index": pred, "name": class_names[pred]}, "certified": ok,
+           "margin": float(cert.margin[i]), "window": list(cert.window),
+           "message": f"certified against any {sticker}" if ok else f"not certified: {article} {sticker} could change "
+                      "this prediction"}
+    resized = cert.removed_box(i, receptive_field, patch_stride, (h, w))
+    if resized is not None:
+        out["removed_box_resized"] = resized
+        out["removed_box"] = original_box(resized, analysed_box, resized_size)
+    return out
 
 
 def figure_png(fig: Figure, dpi: int = 100) -> bytes:

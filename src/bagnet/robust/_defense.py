@@ -84,6 +84,18 @@ class Certificate:
         """``[N]`` bool, certified and correct: what certified accuracy counts."""
         return self.correct(labels) & self.certified.cpu()
 
+    def removed_box(self, i: int, receptive_field: int, patch_stride: int,
+                    image_size: tuple[int, int]) -> list[int] | None:
+        """The pixels the masking removed from image ``i``: ``[x0, y0, x1, y1]`` (x before y,
+        x1 and y1 excluded) in the ``(height, width)`` = ``image_size`` input, the union of the
+        ``receptive_field`` squares of the removed window's locations; ``None`` unless ``"mask"``."""
+        if self.removed is None:
+            return None
+        q, s = receptive_field, patch_stride
+        (r, c), (wh, ww) = self.removed[i].tolist(), self.window
+        h, w = image_size
+        return [s * c, s * r, min(w, s * (c + ww - 1) + q), min(h, s * (r + wh - 1) + q)]
+
     def _repr_html_(self, max_rows: int = 20) -> str:
         """A table of the certificates, shown inline by Jupyter (the first ``max_rows`` images)."""
         n = len(self.prediction)

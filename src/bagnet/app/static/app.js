@@ -4,11 +4,12 @@
 
 const $ = (sel) => document.querySelector(sel);
 let config = null;
-let current = null; // {id, summary, label, cls, res, views: Map}
+let current = null; // {id, summary, label, cls, res, views: Map, certs: Map}
 let request = 0; // the latest view request; older answers are ignored
 let analysing = 0; // the latest upload or sample; older answers are ignored
 let locked = null; // {vmax, from}: the colour scale kept across images, or null
 let progressTimer = null;
+let certRequest = 0; // the latest certificate request; older answers are ignored
 
 function showError(message) {
   const box = $("#error");
@@ -141,6 +142,8 @@ async function init() {
     $("#patches").style.display = display;
     $("#labels").style.display = display;
   });
+  $("#certify-patch").addEventListener("change", showCertificate);
+  $("#certify-defense").addEventListener("change", showCertificate);
   document.body.dataset.ready = "true";
 }
 
@@ -173,8 +176,9 @@ async function analyse(url, options, label) {
     const summary = await api(url, options);
     if (mine !== analysing) return; // the user has picked another image meanwhile
     const res = document.querySelector("input[name=res]:checked").value;
-    current = {id: summary.id, summary, label, cls: summary.top_class, res, views: new Map()};
+    current = {id: summary.id, summary, label, cls: summary.top_class, res, views: new Map(), certs: new Map()};
     render(summary, label);
+    showCertificate();
     await showView();
   } catch (err) {
     if (mine === analysing) { hideResult(); showError(err.message); }
@@ -238,6 +242,7 @@ function render(summary, label) {
   $("#labels").replaceChildren();
   $("#map-class").textContent = "";
   $("#patches").setAttribute("viewBox", "0 0 " + summary.width + " " + summary.height);
+  $("#removed").setAttribute("viewBox", "0 0 " + summary.width + " " + summary.height);
   const list = $("#classes");
   list.replaceChildren();
   for (const p of summary.predictions) {
@@ -321,19 +326,10 @@ function applyView(state, view, query) {
   const labels = $("#labels");
   svg.replaceChildren();
   labels.replaceChildren();
-  const ns = "http://www.w3.org/2000/svg";
   const {width, height} = state.summary;
   view.patches.forEach((p, i) => {
-    const [x0, y0, x1, y1] = p.box;
-    const rect = document.createElementNS(ns, "rect");
-    rect.setAttribute("x", x0);
-    rect.setAttribute("y", y0);
-    rect.setAttribute("width", x1 - x0);
-    rect.setAttribute("height", y1 - y0);
-    const title = document.createElementNS(ns, "title");
-    title.textContent = "#" + (i + 1) + ": evidence " + p.score.toFixed(2);
-    rect.append(title);
-    svg.append(rect);
+    const [x0, y0] = p.box;
+    svg.append(boxRect(p.box, "#" + (i + 1) + ": evidence " + p.score.toFixed(2)));
     // Numbers in page pixels, so they stay readable however small the map is drawn.
     const label = document.createElement("span");
     label.textContent = String(i + 1);
@@ -362,8 +358,82 @@ function applyView(state, view, query) {
   const base = "/api/uploads/" + state.id;
   $("#download-png").href = base + "/figure.png" + query;
   $("#download-svg").href = base + "/figure.svg" + query;
-  $("#download-json").href = base + "/result.json?res=" + state.res;
-  $("#download-maps").href = base + "/result.json?res=" + state.res + "&maps=1";
+  jsonLinks(state);
+}
+
+// The JSON downloads carry the certificate the page shows, if any.
+function certQuery() {
+  const patch = $("#certify-patch").value;
+  return patch ? "certify=" + encodeURIComponent(patch) + "&defense=" + $("#certify-defense").value : "";
+}
+
+function jsonLinks(state) {
+  const base = "/api/uploads/" + state.id + "/result.json?res=" + state.res;
+  const cert = certQuery() ? "&" + certQuery() : "";
+  $("#download-json").href = base + cert;
+  $("#download-maps").href = base + "&maps=1" + cert;
+}
+
+// Whether the defended prediction is certified against the chosen sticker size: arithmetic on
+// the patch logits the server kept from the upload's pass, so no progress bar is needed.
+async function showCertificate() {
+  const state = current;
+  const line = $("#certificate");
+  const removed = $("#removed");
+  const mine = ++certRequest;
+  removed.replaceChildren();
+  if (!state) return;
+  if (state.shownView) jsonLinks(state);
+  const patch = $("#certify-patch").value;
+  const defense = $("#certify-defense").value;
+  if (!patch) {
+    line.hidden = true;
+    line.textContent = "";
+    delete line.dataset.certified;
+    return;
+  }
+  const query = "?patch=" + encodeURIComponent(patch) + "&defense=" + defense;
+  let cert = state.certs.get(query);
+  if (!cert) {
+    line.className = "busy";
+    line.textContent = "certifying against a " + patch + " sticker…";
+    line.hidden = false;
+    delete line.dataset.certified;
+    try {
+      cert = await api("/api/uploads/" + state.id + "/certificate" + query);
+    } catch (err) {
+      if (mine === certRequest && state === current) { line.hidden = true; showError(err.message); }
+      return;
+    }
+    state.certs.set(query, cert);
+  }
+  if (mine !== certRequest || state !== current) return; // a newer choice or image won
+  const top = state.summary.top_class;
+  const plain = cert.prediction.index === top ? "" : " (the undefended model says " + config.classes[top] + ")";
+  line.className = cert.certified ? "yes" : "no";
+  line.dataset.certified = String(cert.certified);
+  line.textContent = (cert.certified ? "✔ " : "✘ ") + cert.defense + "-defended prediction " + cert.prediction.name +
+    plain + ": " + cert.message + " (px of the " + state.summary.width + "×" + state.summary.height +
+    " image the model sees; margin " + num(cert.margin) + ")." +
+    (cert.removed_box_resized ? " The dashed box is the window the masking removed." : "");
+  line.hidden = false;
+  if (cert.removed_box_resized) {
+    removed.append(boxRect(cert.removed_box_resized, "the window the masking removed for " + cert.prediction.name));
+  }
+}
+
+// An SVG rectangle for a box [x0, y0, x1, y1] of the model input, with a tooltip.
+function boxRect([x0, y0, x1, y1], tooltip) {
+  const ns = "http://www.w3.org/2000/svg";
+  const rect = document.createElementNS(ns, "rect");
+  rect.setAttribute("x", x0);
+  rect.setAttribute("y", y0);
+  rect.setAttribute("width", x1 - x0);
+  rect.setAttribute("height", y1 - y0);
+  const title = document.createElementNS(ns, "title");
+  title.textContent = tooltip;
+  rect.append(title);
+  return rect;
 }
 
 init();
