@@ -202,3 +202,22 @@ def test_every_registered_bagnet_defends_and_certifies(name):
         top2 = logits.double().topk(2, 1).values
         clear = top2[:, 0] - top2[:, 1] > 1e-6  # float32 rounding decides nothing here
         assert torch.equal(cert.prediction[clear], logits.argmax(1)[clear])
+
+
+def test_certify_and_wrapping_leave_the_models_mode_alone():
+    model = _tiny().eval()
+    x = torch.randn(3, 3, 40, 40)
+    with torch.no_grad():
+        before = model(x)
+        certify(model, x, patch_size=6, defense="mask")  # wraps the plain model itself
+        assert not model.training and not any(m.training for m in model.modules())
+        torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+        robust = RobustBagNet(model, 6, "clip")
+        assert not robust.training  # an eval() model gives an eval() defence
+        certify(robust, x)
+        assert not model.training
+        # a model in training mode stays in training mode, its wrapper too
+        model.train()
+        robust = RobustBagNet(model, 6, "mask")
+        certify(robust, x)
+        assert robust.training and all(m.training for m in model.modules())

@@ -167,6 +167,9 @@ class RobustBagNet(nn.Module):
         self.clip_range = clip_range
         self.tanh_scale = tanh_scale
         self.tanh_shift = tanh_shift
+        # nn.Module starts in training mode; mirror the model instead, so wrapping an eval()
+        # model gives an eval() defence (a train() wrapper would later switch its BatchNorm).
+        self.train(model.training)
 
     # -- what the defence allows -----------------------------------------------------
 
@@ -302,9 +305,12 @@ def certify(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None 
         if patch_size is None:
             raise ValueError("certify needs patch_size (pixels, or an area fraction such as '2%')")
         robust = RobustBagNet(model, patch_size, defense or "mask", **kwargs)
-    was_training = robust.training
+    # Restore every module's own mode afterwards: train(was_training) on the wrapper would
+    # push the wrapper's mode onto the caller's model (and its BatchNorm onto batch statistics).
+    modes = [(m, m.training) for m in robust.modules()]
     robust.eval()
     try:
         return robust.certify(images)
     finally:
-        robust.train(was_training)
+        for m, training in modes:
+            m.training = training
