@@ -239,6 +239,9 @@ def _report(args, model, records, dataset, chosen: int, folder, img_size, defens
     model_name = getattr(model, "model_name", None) or args.model or type(model).__name__
     head = (f"{model_name} on {folder} ({plural(len(records), 'image')} at {img_size} px"
             + (f", an even subset of {len(dataset)} (--max-images)" if chosen < len(dataset) else "") + (f", {skipped} unreadable skipped" if skipped else "") + ")")
+    trained = (getattr(model, "pretrained_cfg", None) or {}).get("train_evidence")
+    if trained and trained != "mean":  # `bagnet train --clip-evidence`: certify with the same squashing
+        head += f"; trained on the mean of {trained}"
     print(head)
     print(f"{'defense':<8} {'patch':<14} {'clean':>8} {'certified':>10}" + (f" {'attacked':>9}" if attack else ""))
     for s in summaries:

@@ -83,6 +83,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--outlier-weight", type=float, default=0.5, help="weight of the outlier loss term")
     g.add_argument("--outlier-repeat", type=int, default=1, help="times each outlier image appears per epoch")
+    g.add_argument(
+        "--clip-evidence", default=None, metavar="A,B",
+        help="train and validate through the clip defence: logits = mean of tanh(A * patch logit + B) "
+             "(Clipped BagNet); certify the model with --defense clip --tanh-scale A --tanh-shift B",
+    )
     g.add_argument("--workers", type=int, default=4, help="data-loading processes per training process")
     g = p.add_argument_group("speed")
     g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision (bf16 on CPU)")
@@ -104,9 +109,12 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
     """The :class:`~bagnet.train.TrainConfig` of the parsed arguments, and the names of the
     options typed on the command line (whatever their values)."""
     from ..train import TrainConfig
+    from ..train.config import parse_clip_evidence
 
     values = {k: getattr(args, k) for k in TrainConfig.__dataclass_fields__ if hasattr(args, k)}
     values = {k: ("" if v is None and k in ("data", "out", "model") else v) for k, v in values.items()}
+    if values.get("clip_evidence") is not None:
+        values["clip_evidence"] = parse_clip_evidence(values["clip_evidence"])
     explicit = set(getattr(args, GIVEN, None) or ()) & set(values)
     values["command"] = shlex.join(["bagnet", *sys.argv[1:]])
     return TrainConfig(**values), explicit

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +20,44 @@ SITTING = frozenset({"stop_after", "resume", "progress", "command", "out"})
 # classes; ``workers`` and ``device`` change the random stream (each loader worker draws
 # its own augmentations), so a resumed run keeps the stored ones unless told. Every other
 # option changes what the run computes: typed with another value than the run's, it is
-# refused.
+# refused. That includes ``clip_evidence``: switching the aggregation mid-run would leave a
+# model trained for neither, and its best.pt chosen by another val measure; fine-tune a
+# finished run with it instead (a new --out with --weights RUN/model.pt).
 RESUME_MAY_CHANGE = SITTING | {"data", "epochs", "workers", "device"}
+
+
+def parse_clip_evidence(text: str) -> list[float]:
+    """``"A,B"`` -> ``[A, B]``, the squashing ``tanh(A * x + B)`` of ``--clip-evidence``.
+
+    Raises:
+        ValueError: not two comma-separated numbers.
+    """
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 2:
+        raise ValueError(f"--clip-evidence {text!r} must be two numbers A,B for tanh(A * x + B), e.g. 1,-2")
+    return values
+
+
+def check_clip_evidence(values: Sequence[float] | None) -> str | None:
+    """The problem with ``values`` as ``--clip-evidence`` (``None``: fine or not set)."""
+    if values is None:
+        return None
+    if len(values) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        return f"--clip-evidence must be two finite numbers A,B for tanh(A * x + B), got {values!r}"
+    if values[0] <= 0:
+        # A scale of 0 makes every patch the same constant; a negative one reverses the evidence.
+        return f"--clip-evidence scale A must be positive, got {values[0]:g}"
+    return None
+
+
+def describe_clip_evidence(values: Sequence[float]) -> str:
+    """``"clip tanh(1 * x - 2)"``: what a model trained with ``--clip-evidence`` averaged."""
+    a, b = values
+    return f"clip tanh({a:g} * x {'-' if b < 0 else '+'} {abs(b):g})"
 
 
 @dataclass
@@ -60,6 +98,9 @@ class TrainConfig:
     outliers: str | None = None  # images of none of the classes (outlier exposure)
     outlier_weight: float = 0.5
     outlier_repeat: int = 1  # times each outlier image appears per epoch
+    # [A, B]: train (and validate) through the clip defence, logits = mean of tanh(A * x + B)
+    # over the patch logits x; None: the plain mean.
+    clip_evidence: list[float] | None = None
     resume: str | None = None
     stop_after: int | None = None  # end this sitting after this epoch (resume later)
     device: str = "auto"
@@ -94,6 +135,9 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        problem = check_clip_evidence(self.clip_evidence)
+        if problem:
+            raise ValueError(problem)
         return self
 
     def to_dict(self) -> dict[str, Any]:

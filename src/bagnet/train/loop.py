@@ -31,9 +31,10 @@ from ..data.folder import ImageFolder, collate_skip, eval_transform, read_class_
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..models import create_model, save_model_file, save_pretrained
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig, merge_for_resume
+from .config import TrainConfig, describe_clip_evidence, merge_for_resume
 from .distributed import DistInfo, ShardSampler, barrier, cleanup_distributed, init_distributed
 from .engine import EpochStats, evaluate, train_one_epoch
+from .evidence import ClippedEvidence
 from .optim import ModelEma, build_optimizer, build_scheduler
 from .outliers import OutlierExposureLoss, OutlierImages
 
@@ -305,9 +306,13 @@ def _run(cfg: TrainConfig, ckpt: dict | None, device: torch.device, info: DistIn
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = ModelEma(model, cfg.ema_decay, device=device) if cfg.ema else None
-    train_model = model
+    # The module whose logits are trained and validated: the model, or the clip defence
+    # around it (no parameters of its own, so the optimizer, EMA and checkpoints still
+    # see only the model's).
+    aggregate = (lambda m: ClippedEvidence(m, *cfg.clip_evidence)) if cfg.clip_evidence else (lambda m: m)
+    train_model = aggregate(model)
     if info.enabled:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     train_criterion = OutlierExposureLoss(cfg.outlier_weight, cfg.label_smoothing) if cfg.outliers else criterion
     optimizer = build_optimizer(model, cfg)
@@ -331,8 +336,10 @@ def _run(cfg: TrainConfig, ckpt: dict | None, device: torch.device, info: DistIn
     files = _RunFiles(Path(cfg.out), info, start_epoch)
     files.write_config(cfg, data.classes)
     logger.info(
-        "training %s on %s of %s (val %d) for %s; writing to %s", cfg.model, plural(len(data.train), "image"),
-        plural(len(data.classes), "class"), len(data.val), plural(cfg.epochs, "epoch"), cfg.out,
+        "training %s on %s of %s (val %d) for %s%s; writing to %s", cfg.model, plural(len(data.train), "image"),
+        plural(len(data.classes), "class"), len(data.val), plural(cfg.epochs, "epoch"),
+        f", logits = mean of {describe_clip_evidence(cfg.clip_evidence)} (train and val)" if cfg.clip_evidence else "",
+        cfg.out,
     )
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -347,8 +354,8 @@ def _run(cfg: TrainConfig, ckpt: dict | None, device: torch.device, info: DistIn
                 channels_last=cfg.channels_last, info=info, progress=cfg.progress, desc=desc,
             )
             kw = dict(amp=cfg.amp, channels_last=cfg.channels_last, info=info, progress=cfg.progress)
-            val = evaluate(model, criterion, val_loader, device, **kw)
-            ema_val = evaluate(ema.module, criterion, val_loader, device, desc="val ema", **kw) if ema else None
+            val = evaluate(aggregate(model), criterion, val_loader, device, **kw)
+            ema_val = evaluate(aggregate(ema.module), criterion, val_loader, device, desc="val ema", **kw) if ema else None
             chosen = ema_val or val  # the EMA weights are the ones shipped when --ema is on
             record = _record(epoch + 1, lr, tr, val, ema_val, time.perf_counter() - t0)
             is_best = chosen.top1 > best["top1"]
@@ -433,7 +440,11 @@ def _save(cfg, files, info, epoch, best, is_best, classes, model, ema, optimizer
                 "class_names": read_class_names(cfg.data, classes),
                 "img_size": cfg.img_size,
                 "dataset": cfg.data,
-                "metrics": {"top1": best["top1"], "top5": best["top5"], "epoch": epoch},
+                "metrics": {"top1": best["top1"], "top5": best["top5"], "epoch": epoch,
+                            # the val accuracy of the defended logits, not of the plain mean
+                            **({"logits": describe_clip_evidence(cfg.clip_evidence)} if cfg.clip_evidence else {})},
+                # how the model was trained, for whoever certifies it
+                "train_evidence": describe_clip_evidence(cfg.clip_evidence) if cfg.clip_evidence else "mean",
                 "command": cfg.command,
                 "config": cfg.to_dict(),
             }
