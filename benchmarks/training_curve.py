@@ -1,0 +1,44 @@
+"""A training run's accuracy per epoch as a Markdown table, from its ``log.jsonl``.
+
+The default model's recipe (``tools/train_default_model.sh``) is recorded this way in
+``benchmarks/README.md`` ("Default model: accuracy per epoch"):
+
+    .venv/bin/python benchmarks/training_curve.py runs/bagnet33_w25
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| epoch | lr | train loss | train top-1 | val top-1 | val top-5 | img/s | s |",
+           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        out.append(f"| {r['epoch']} | {r['lr']:.4g} | {r['train_loss']:.3f} | {r['train_top1']:.2f} | "
+                   f"{r['val_top1']:.2f} | {r['val_top5']:.2f} | {r['train_img_s']:.0f} | {r['time']:.0f} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="a bagnet train output folder (holds log.jsonl)")
+    args = p.parse_args(argv)
+    log = Path(args.run) / "log.jsonl"
+    if not log.is_file():
+        print(f"training_curve: error: {log} does not exist (is {args.run} a bagnet train output folder?)", file=sys.stderr)
+        return 1
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "val_top1" in r]
+    if not rows:
+        print(f"training_curve: error: {log} holds no finished epoch yet", file=sys.stderr)
+        return 1
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
