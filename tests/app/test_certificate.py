@@ -97,7 +97,7 @@ def test_certificates_need_no_further_pass(tiny_model, monkeypatch):
     "query, words",
     [
         ("certificate?patch=abc", "patch size 'abc' is neither pixels"),
-        ("certificate?patch=0%25", "must be in (0, 1]"),
+        ("certificate?patch=0%25", "patch size '0%' is 0% of the image area"),
         ("certificate?patch=200", "a 200 x 200 patch does not fit in a 48 x 48 image"),
         ("certificate?patch=2%25&defense=none", "defense must be 'mask' or 'clip', got 'none'"),
         ("certificate", "give the patch size to certify against"),

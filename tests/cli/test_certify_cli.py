@@ -108,7 +108,10 @@ def test_attack_runs_on_a_torchvision_model(folder_and_model, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--patch", "0%"], "patch area fraction"),
+    (["--patch", "0%"], "patch size '0%' is 0% of the image area"),
+    (["--patch", "200%"], "patch size '200%' is 200% of the image area"),
+    (["--attack", "--attack-positions", "0"], "--attack-positions must be at least 1, got 0"),
+    (["--attack", "--attack-step-size", "0"], "--attack-step-size must be more than 0"),
     (["--patch", "60"], "does not fit"),
     (["--defense", "smooth"], "unknown --defense 'smooth'"),
     (["--clip-range", "1"], "are for --defense clip"),
@@ -130,6 +133,22 @@ def test_certify_refuses_a_model_without_patch_logits(folder_and_model, tmp_path
     rc = main(["certify", "--data", str(root), "--model", "resnet18", "--weights", str(tmp_path / "r18.pt"),
                "--workers", "0", "--out", str(tmp_path)])
     assert rc == 1 and "not a BagNet" in capsys.readouterr().err
+
+
+def test_a_torchvision_model_is_refused_before_its_weights_are_downloaded(folder_and_model, tmp_path, capsys,
+                                                                          monkeypatch):
+    import torch.hub
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("tried to download weights")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    root, _ = folder_and_model
+    rc = main(["attack", "--data", str(root), "--model", "resnet18", "--defense", "mask", "--workers", "0",
+               "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "resnet18 is a torchvision classifier, not a BagNet" in err and len(err.splitlines()) == 1
 
 
 def test_explain_says_whether_the_prediction_is_certified(folder_and_model, tmp_path, capsys):

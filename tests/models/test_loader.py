@@ -204,3 +204,18 @@ def test_every_registered_weight_has_a_hash():
     for (name, tag), cfg in _weights._PRETRAINED.items():
         assert cfg.sha256 and len(cfg.sha256) >= 8, (name, tag)
         assert cfg.sha256 == _weights.hash_in_name(cfg.filename), (name, tag)
+
+
+def test_an_offline_torchvision_download_names_the_model_and_the_way_out(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torch.hub
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(OSError, match=r"could not download torchvision's .* weights for resnet18 from https://.*"
+                                      r"--weights imagenet --weights-file PATH"):
+        bagnet.create_model("resnet18", pretrained=True)

@@ -89,6 +89,14 @@ def add_attack_args(p: argparse.ArgumentParser) -> None:
 
 
 def attack_options(args: argparse.Namespace) -> dict:
+    """The attack's keyword arguments; a value out of range is refused naming its option."""
+    limits = (("--attack-steps", args.attack_steps, 0), ("--attack-search-steps", args.attack_search_steps, 1),
+              ("--attack-positions", args.attack_positions, 1), ("--attack-refine", args.attack_refine, 0))
+    for option, value, low in limits:
+        if value < low:
+            raise ValueError(f"{option} must be at least {low}, got {value}")
+    if not args.attack_step_size > 0:
+        raise ValueError(f"--attack-step-size must be more than 0, got {args.attack_step_size}")
     return dict(steps=args.attack_steps, step_size=args.attack_step_size, positions=args.attack_positions,
                 search_steps=args.attack_search_steps, refine=args.attack_refine, seed=args.seed)
 
@@ -138,6 +146,7 @@ def evaluate(args: argparse.Namespace, defenses: list[str], defense_options: dic
     from torch.utils.data import DataLoader, Subset
 
     from ..data.folder import ImageFolder, eval_transform
+    from ..models._factory import _torchvision_name
     from ..robust import patch_pixels, robustness_records
     from ..train.distributed import ShardSampler, cleanup_distributed, init_distributed
     from ._common import resolve_device, resolve_model
@@ -150,13 +159,17 @@ def evaluate(args: argparse.Namespace, defenses: list[str], defense_options: dic
     folder = data_root / args.split
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} does not exist; pass --split NAME for another sub-folder of {data_root}")
+    needs_bagnet = certify or any(d != "none" for d in defenses)
+    if needs_bagnet and getattr(args, "model", None) and not args.weights and _torchvision_name(args.model):
+        # Refused before its ImageNet weights are downloaded for nothing.
+        raise ValueError(f"{args.model} is a torchvision classifier, not a BagNet: certificates and the mask/clip "
+                         "defences need patch logits (bagnet attack --defense none attacks any classifier)")
     device = resolve_device(args.device)
     info = init_distributed(device)
     try:
         if info.enabled and device.type == "cuda":
             device = torch.device("cuda", info.local_rank)
         model = resolve_model(args).to(device).eval()
-        needs_bagnet = certify or any(d != "none" for d in defenses)
         if needs_bagnet and not callable(getattr(model, "patch_logits", None)):
             raise ValueError(f"{type(model).__name__} is not a BagNet: certificates and defences need patch logits "
                              "(bagnet attack --defense none attacks any classifier)")

@@ -323,6 +323,10 @@ def _create_torchvision(tv_name: str, pretrained, file, check_hash: bool, kwargs
         if "hash" in str(e):
             raise ValueError(f"the download of {enum.url} does not match its hash ({e}); try again") from None
         raise
+    except OSError as e:  # urllib's URLError (offline, DNS) is an OSError
+        raise OSError(f"could not download torchvision's {enum} weights for {tv_name} from {enum.url} "
+                      f"({getattr(e, 'reason', e)}); download the file elsewhere and pass it with "
+                      f"--weights imagenet --weights-file PATH (API: pretrained='imagenet', file=PATH)") from None
     crop = getattr(enum.transforms(), "crop_size", [224])
     meta = {"dataset": "imagenet", "classes": list(imagenet_classes()), "img_size": int(crop[0]),
             "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}

@@ -116,8 +116,12 @@ def patch_attack(
         chunk: image-position pairs per forward pass.
         seed: for the random sticker initialisation.
     """
-    if steps < 0 or search_steps < 1 or positions < 1 or refine < 0 or step_size <= 0 or chunk < 1:
-        raise ValueError("need steps >= 0, search_steps >= 1, positions >= 1, refine >= 0, step_size > 0, chunk >= 1")
+    wrong = [f"{name}={value} (needs {need})" for name, value, ok, need in (
+        ("steps", steps, steps >= 0, ">= 0"), ("search_steps", search_steps, search_steps >= 1, ">= 1"),
+        ("positions", positions, positions >= 1, ">= 1"), ("refine", refine, refine >= 0, ">= 0"),
+        ("step_size", step_size, step_size > 0, "> 0"), ("chunk", chunk, chunk >= 1, ">= 1")) if not ok]
+    if wrong:
+        raise ValueError(f"patch_attack: {', '.join(wrong)}")
     n, _, h, w = images.shape
     p = patch_pixels(patch_size, (h, w))
     device = images.device

@@ -53,7 +53,8 @@ def patch_pixels(patch_size: int | float | str, image_size: tuple[int, int] | in
         fraction = float(patch_size)
     if fraction is not None:
         if not 0 < fraction <= 1:
-            raise ValueError(f"patch area fraction {fraction:g} must be in (0, 1] ('2%' or 0.02)")
+            raise ValueError(f"patch size {patch_size!r} is {100 * fraction:g}% of the image area; an area "
+                             "fraction must be more than 0% and at most 100% ('2%' or 0.02)")
         # The small epsilon keeps 1% of a 100 x 100 image at 10 px despite float rounding.
         pixels = math.ceil(math.sqrt(fraction * h * w) - 1e-9)
     if pixels is None:
