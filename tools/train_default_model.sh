@@ -7,6 +7,14 @@ cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
 export OMP_NUM_THREADS=$THREADS OMP_WAIT_POLICY=PASSIVE
 DATA=${DATA:-../shared/data/imagenette}
+# Processes do not outlive a session and run folders do not always survive either: the
+# newest checkpoint is committed under benchmarks/training/ and restored from there.
+ARCHIVE=benchmarks/training/bagnet33_w25
+if [ ! -f runs/bagnet33_w25/last.pt ] && [ -f "$ARCHIVE/last.pt" ]; then
+    mkdir -p runs/bagnet33_w25
+    cp "$ARCHIVE/last.pt" "$ARCHIVE/config.json" "$ARCHIVE/log.jsonl" runs/bagnet33_w25/
+    echo "restored runs/bagnet33_w25 from $ARCHIVE (epoch $(wc -l < "$ARCHIVE/log.jsonl"))"
+fi
 resume=()
 [ -f runs/bagnet33_w25/last.pt ] && resume=(--resume)
 exec .venv/bin/bagnet train --data "$DATA" --model bagnet33_w25 --img-size 160 --crop-scale 0.25 \
