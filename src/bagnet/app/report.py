@@ -27,7 +27,8 @@ from .._text import plural
 from ..data.images import ImageError, load_image
 from ..explain import plot_misclassification, plot_patches
 from ..explain._unknown import UnknownCheck, unknown_check
-from .explorer import ExploredImage, Explorer, figure_png
+from ._images import figure_png
+from .explorer import ExploredImage, Explorer
 
 __all__ = ["DemoItem", "Report", "build_report", "known_classes", "unknown_note", "write_report"]
 

@@ -60,7 +60,8 @@ from urllib.parse import parse_qs, urlsplit
 from .._extras import require
 from ..data.images import ImageError
 from ._hosts import WILDCARDS, HostPolicy, is_loopback, reachable_urls
-from .explorer import RESOLUTIONS, SCALE_PERCENTILE, ExploredImage, Explorer
+from ._requests import HTTPError, _certify, _parse_certify, _parse_class, _parse_res, _parse_vmax
+from .explorer import SCALE_PERCENTILE, ExploredImage, Explorer
 from .samples import SAMPLE_NAMES, sample_image, sample_note
 
 __all__ = ["DEFAULT_MAX_PIXELS", "ExplorerServer", "make_server"]
@@ -77,16 +78,6 @@ _ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _DRAIN_SLACK = 64 * 2**20
 # A client going away mid-request is not the server's problem: no traceback for these.
 _DISCONNECTS = (ConnectionError, TimeoutError)
-
-
-class HTTPError(Exception):
-    """An error answered to the client as ``{"error": message}`` with ``status``."""
-
-    def __init__(self, status: int, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
 
 
 class _Store:
@@ -481,46 +472,6 @@ _ROUTES = (
 )
 
 
-def _parse_certify(query: dict, name: str) -> tuple[str | None, str]:
-    """``(patch size or None, defence)`` of a request: the size under ``name``, the defence
-    under ``defense`` (``mask`` by default; refused without a size, where it would do nothing)."""
-    patch, defense = query.get(name), query.get("defense")
-    if patch is None and defense is not None:
-        raise HTTPError(400, f"defense={defense!r} needs a patch size to certify against ({name}=2%, ...)")
-    if defense is not None and defense not in ("mask", "clip"):
-        raise HTTPError(400, f"defense must be 'mask' or 'clip', got {defense!r}")
-    if patch is not None and (len(patch) > 16 or not patch.strip()):
-        raise HTTPError(400, f"{name} must be a patch size such as 2% or 16 (pixels), got {patch[:40]!r}")
-    return patch, defense or "mask"
-
-
-def _certify(analysis: ExploredImage, patch: str, defense: str) -> dict:
-    try:
-        return analysis.certificate(patch, defense)
-    except ValueError as e:  # unreadable size, or a patch larger than the image
-        raise HTTPError(400, str(e)) from None
-
-
-def _parse_res(query: dict) -> str:
-    res = query.get("res", "native")
-    if res not in RESOLUTIONS:
-        raise HTTPError(400, f"res must be 'native' or 'full', got {res!r}")
-    return res
-
-
-def _parse_vmax(query: dict) -> float | None:
-    raw = query.get("vmax")
-    if raw is None:
-        return None
-    try:
-        vmax = float(raw)
-    except ValueError:
-        vmax = float("nan")
-    if not 0 < vmax < 1e9:  # also refuses nan and inf
-        raise HTTPError(400, f"vmax must be a positive number (the colour scale), got {raw!r}")
-    return vmax
-
-
 def _colormap_stops(n: int = 11) -> list[str]:
     """The heatmaps' colour map (RdBu_r) as CSS colours from -vmax to +vmax, for the colour bar."""
     require("matplotlib", "the explorer's heatmaps")
@@ -529,21 +480,6 @@ def _colormap_stops(n: int = 11) -> list[str]:
 
     cmap = colormaps["RdBu_r"]
     return [to_hex(cmap(i / (n - 1))) for i in range(n)]
-
-
-def _parse_class(analysis: ExploredImage, query: dict) -> tuple[int, str]:
-    """``(class, resolution)`` of a view request; the top class when none is named."""
-    res = _parse_res(query)
-    raw = query.get("class")
-    if raw is None:
-        return analysis.top_class, res
-    try:
-        cls = int(raw)
-    except ValueError:
-        raise HTTPError(400, f"class must be a class index, got {raw!r}") from None
-    if not 0 <= cls < analysis.num_classes:
-        raise HTTPError(400, f"class {cls} is out of range (the model has {analysis.num_classes} classes)")
-    return cls, res
 
 
 def _mb(n: int) -> str:
