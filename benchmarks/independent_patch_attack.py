@@ -12,7 +12,7 @@ attack has teeth it also attacks uncertified correct images of the defended mode
 certified images through the undefended model.
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/independent_patch_attack.py --images 40 --stride 8 \
-        --search-steps 1 --steps 60 --top 4 --restarts 3 --teeth 4 --out /tmp/qa_attack     # 10 min
+        --search-steps 1 --steps 60 --top 4 --restarts 3 --teeth 4 --out out/independent_attack     # 10 min
     ... --images 40 --stride 4 --search-steps 2 --steps 150 --top 4 --restarts 3 --teeth 0 --tightest 3
 
 Result (2026-12-02, shipped bagnet17_slim, 112 px, 2% = 16 px sticker, 40 val images, every
@@ -141,7 +141,7 @@ def attack(defended, plain, image, label, sticker, stride, search_steps, steps, 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="/work/shared/data/imagenette/val")
+    p.add_argument("--data", default="../shared/data/imagenette/val")
     p.add_argument("--images", type=int, default=48)
     p.add_argument("--patch", default="2%")
     p.add_argument("--stride", type=int, default=4, help="position grid of the search, pixels")
@@ -152,7 +152,7 @@ def main() -> None:
     p.add_argument("--teeth", type=int, default=6, help="uncertified correct images attacked per defence")
     p.add_argument("--tightest", type=int, default=0,
                    help="attack only the N certified images with the smallest margins (default: all)")
-    p.add_argument("--out", default="/tmp/qa_attack")
+    p.add_argument("--out", default="out/independent_attack")
     args = p.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)

@@ -38,7 +38,7 @@ from bagnet.explain import EvidenceMapper, preprocess, top_patches
 from bagnet.explain._explain import model_config
 from bagnet.testing.models import randomize_batchnorm
 
-DATA = "/work/shared/data/imagenette/val"
+DATA = "../shared/data/imagenette/val"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

@@ -1,6 +1,6 @@
 """Attack only images certified at 2%, harder than `bagnet certify --attack`: is any flipped?
 
-    python docs/robustness/strong_check.py out/certify/per_image.json /work/shared/data/imagenette/val
+    python docs/robustness/strong_check.py out/certify/per_image.json ../shared/data/imagenette/val
 
 The per-image JSON must come from `bagnet certify --weights imagenette --patch 2%
 --defense mask,clip --tanh-scale 1 --tanh-shift -2` (any other patch sizes may be there too).
