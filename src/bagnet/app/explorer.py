@@ -39,6 +39,7 @@ from ..explain import (
     Patch,
     Prediction,
     UnknownCheck,
+    colour_scale,
     preprocess,
     top_patches,
     unknown_check,
@@ -289,8 +290,7 @@ class ExploredImage:
         self.unknown: UnknownCheck | None = unknown_check(explorer.model, logits)  # type: ignore[assignment]
         self._photo = photo
         top = torch.argsort(logits, descending=True)[: explorer.top_k]
-        scale = float(np.percentile(native[top].abs().numpy(), SCALE_PERCENTILE)) if native.numel() else 0.0
-        self.scale = scale if scale > 0 else 1.0
+        self.scale = colour_scale(native[top], SCALE_PERCENTILE)
         self._maps: dict[str, dict[int, torch.Tensor]] = {"native": dict(enumerate(native)), "full": {}}
         self._lock = threading.Lock()
         self._key = next(explorer._keys)
