@@ -80,6 +80,40 @@ def test_a_certified_prediction_and_its_removed_window(tiny_model):
                                                                   "this prediction")
 
 
+def test_the_downloaded_figure_draws_the_certificate(running_server, tiny_model):
+    model = biased(tiny_model)
+    array = random_image(IMG_SIZE, IMG_SIZE, seed=5)
+    explored = Explorer(model, img_size=IMG_SIZE).explore(array)
+    cert, _ = expected(model, array, "2%", "mask")
+    x0, y0, x1, y1 = removed_pixels(cert, IMG_SIZE, IMG_SIZE)
+    fig = explored.figure(2, certify="2%")
+    ax = fig.axes[0]
+    dashed = [p for p in ax.patches if p.get_gid() == "removed-window"]
+    assert len(dashed) == 1 and dashed[0].get_linestyle() == "--"
+    # Drawn over the photo (here the model input itself, so one photo pixel per input pixel).
+    assert (dashed[0].get_x(), dashed[0].get_y(), dashed[0].get_width(), dashed[0].get_height()) == pytest.approx(
+        (x0, y0, x1 - x0, y1 - y0))
+    assert "mask-defended prediction tea: certified" in ax.get_title()
+    assert "certified against any 7x7 px sticker (2% of the image)" in ax.get_title()
+    # Clip removes nothing; no certificate, no box and no line.
+    clip = explored.figure(2, certify="2%", defense="clip").axes[0]
+    assert "clip-defended" in clip.get_title() and not [p for p in clip.patches if p.get_gid() == "removed-window"]
+    plain = explored.figure(2).axes[0]
+    assert "certified" not in plain.get_title() and not [p for p in plain.patches if p.get_gid() == "removed-window"]
+
+    # The server's downloads: the box is in the SVG; a bad size is refused, not drawn.
+    server = running_server(model)
+    key = upload(server, array)["id"]
+    status, _, body = call(server, f"/api/uploads/{key}/figure.svg?class=2&certify=2%25")
+    assert status == 200 and 'id="removed-window' in body.decode() and "certified against any 7x7" in body.decode()
+    status, _, body = call(server, f"/api/uploads/{key}/figure.png?class=2&certify=2%25&defense=clip")
+    assert status == 200 and body.startswith(b"\x89PNG")
+    status, _, body = call(server, f"/api/uploads/{key}/figure.png?class=2&certify=abc")
+    assert status == 400 and "patch size 'abc' is neither pixels" in json.loads(body)["error"]
+    status, _, body = call(server, f"/api/uploads/{key}/figure.png?class=2&defense=clip")
+    assert status == 400 and "needs a patch size" in json.loads(body)["error"]
+
+
 def test_certificates_need_no_further_pass(tiny_model, monkeypatch):
     explored = Explorer(tiny_model, img_size=IMG_SIZE).explore(random_image(IMG_SIZE, IMG_SIZE, seed=6))
 
@@ -143,6 +177,12 @@ def test_page_says_whether_certified_and_outlines_the_removed_window(page, runni
     with page.expect_download() as download:
         page.click("#download-json")
     assert json.loads(download.value.path().read_text())["certified"]["removed_box_resized"] == [x0, y0, x1, y1]
+    # The figure downloads draw the same certificate.
+    for link in ("#download-png", "#download-svg"):
+        assert "certify=2%25&defense=mask" in page.get_attribute(link, "href")
+    with page.expect_download() as download:
+        page.click("#download-svg")
+    assert 'id="removed-window' in download.value.path().read_text()
 
     # Clip removes no window; off hides the line.
     page.select_option("#certify-defense", "clip")

@@ -20,13 +20,13 @@ if TYPE_CHECKING:
 
     from ..explain import Patch
 
-__all__ = ["explorer_figure"]
+__all__ = ["certificate_line", "explorer_figure"]
 
 _PATCH_COLOUR = "#ffd60a"
 
 
 def explorer_figure(photo: np.ndarray, evidence: np.ndarray, patches: Sequence[Patch], vmax: float, *,
-                    res: str, class_name: str, title: str) -> Figure:
+                    res: str, class_name: str, title: str, certificate: dict | None = None) -> Figure:
     """The evidence of one class over a photo, on the colour scale ``+-vmax``.
 
     Args:
@@ -38,6 +38,9 @@ def explorer_figure(photo: np.ndarray, evidence: np.ndarray, patches: Sequence[P
         res: ``"native"`` (drawn as blocks) or ``"full"`` (interpolated).
         class_name: the class whose evidence this is.
         title: above the picture.
+        certificate: a record of :meth:`bagnet.app.ExploredImage.certificate`: its sentence
+            goes under the title and the window the masking removed (if any) is drawn as
+            the page draws it, a dashed white box.
     """
     require("matplotlib", "the explorer's figures")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -69,6 +72,12 @@ def explorer_figure(photo: np.ndarray, evidence: np.ndarray, patches: Sequence[P
                                edgecolor=_PATCH_COLOUR, linewidth=1.6))
         ax.text(x0 * sx + 2, y0 * sy + 2, str(i + 1), color=_PATCH_COLOUR, fontsize=font, fontweight="bold",
                 va="top", ha="left", bbox={"facecolor": "black", "alpha": 0.55, "pad": 1.2, "linewidth": 0})
+    if certificate is not None:
+        title += "\n" + certificate_line(certificate)
+        if certificate.get("removed_box_resized"):
+            x0, y0, x1, y1 = certificate["removed_box_resized"]
+            ax.add_patch(Rectangle((x0 * sx, y0 * sy), (x1 - x0) * sx, (y1 - y0) * sy, fill=False,
+                                   edgecolor="white", linewidth=2.0, linestyle="--", gid="removed-window"))
     ax.set_xlim(0, pw)
     ax.set_ylim(ph, 0)
     ax.set_axis_off()
@@ -80,3 +89,13 @@ def explorer_figure(photo: np.ndarray, evidence: np.ndarray, patches: Sequence[P
     bar.ax.tick_params(labelsize=8)
     bar.ax.set_gid("colorbar")  # findable in the SVG
     return fig
+
+
+def certificate_line(cert: dict) -> str:
+    """One line for a certificate record, as the page says it (without the page's pixels)."""
+    mark = "certified" if cert["certified"] else "NOT certified"
+    line = f"{cert['defense']}-defended prediction {cert['prediction']['name']}: {mark} (margin {cert['margin']:.3g}); "
+    line += cert["message"]
+    if cert.get("removed_box_resized"):
+        line += "; dashed box: the window the masking removed"
+    return line

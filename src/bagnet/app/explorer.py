@@ -484,27 +484,39 @@ class ExploredImage:
         return (f"only the centre {x1 - x0}x{y1 - y0} pixels of this {w}x{h} image were analysed "
                 "(the long side is limited to twice the short side)")
 
-    def figure(self, cls: int, res: str = "native", vmax: float | None = None) -> Figure:
+    def figure(self, cls: int, res: str = "native", vmax: float | None = None, *, certify: str | None = None,
+               defense: str = "mask") -> Figure:
         """The page's view of one class as a figure: the photo with the evidence, the top
-        patches numbered, and a colour bar with the scale (this image's unless ``vmax``)."""
+        patches numbered, and a colour bar with the scale (this image's unless ``vmax``).
+        With ``certify`` (a patch size, as for :meth:`certificate`), the certificate's line
+        under the title and, for ``"mask"``, the removed window as a dashed box.
+
+        Raises:
+            ValueError: a bad patch size or defence.
+        """
+        cert = None if certify is None else self.certificate(certify, defense)
         pred = self.prediction(cls)
         title = f"{self.name}: evidence for {pred.name} (p = {pred.probability:.3f}, logit {pred.logit:.2f})"
         if self.unknown is not None and self.unknown.flag:
             title += f"\n{self.unknown.message}"
         return explorer_figure(np.asarray(self.photo), self.upsampled(cls, res), self.patches(cls, res),
-                               self.scale if vmax is None else vmax, res=res, class_name=pred.name, title=title)
+                               self.scale if vmax is None else vmax, res=res, class_name=pred.name, title=title,
+                               certificate=cert)
 
-    def figure_png(self, cls: int, res: str = "native", vmax: float | None = None, dpi: int = 200) -> bytes:
+    def figure_png(self, cls: int, res: str = "native", vmax: float | None = None, dpi: int = 200, *,
+                   certify: str | None = None, defense: str = "mask") -> bytes:
         """:meth:`figure` as PNG at ``dpi`` dots per inch."""
         buf = io.BytesIO()
         # A photo compresses little at higher levels; level 1 is several times faster.
-        self.figure(cls, res, vmax).savefig(buf, format="png", dpi=dpi, pil_kwargs={"compress_level": 1})
+        self.figure(cls, res, vmax, certify=certify, defense=defense).savefig(
+            buf, format="png", dpi=dpi, pil_kwargs={"compress_level": 1})
         return buf.getvalue()
 
-    def figure_svg(self, cls: int, res: str = "native", vmax: float | None = None) -> bytes:
+    def figure_svg(self, cls: int, res: str = "native", vmax: float | None = None, *, certify: str | None = None,
+                   defense: str = "mask") -> bytes:
         """:meth:`figure` as SVG (the photo and the map embedded as images)."""
         buf = io.BytesIO()
-        self.figure(cls, res, vmax).savefig(buf, format="svg")
+        self.figure(cls, res, vmax, certify=certify, defense=defense).savefig(buf, format="svg")
         return buf.getvalue()
 
     def to_dict(self, res: str = "native", n: int = 10, *, maps: bool = False, certify: str | None = None,

@@ -28,6 +28,8 @@ Routes::
     GET  /api/uploads/<id>/view?class=C&res=native|full[&vmax=V]  heatmap PNG (data URL) + top patches
     GET  /api/uploads/<id>/figure.png?class=C&res=...[&vmax=V]   the figure (200 dpi), as a download
     GET  /api/uploads/<id>/figure.svg?class=C&res=...[&vmax=V]   the same figure as SVG
+                                                                 (both: [&certify=2%[&defense=clip]] adds
+                                                                 the certificate line and removed window)
     GET  /api/uploads/<id>/result.json?res=...[&maps=1]          predictions, top patches (JSON);
                                                                  maps=1: with the evidence maps;
                                                                  certify=2%[&defense=clip]: with "certified"
@@ -431,7 +433,11 @@ class _Handler(BaseHTTPRequestHandler):
         analysis = self.server.store.get(key)
         cls, res = _parse_class(analysis, query)
         vmax = _parse_vmax(query)
-        data = analysis.figure_png(cls, res, vmax) if fmt == "png" else analysis.figure_svg(cls, res, vmax)
+        patch, defense = _parse_certify(query, "certify")
+        if patch is not None:
+            _certify(analysis, patch, defense)  # a bad size is a 400, before any drawing
+        draw = analysis.figure_png if fmt == "png" else analysis.figure_svg
+        data = draw(cls, res, vmax, certify=patch, defense=defense)
         filename = _safe_name(f"{PurePath(analysis.name).stem}-{analysis.class_name(cls)}-{res}.{fmt}")
         self._send(200, data, "image/png" if fmt == "png" else "image/svg+xml",
                    {"Content-Disposition": f'attachment; filename="{filename}"'})

@@ -317,6 +317,7 @@ async function showView() {
 
 function applyView(state, view, query) {
   state.shownView = view;
+  state.figureQuery = query;
   const heat = $("#heatmap");
   heat.src = view.heatmap;
   heat.className = state.res;
@@ -356,20 +357,21 @@ function applyView(state, view, query) {
     (state.res === "full" ? "every pixel" : "every " + config.patch_stride + "th pixel") +
     ", zero-padded at the borders; its mean is " + view.map_mean.toFixed(2) + ".";
   const base = "/api/uploads/" + state.id;
-  $("#download-png").href = base + "/figure.png" + query;
-  $("#download-svg").href = base + "/figure.svg" + query;
   jsonLinks(state);
 }
 
-// The JSON downloads carry the certificate the page shows, if any.
+// The downloads carry the certificate the page shows, if any.
 function certQuery() {
   const patch = $("#certify-patch").value;
   return patch ? "certify=" + encodeURIComponent(patch) + "&defense=" + $("#certify-defense").value : "";
 }
 
 function jsonLinks(state) {
-  const base = "/api/uploads/" + state.id + "/result.json?res=" + state.res;
   const cert = certQuery() ? "&" + certQuery() : "";
+  const figure = "/api/uploads/" + state.id + "/figure";
+  $("#download-png").href = figure + ".png" + state.figureQuery + cert;
+  $("#download-svg").href = figure + ".svg" + state.figureQuery + cert;
+  const base = "/api/uploads/" + state.id + "/result.json?res=" + state.res;
   $("#download-json").href = base + cert;
   $("#download-maps").href = base + "&maps=1" + cert;
 }
