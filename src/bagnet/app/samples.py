@@ -1,4 +1,10 @@
-"""Sample photos that ship with scikit-image, so the demo runs offline out of the box."""
+"""Sample images for the demo and the explorer, so both run offline out of the box.
+
+Six photos that ship with scikit-image, none of them an Imagenette class, and one picture
+drawn here (:func:`bagnet.app._drawn.golf_ball`) that is one: the shipped 10-class model
+can only be right about a sample if one shows a thing it knows, and a drawing needs no
+dataset image inside the package.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +19,10 @@ from ..data.images import to_rgb
 
 __all__ = ["SAMPLE_NAMES", "SAMPLE_SUBJECTS", "SampleSubject", "sample_image", "sample_note", "sample_subject"]
 
-# Colour photos of everyday objects (plus one grayscale classic). All are files inside the
-# scikit-image wheel: none needs pooch or the network.
-SAMPLE_NAMES = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle", "camera")
+# A drawn golf ball (an Imagenette and ImageNet class) first, then colour photos of everyday
+# objects (plus one grayscale classic): files inside the scikit-image wheel, none of which
+# needs pooch or the network.
+SAMPLE_NAMES = ("golf_ball", "chelsea", "coffee", "astronaut", "rocket", "motorcycle", "camera")
 
 
 @dataclass(frozen=True)
@@ -26,15 +33,19 @@ class SampleSubject:
         description: a few words for people ("a tabby cat").
         labels: ImageNet class names (as in ``bagnet.data.imagenet.imagenet_classes()``)
             that count as a correct prediction; empty when ImageNet has none.
+        kind: ``"photo"``, or ``"drawing"`` for a picture bagnet draws itself.
     """
 
     description: str
     labels: tuple[str, ...]
+    kind: str = "photo"
 
 
-# Every sample is known to be outside the Imagenette classes, so the demo can say so next
-# to the prediction instead of relying on the model's (weak) unknown-photo flag alone.
+# Every sample says what it shows, so the demo can tell next to the prediction whether the
+# model's classes can name it instead of relying on the model's (weak) unknown-photo flag
+# alone. Only the golf ball is an Imagenette class.
 SAMPLE_SUBJECTS: dict[str, SampleSubject] = {
+    "golf_ball": SampleSubject("a golf ball on grass, drawn by bagnet", ("golf ball",), "drawing"),
     "chelsea": SampleSubject("a cat", ("tabby", "tiger cat", "Egyptian cat")),
     "coffee": SampleSubject("a cup of coffee", ("espresso", "cup", "coffee mug")),
     "astronaut": SampleSubject("an astronaut in an orange suit", ()),
@@ -52,6 +63,10 @@ def sample_image(name: str) -> Image.Image:
     """
     if name not in SAMPLE_NAMES:
         raise ValueError(f"unknown sample image {name!r}; choose one of {', '.join(SAMPLE_NAMES)}")
+    if name == "golf_ball":
+        from ._drawn import golf_ball
+
+        return golf_ball(320)
     data = require("skimage.data", "the demo's sample photos")  # imported here: scikit-image is slow to import
 
     array = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
@@ -81,5 +96,5 @@ def sample_note(name: str, class_names: Sequence[str]) -> str:
     right = [known[label.casefold()] for label in subject.labels if label.casefold() in known]
     n = len(class_names)
     if not right:
-        return f"sample photo: {subject.description}, none of the {n} classes this model knows"
-    return f"sample photo: {subject.description}; right answers among this model's classes: {', '.join(right)}"
+        return f"sample {subject.kind}: {subject.description}, none of the {n} classes this model knows"
+    return f"sample {subject.kind}: {subject.description}; right answers among this model's classes: {', '.join(right)}"

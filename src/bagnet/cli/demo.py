@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     model = resolve_demo_model(args)
     names = None
     if args.data is None:
-        items, source, outputs, notes = _sample_items(model), "sample photos from scikit-image", None, []
+        items, source, outputs, notes = _sample_items(model), "sample photos from scikit-image and a drawn golf ball", None, []
     else:
         items, source, outputs, notes = _folder_items(Path(args.data), model, args.max_images)
         names = _readable_names(model, Path(args.data))
