@@ -25,7 +25,7 @@ def main() -> None:
     p.add_argument("--weights", default=None, help="a bagnet model file")
     p.add_argument("--model", default=None, help="architecture with random weights (ImageNet's 1000 classes)")
     p.add_argument("--img-size", type=int, default=None, help="short side (default: the model's, else 224)")
-    p.add_argument("--images", type=int, default=6, help="demo photos to time (default: all 6)")
+    p.add_argument("--images", type=int, default=len(SAMPLE_NAMES), help="demo images to time (default: all)")
     p.add_argument("--switches", type=int, default=3,
                    help="class switches per photo, to the classes ranked after the top 5 (default: 3)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# After tools/train_default_model.sh: the steps that turn its run into the shipped default
+# model (issue 11). Each step is skipped when its output exists, so rerunning resumes.
+#   1. outlier exposure: a short fine-tune that also pushes photos of other categories
+#      (half of caltech101-ood's categories) towards a uniform prediction;
+#   2. bagnet calibrate: the "probably none of these classes" threshold, fit and measured on
+#      Imagenette val and on the other half of the categories, which training never saw;
+#   3. bagnet eval of the calibrated file on Imagenette val;
+#   4. the file copied into the package (tools/package_model.py), named by its hash.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+THREADS=${THREADS:-2}
+export OMP_NUM_THREADS=$THREADS OMP_WAIT_POLICY=PASSIVE
+DATA=${DATA:-../shared/data/imagenette}
+OOD=${OOD:-../shared/data/caltech101-ood}
+OE_EPOCHS=${OE_EPOCHS:-2}
+BASE=runs/bagnet33_w25
+OE=runs/bagnet33_w25_oe
+CALIBRATED=runs/bagnet33_w25-imagenette.pt
+
+[ -f "$BASE/model.pt" ] || { echo "no $BASE/model.pt: run tools/train_default_model.sh to the end first" >&2; exit 1; }
+[ -d runs/caltech-split ] || .venv/bin/python tools/split_categories.py "$OOD" runs/caltech-split
+
+# OE_EPOCHS=0 skips outlier exposure: the trained model is calibrated as it is, on all of
+# caltech101-ood's categories (none of them was seen in training).
+if [ "$OE_EPOCHS" = 0 ]; then
+    MODEL=$BASE/model.pt
+    UNKNOWN=$OOD
+elif [ ! -f "$OE/model.pt" ]; then
+    resume=()
+    [ -f "$OE/last.pt" ] && resume=(--resume)
+    .venv/bin/bagnet train --data "$DATA" --model bagnet33_w25 --weights "$BASE/model.pt" \
+        --outliers runs/caltech-split/train --outlier-repeat 2 --img-size 160 --crop-scale 0.25 \
+        --epochs "$OE_EPOCHS" --batch-size 32 --workers 1 --lr 0.005 --warmup-epochs 0 --weight-decay 2e-4 \
+        --label-smoothing 0.1 --amp bf16 --seed 0 --no-progress --out "$OE" "${resume[@]}"
+fi
+if [ "$OE_EPOCHS" != 0 ]; then
+    MODEL=$OE/model.pt
+    UNKNOWN=runs/caltech-split/held_out
+fi
+[ -f "$CALIBRATED" ] || .venv/bin/bagnet calibrate --data "$DATA/val" --unknown "$UNKNOWN" \
+    --weights "$MODEL" --cost 0.05 --workers 1 --out "$CALIBRATED" --json runs/bagnet33_w25-calibrate.json
+.venv/bin/bagnet eval --data "$DATA" --weights "$CALIBRATED" --workers 1 \
+    --json runs/bagnet33_w25-imagenette.eval.json
+.venv/bin/python tools/package_model.py "$CALIBRATED" --name bagnet33_w25-imagenette \
+    --dataset "imagenette (224 px copy, 10 classes)"
