@@ -25,7 +25,7 @@ def main() -> None:
     p.add_argument("--weights", default=None, help="a bagnet model file")
     p.add_argument("--model", default=None, help="architecture with random weights (ImageNet's 1000 classes)")
     p.add_argument("--img-size", type=int, default=None, help="short side (default: the model's, else 224)")
-    p.add_argument("--images", type=int, default=len(SAMPLE_NAMES), help="demo images to time (default: all)")
+    p.add_argument("--images", type=int, default=None, help="demo images to time (default: all)")
     p.add_argument("--switches", type=int, default=3,
                    help="class switches per photo, to the classes ranked after the top 5 (default: 3)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -45,7 +45,7 @@ def main() -> None:
     else:
         model = default_model(prefer_downloaded=False)[0]
     explorer = Explorer(model, img_size=args.img_size)
-    images = [sample_image(n) for n in SAMPLE_NAMES[: args.images]]
+    images = [sample_image(n) for n in SAMPLE_NAMES[: args.images or len(SAMPLE_NAMES)]]
     explorer.explore(images[0])  # warm-up: first-call allocations
 
     # Wall and CPU seconds of each step: the machine is shared, and CPU time (this

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-KEEP = ("mean", "std", "img_size", "dataset", "metrics", "command", "classes", "class_names", "unknown", "source")
+KEEP = ("mean", "std", "img_size", "dataset", "metrics", "command", "classes", "class_names", "unknown", "source",
+        "train_evidence")
 LIMIT = 10 * 1024 * 1024
 
 

@@ -2,7 +2,7 @@
 
     python docs/robustness/strong_check.py out/certify/per_image.json ../shared/data/imagenette/val
 
-The per-image JSON must come from `bagnet certify --weights imagenette --patch 2%
+The per-image JSON must come from `bagnet certify --model bagnet17_slim --weights imagenette --patch 2%
 --defense mask,clip --tanh-scale 1 --tanh-shift -2` (any other patch sizes may be there too).
 """
 

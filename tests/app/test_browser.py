@@ -195,6 +195,9 @@ def test_sample_photo_after_an_upload(page, running_server):
     assert img.size == sample_image("coffee").size and np.asarray(img).std() > 10  # sharp: the photo's own pixels
     assert page.inner_text("#shown") == "Showing the sample photo coffee (from scikit-image)"
     assert page.get_attribute("#samples button[data-sample='coffee']", "aria-pressed") == "true"
+    page.click("#samples button[data-sample=golf_ball]")
+    page.wait_for_function("() => document.querySelector('#shown').textContent.includes('golf_ball')")
+    assert page.inner_text("#shown") == "Showing the sample drawing golf_ball (drawn by bagnet)"
 
 
 def test_any_class_from_the_list_of_all_classes(page, running_server):

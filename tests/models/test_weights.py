@@ -165,3 +165,21 @@ def test_shipped_imagenette_model_loads_and_matches_its_hash():
     assert cfg["class_names"][0] == "tench" and cfg["classes"][0] == "n01440764"
     with torch.no_grad():
         assert torch.isfinite(model(torch.randn(1, 3, 112, 112))).all()
+
+
+def test_the_default_model_is_shipped_and_knows_the_drawn_golf_ball():
+    # The README's screenshot and the demo's first sample rest on this: the shipped default
+    # loads offline, sees 160 px, and calls the drawn golf ball a golf ball.
+    from bagnet.app import sample_image
+    from bagnet.explain import preprocess
+    from bagnet.models import DEFAULT_MODEL
+
+    model = bagnet.create_model(DEFAULT_MODEL[0], pretrained=DEFAULT_MODEL[1]).eval()
+    cfg = model.pretrained_cfg
+    assert DEFAULT_MODEL == ("bagnet33_w25", "imagenette")
+    assert model.num_classes == 10 and cfg["img_size"] == 160 and model.receptive_field == 33
+    assert cfg["unknown"]["threshold"] is not None
+    x, _ = preprocess(sample_image("golf_ball"), cfg)
+    with torch.no_grad():
+        probs = model(x[None]).softmax(1)[0]
+    assert cfg["class_names"][int(probs.argmax())] == "golf ball", probs

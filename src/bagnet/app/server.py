@@ -64,7 +64,7 @@ from ..data.images import ImageError
 from ._hosts import WILDCARDS, HostPolicy, is_loopback, reachable_urls
 from ._requests import HTTPError, _certify, _parse_certify, _parse_class, _parse_res, _parse_vmax
 from .explorer import SCALE_PERCENTILE, ExploredImage, Explorer
-from .samples import SAMPLE_NAMES, sample_image, sample_note
+from .samples import SAMPLE_NAMES, sample_image, sample_note, sample_subject
 
 __all__ = ["DEFAULT_MAX_PIXELS", "ExplorerServer", "make_server"]
 
@@ -221,6 +221,8 @@ class ExplorerServer(ThreadingHTTPServer):
             "classes": ex.classes,
             "max_upload_bytes": self.max_upload_bytes,
             "samples": list(SAMPLE_NAMES),
+            "sample_credits": {n: "drawn by bagnet" if sample_subject(n).kind == "drawing" else "from scikit-image"
+                               for n in SAMPLE_NAMES},
             "top_k": ex.top_k,
             "map_dtype": ex.map_dtype,
         }

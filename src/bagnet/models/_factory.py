@@ -41,7 +41,7 @@ __all__ = ["DEFAULT_MODEL", "IMAGENET_MODEL", "UnnamedWeightsError", "create_mod
 
 # The model that `bagnet demo`, `serve`, `explain` and `eval` use when given no model
 # options: (name, registered tag). Swapping the default is a change of this line.
-DEFAULT_MODEL = ("bagnet17_slim", "imagenette")
+DEFAULT_MODEL = ("bagnet33_w25", "imagenette")
 # The published model they use instead when its weights are already downloaded.
 IMAGENET_MODEL = ("bagnet33", "imagenet")
 
@@ -171,10 +171,13 @@ def default_model(*, prefer_downloaded: bool = True) -> tuple[nn.Module, str]:
         return model, (f"{imagenet_name} with the authors' ImageNet weights (1000 classes), found in the torch hub "
                        f"cache; --weights {DEFAULT_MODEL[1]} uses the shipped {DEFAULT_MODEL[0]} instead")
     name, tag = DEFAULT_MODEL
+    missing = f"the shipped default model {name} ({tag}) is missing; reinstall bagnet or pass --weights"
+    if pretrained_cfg(name, tag) is None:  # not registered (another model may still have the tag)
+        raise ValueError(missing)
     try:
         model = create_model(name, pretrained=tag)
     except FileNotFoundError:
-        raise ValueError(f"the shipped default model {name} ({tag}) is missing; reinstall bagnet or pass --weights") from None
+        raise ValueError(missing) from None
     classes = model.pretrained_cfg.get("class_names") or model.pretrained_cfg.get("classes") or []
     shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
     return model, (f"{name} trained on {tag} ({len(classes)} classes: {shown}), shipped with bagnet. "

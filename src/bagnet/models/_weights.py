@@ -80,7 +80,17 @@ _PRETRAINED: dict[tuple[str, str], PretrainedCfg] = {
     ("bagnet33", "imagenet"): PretrainedCfg(
         url=_PUBLISHED_ROOT + "bagnet32-2ddd53ed.pth.tar", sha256="2ddd53ed", metrics={"top5": 87.6}
     ),
-    # Shipped with the package (docs/models/bagnet17_slim-imagenette.md is its model card).
+    # The default model, shipped (docs/models/bagnet33_w25-imagenette.md is its model card).
+    ("bagnet33_w25", "imagenette"): PretrainedCfg(
+        file="bagnet33_w25-imagenette-d8626cc4.pt",
+        sha256="d8626cc4",
+        dataset="imagenette",
+        img_size=160,
+        num_classes=10,
+        metrics={"top1": 82.62, "top5": 98.34},
+    ),
+    # The earlier default, shipped too: docs/ROBUSTNESS.md's measurements and the slim
+    # BagNet-9/17/33 comparison use it (docs/models/bagnet17_slim-imagenette.md).
     ("bagnet17_slim", "imagenette"): PretrainedCfg(
         file="bagnet17_slim-imagenette-31cc0a24.pt",
         sha256="31cc0a24",
