@@ -28,7 +28,7 @@ def test_parse_model_spec(tmp_path):
     # Run folders and registered tags name their model, as files do.
     assert parse_model_spec(f"R={tmp_path}") == ModelSpec("R", None, str(tmp_path))
     assert parse_model_spec("imagenette") == ModelSpec("imagenette", None, "imagenette")
-    assert build_model(parse_model_spec("imagenette")).model_name == "bagnet17_slim"
+    assert build_model(parse_model_spec("imagenette")).model_name == "bagnet33_w25"  # the default model's tag
 
 
 def test_class_columns():
