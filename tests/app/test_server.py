@@ -304,9 +304,11 @@ def test_binds_to_localhost_by_default(tiny_model):
 
 def test_serve_command_prints_its_url_and_stops_on_ctrl_c(tiny_model_file, tmp_path):
     """`bagnet serve` as a user runs it: a URL on stdout, the page there, Ctrl+C ends it."""
+    # Started with SIGINT ignored, as a script's background job is: Ctrl+C must still stop it.
     proc = subprocess.Popen(
         [sys.executable, "-m", "bagnet", "serve", "--weights", str(tiny_model_file), "--port", "0", "--device", "cpu"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         line = proc.stdout.readline()

@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
     from ..app import Explorer, make_server
     from ._common import map_dtype, resolve_device
     from .demo import resolve_demo_model
@@ -57,6 +60,11 @@ def run(args: argparse.Namespace) -> int:
                              allow_hosts=args.allow_host)
     except OSError as e:
         raise OSError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e}); choose another --port") from None
+    # "Ctrl+C to stop" must hold even where SIGINT was inherited as ignored (a process
+    # started in the background by a script or a test runner): Python then installs no
+    # handler of its own and the server could only be killed.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     print(f"bagnet serve: {explorer.model_name} on {server.url} (Ctrl+C to stop)", flush=True)
     try:
         server.serve_forever()
