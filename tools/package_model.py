@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
+import io
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+
+from bagnet._io import atomic_path
 
 KEEP = ("mean", "std", "img_size", "dataset", "metrics", "command", "classes", "class_names", "unknown", "source",
         "train_evidence")
@@ -58,24 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     if leaks:
         print("package_model: error: absolute paths in the metadata:\n  " + "\n  ".join(leaks), file=sys.stderr)
         return 1
-    out = {**obj, "meta": meta}
-    out_dir = Path(args.out_dir)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".part")
-    os.close(fd)
-    try:
-        torch.save(out, tmp)
-        data = Path(tmp).read_bytes()
-        if len(data) > LIMIT:
-            print(f"package_model: error: {len(data) / 1e6:.1f} MB is over the 10 MB a shipped file may have",
-                  file=sys.stderr)
-            return 1
-        sha = hashlib.sha256(data).hexdigest()
-        path = out_dir / f"{args.name}-{sha[:8]}.pt"
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would ship unreadable to other users
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buf = io.BytesIO()
+    torch.save({**obj, "meta": meta}, buf)
+    data = buf.getvalue()
+    if len(data) > LIMIT:
+        print(f"package_model: error: {len(data) / 1e6:.1f} MB is over the 10 MB a shipped file may have", file=sys.stderr)
+        return 1
+    sha = hashlib.sha256(data).hexdigest()
+    path = Path(args.out_dir) / f"{args.name}-{sha[:8]}.pt"
+    with atomic_path(path) as tmp:  # whole or not at all, readable by all (0644)
+        tmp.write_bytes(data)
     print(f"{path} ({len(data) / 1e6:.2f} MB, sha256 {sha})")
     print("dropped meta keys:", ", ".join(sorted(set(obj["meta"]) - set(meta))) or "none")
     return 0
