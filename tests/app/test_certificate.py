@@ -114,6 +114,27 @@ def test_the_downloaded_figure_draws_the_certificate(running_server, tiny_model)
     assert status == 400 and "needs a patch size" in json.loads(body)["error"]
 
 
+def test_the_page_json_and_figure_compute_one_certificate_once(running_server, tiny_model, monkeypatch):
+    from bagnet.robust import RobustBagNet
+
+    calls = []
+    certify_evidence = RobustBagNet.certify_evidence
+
+    def counted(self, *args, **kwargs):
+        calls.append(self.defense)
+        return certify_evidence(self, *args, **kwargs)
+
+    monkeypatch.setattr(RobustBagNet, "certify_evidence", counted)
+    server = running_server(biased(tiny_model))
+    key = upload(server, random_image(IMG_SIZE, IMG_SIZE, seed=5))["id"]
+    first = json.loads(call(server, f"/api/uploads/{key}/certificate?patch=2%25")[2])
+    assert json.loads(call(server, f"/api/uploads/{key}/result.json?certify=2%25")[2])["certified"] == first
+    assert call(server, f"/api/uploads/{key}/figure.svg?class=2&certify=2%25")[0] == 200
+    assert calls == ["mask"]
+    call(server, f"/api/uploads/{key}/certificate?patch=2%25&defense=clip")
+    assert calls == ["mask", "clip"]
+
+
 def test_certificates_need_no_further_pass(tiny_model, monkeypatch):
     explored = Explorer(tiny_model, img_size=IMG_SIZE).explore(random_image(IMG_SIZE, IMG_SIZE, seed=6))
 

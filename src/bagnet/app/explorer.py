@@ -16,6 +16,7 @@ Everything an ExploredImage holds is its own, so many can be used from many thre
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import itertools
 import os
@@ -293,6 +294,7 @@ class ExploredImage:
         self.scale = colour_scale(native[top], SCALE_PERCENTILE)
         self._maps: dict[str, dict[int, torch.Tensor]] = {"native": dict(enumerate(native)), "full": {}}
         self._lock = threading.Lock()
+        self._certificates: dict[tuple[str, str], dict] = {}  # (patch, defense) -> certificate()
         self._key = next(explorer._keys)
         # The cached features go when the image does (e.g. dropped from the server's store).
         weakref.finalize(self, explorer.cache.discard, self._key)
@@ -393,11 +395,18 @@ class ExploredImage:
         ``removed_box_resized`` (the window the masking removed, in the model input's
         pixels, as the patches' ``box``) and ``removed_box`` (in the original image's).
 
+        Each (patch, defense) is computed once per image: the page's line, the JSON and the
+        figure downloads ask for the same one.
+
         Raises:
             ValueError: a bad patch size or defence.
         """
         from ..robust import RobustBagNet
 
+        key = (patch, defense)
+        with self._lock:
+            if key in self._certificates:
+                return copy.deepcopy(self._certificates[key])
         if defense not in ("mask", "clip"):
             raise ValueError(f"defense must be 'mask' or 'clip', got {defense!r}")
         if not isinstance(patch, str):
@@ -411,8 +420,11 @@ class ExploredImage:
         h, w = self.display.shape[-2:]
         geo = robust.geometry((h, w))
         cert = robust.certify_evidence(self._patch_logits[None], geo.window, geo.patch_size)
-        return certificate_record(cert, 0, patch=patch, class_names=ex.classes, receptive_field=ex.receptive_field,
-                                  patch_stride=ex.patch_stride, resized_size=[w, h], analysed_box=self.source["box"])
+        record = certificate_record(cert, 0, patch=patch, class_names=ex.classes, receptive_field=ex.receptive_field,
+                                    patch_stride=ex.patch_stride, resized_size=[w, h], analysed_box=self.source["box"])
+        with self._lock:
+            self._certificates[key] = record
+        return copy.deepcopy(record)
 
     # -- what the page and the downloads show -----------------------------------------
 

@@ -437,7 +437,7 @@ class _Handler(BaseHTTPRequestHandler):
         vmax = _parse_vmax(query)
         patch, defense = _parse_certify(query, "certify")
         if patch is not None:
-            _certify(analysis, patch, defense)  # a bad size is a 400, before any drawing
+            _certify(analysis, patch, defense)  # a bad size is a 400, before any drawing; the figure reuses it
         draw = analysis.figure_png if fmt == "png" else analysis.figure_svg
         data = draw(cls, res, vmax, certify=patch, defense=defense)
         filename = _safe_name(f"{PurePath(analysis.name).stem}-{analysis.class_name(cls)}-{res}.{fmt}")
