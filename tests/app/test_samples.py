@@ -34,7 +34,9 @@ def test_the_drawn_golf_ball_is_one_class_of_imagenette_and_of_imagenet():
 def test_the_drawn_golf_ball_is_a_white_ball_on_green_grass():
     image = np.asarray(sample_image("golf_ball"), float)
     assert image.shape == (320, 320, 3)
-    assert np.array_equal(image, np.asarray(sample_image("golf_ball"), float))  # the same every time
+    assert np.array_equal(image, np.asarray(golf_ball(320), float))  # drawn the same every time
+    sample_image("golf_ball").paste((0, 0, 0), (0, 0, 320, 320))  # a caller's change stays its own
+    assert np.array_equal(image, np.asarray(sample_image("golf_ball"), float))
     # Centre: white-grey (r, g, b close and bright); corners: green dominates.
     centre = image[130:170, 130:170].reshape(-1, 3).mean(0)
     assert centre.min() > 150 and centre.max() - centre.min() < 25

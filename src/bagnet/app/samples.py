@@ -8,6 +8,7 @@ dataset image inside the package.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,18 +35,20 @@ class SampleSubject:
         labels: ImageNet class names (as in ``bagnet.data.imagenet.imagenet_classes()``)
             that count as a correct prediction; empty when ImageNet has none.
         kind: ``"photo"``, or ``"drawing"`` for a picture bagnet draws itself.
+        credit: where the image comes from, as the explorer says it.
     """
 
     description: str
     labels: tuple[str, ...]
     kind: str = "photo"
+    credit: str = "from scikit-image"
 
 
 # Every sample says what it shows, so the demo can tell next to the prediction whether the
 # model's classes can name it instead of relying on the model's (weak) unknown-photo flag
 # alone. Only the golf ball is an Imagenette class.
 SAMPLE_SUBJECTS: dict[str, SampleSubject] = {
-    "golf_ball": SampleSubject("a golf ball on grass, drawn by bagnet", ("golf ball",), "drawing"),
+    "golf_ball": SampleSubject("a golf ball on grass, drawn by bagnet", ("golf ball",), "drawing", "drawn by bagnet"),
     "chelsea": SampleSubject("a cat", ("tabby", "tiger cat", "Egyptian cat")),
     "coffee": SampleSubject("a cup of coffee", ("espresso", "cup", "coffee mug")),
     "astronaut": SampleSubject("an astronaut in an orange suit", ()),
@@ -64,13 +67,18 @@ def sample_image(name: str) -> Image.Image:
     if name not in SAMPLE_NAMES:
         raise ValueError(f"unknown sample image {name!r}; choose one of {', '.join(SAMPLE_NAMES)}")
     if name == "golf_ball":
-        from ._drawn import golf_ball
-
-        return golf_ball(320)
+        return _golf_ball().copy()  # drawn once (about 0.2 s); a copy, so callers may change it
     data = require("skimage.data", "the demo's sample photos")  # imported here: scikit-image is slow to import
 
     array = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
     return to_rgb(Image.fromarray(np.ascontiguousarray(array)))
+
+
+@functools.cache
+def _golf_ball() -> Image.Image:
+    from ._drawn import golf_ball
+
+    return golf_ball(320)
 
 
 def sample_subject(name: str) -> SampleSubject:

@@ -221,8 +221,7 @@ class ExplorerServer(ThreadingHTTPServer):
             "classes": ex.classes,
             "max_upload_bytes": self.max_upload_bytes,
             "samples": list(SAMPLE_NAMES),
-            "sample_credits": {n: "drawn by bagnet" if sample_subject(n).kind == "drawing" else "from scikit-image"
-                               for n in SAMPLE_NAMES},
+            "sample_info": {n: {"kind": sample_subject(n).kind, "credit": sample_subject(n).credit} for n in SAMPLE_NAMES},
             "top_k": ex.top_k,
             "map_dtype": ex.map_dtype,
         }

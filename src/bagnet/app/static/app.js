@@ -171,7 +171,8 @@ async function analyse(url, options, label) {
   showError("");
   hideResult();
   setStatus("");
-  startProgress("analysing " + (label.sample ? "the " + sampleKind(label.name) + " " : "your file ") + label.name + "…");
+  startProgress("analysing " + (label.sample ? "the sample " + config.sample_info[label.name].kind + " " : "your file ") +
+    label.name + "…");
   try {
     const summary = await api(url, options);
     if (mine !== analysing) return; // the user has picked another image meanwhile
@@ -221,11 +222,11 @@ function showUnknown(summary) {
 function render(summary, label) {
   $("#result").hidden = false;
   const shown = $("#shown");
-  shown.replaceChildren("Showing " + (label.sample ? "the " + sampleKind(label.name) + " " : "your file "));
+  shown.replaceChildren("Showing " + (label.sample ? "the sample " + config.sample_info[label.name].kind + " " : "your file "));
   const name = document.createElement("strong");
   name.id = "shown-name";
   name.textContent = label.name;
-  shown.append(name, label.sample ? " (" + config.sample_credits[label.name] + ")" : "");
+  shown.append(name, label.sample ? " (" + config.sample_info[label.name].credit + ")" : "");
   document.querySelectorAll("#samples button").forEach((b) => {
     b.setAttribute("aria-pressed", String(label.sample && b.dataset.sample === label.name));
   });
@@ -358,11 +359,6 @@ function applyView(state, view, query) {
     ", zero-padded at the borders; its mean is " + view.map_mean.toFixed(2) + ".";
   const base = "/api/uploads/" + state.id;
   jsonLinks(state);
-}
-
-// "sample photo", or "sample drawing" for the picture bagnet draws itself.
-function sampleKind(name) {
-  return config.sample_credits[name].startsWith("drawn") ? "sample drawing" : "sample photo";
 }
 
 // The downloads carry the certificate the page shows, if any.
