@@ -26,17 +26,17 @@ CALIBRATED=runs/bagnet33_w25-imagenette.pt
 if [ "$OE_EPOCHS" = 0 ]; then
     MODEL=$BASE/model.pt
     UNKNOWN=$OOD
-elif [ ! -f "$OE/model.pt" ]; then
-    resume=()
-    [ -f "$OE/last.pt" ] && resume=(--resume)
-    .venv/bin/bagnet train --data "$DATA" --model bagnet33_w25 --weights "$BASE/model.pt" \
-        --outliers runs/caltech-split/train --outlier-repeat 2 --img-size 160 --crop-scale 0.25 \
-        --epochs "$OE_EPOCHS" --batch-size 32 --workers 1 --lr 0.005 --warmup-epochs 0 --weight-decay 2e-4 \
-        --label-smoothing 0.1 --amp bf16 --seed 0 --no-progress --out "$OE" "${resume[@]}"
-fi
-if [ "$OE_EPOCHS" != 0 ]; then
+else
     MODEL=$OE/model.pt
-    UNKNOWN=runs/caltech-split/held_out
+    UNKNOWN=runs/caltech-split/held_out  # the categories the fine-tune never saw
+    if [ ! -f "$MODEL" ]; then
+        resume=()
+        [ -f "$OE/last.pt" ] && resume=(--resume)
+        .venv/bin/bagnet train --data "$DATA" --model bagnet33_w25 --weights "$BASE/model.pt" \
+            --outliers runs/caltech-split/train --outlier-repeat 2 --img-size 160 --crop-scale 0.25 \
+            --epochs "$OE_EPOCHS" --batch-size 32 --workers 1 --lr 0.005 --warmup-epochs 0 --weight-decay 2e-4 \
+            --label-smoothing 0.1 --amp bf16 --seed 0 --no-progress --out "$OE" "${resume[@]}"
+    fi
 fi
 [ -f "$CALIBRATED" ] || .venv/bin/bagnet calibrate --data "$DATA/val" --unknown "$UNKNOWN" \
     --weights "$MODEL" --cost 0.05 --workers 1 --out "$CALIBRATED" --json runs/bagnet33_w25-calibrate.json
