@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from .._extras import require
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
-__all__ = ["PHOTO_SIDE", "colorize", "figure_png", "png_data_url"]
+__all__ = ["PHOTO_SIDE", "colorize", "png_data_url"]
 
 # The photo shown under the evidence is kept at up to this many pixels on its long side
 # (sharp on a laptop screen; the model still sees its own input size).
@@ -61,13 +57,6 @@ def colorize(m: np.ndarray, percentile: float = 99.0, vmax: float | None = None)
 def _jpeg(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=88)
-    return buf.getvalue()
-
-
-def figure_png(fig: Figure, dpi: int = 100) -> bytes:
-    """PNG bytes of a matplotlib figure."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
 
 

@@ -45,7 +45,7 @@ from ..explain import (
     top_patches,
     unknown_check,
 )
-from ..explain._explain import certificate_record
+from ..explain._explain import certificate_record, figure_bytes
 from ..explain._images import ImageLike, image_tensor
 from ..models._base import patch_head
 from ._cache import DEFAULT_CACHE_BYTES, FeatureCache
@@ -518,18 +518,12 @@ class ExploredImage:
     def figure_png(self, cls: int, res: str = "native", vmax: float | None = None, dpi: int = 200, *,
                    certify: str | None = None, defense: str = "mask") -> bytes:
         """:meth:`figure` as PNG at ``dpi`` dots per inch."""
-        buf = io.BytesIO()
-        # A photo compresses little at higher levels; level 1 is several times faster.
-        self.figure(cls, res, vmax, certify=certify, defense=defense).savefig(
-            buf, format="png", dpi=dpi, pil_kwargs={"compress_level": 1})
-        return buf.getvalue()
+        return figure_bytes(self.figure(cls, res, vmax, certify=certify, defense=defense), "png", dpi, png_level=1)
 
     def figure_svg(self, cls: int, res: str = "native", vmax: float | None = None, *, certify: str | None = None,
                    defense: str = "mask") -> bytes:
         """:meth:`figure` as SVG (the photo and the map embedded as images)."""
-        buf = io.BytesIO()
-        self.figure(cls, res, vmax, certify=certify, defense=defense).savefig(buf, format="svg")
-        return buf.getvalue()
+        return figure_bytes(self.figure(cls, res, vmax, certify=certify, defense=defense), "svg")
 
     def to_dict(self, res: str = "native", n: int = 10, *, maps: bool = False, certify: str | None = None,
                 defense: str = "mask") -> dict:

@@ -26,8 +26,8 @@ from .._io import write_text
 from .._text import plural
 from ..data.images import ImageError, load_image
 from ..explain import plot_misclassification, plot_patches
+from ..explain._explain import figure_png
 from ..explain._unknown import UnknownCheck, unknown_check
-from ._images import figure_png
 from .explorer import ExploredImage, Explorer
 
 __all__ = ["DemoItem", "Report", "build_report", "known_classes", "unknown_note", "write_report"]
