@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# After tools/train_default_model.sh: the steps that turn its run into the shipped default
+# After tools/train_default_model.sh and tools/finetune_default_model.sh: the steps that turn its run into the shipped default
 # model (issue 11). Each step is skipped when its output exists, so rerunning resumes.
 #   1. outlier exposure: a short fine-tune that also pushes photos of other categories
 #      (half of caltech101-ood's categories) towards a uniform prediction;
@@ -14,11 +14,11 @@ export OMP_NUM_THREADS=$THREADS OMP_WAIT_POLICY=PASSIVE
 DATA=${DATA:-../shared/data/imagenette}
 OOD=${OOD:-../shared/data/caltech101-ood}
 OE_EPOCHS=${OE_EPOCHS:-2}
-BASE=runs/bagnet33_w25
-OE=runs/bagnet33_w25_oe
-CALIBRATED=runs/bagnet33_w25-imagenette.pt
+BASE=${BASE:-runs/bagnet33_w25_ft}  # the run whose model.pt is shipped
+OE=${BASE}_oe
+CALIBRATED=$BASE-imagenette.pt
 
-[ -f "$BASE/model.pt" ] || { echo "no $BASE/model.pt: run tools/train_default_model.sh to the end first" >&2; exit 1; }
+[ -f "$BASE/model.pt" ] || { echo "no $BASE/model.pt: run tools/train_default_model.sh and tools/finetune_default_model.sh to the end first" >&2; exit 1; }
 [ -d runs/caltech-split ] || .venv/bin/python tools/split_categories.py "$OOD" runs/caltech-split
 
 # OE_EPOCHS=0 skips outlier exposure: the trained model is calibrated as it is, on all of
@@ -39,8 +39,8 @@ else
     fi
 fi
 [ -f "$CALIBRATED" ] || .venv/bin/bagnet calibrate --data "$DATA/val" --unknown "$UNKNOWN" \
-    --weights "$MODEL" --cost 0.05 --workers 1 --out "$CALIBRATED" --json runs/bagnet33_w25-calibrate.json
+    --weights "$MODEL" --cost 0.05 --workers 1 --out "$CALIBRATED" --json "$BASE-calibrate.json"
 .venv/bin/bagnet eval --data "$DATA" --weights "$CALIBRATED" --workers 1 \
-    --json runs/bagnet33_w25-imagenette.eval.json
+    --json "$BASE-imagenette.eval.json"
 .venv/bin/python tools/package_model.py "$CALIBRATED" --name bagnet33_w25-imagenette \
     --dataset "imagenette (224 px copy, 10 classes)"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The recipe of the default Imagenette model (issue 11): BagNet-33 at a quarter width, 160 px.
+# Stage 1 of the default Imagenette model (issue 11): BagNet-33 at a quarter width, 160 px.
 # Rerun to resume (--resume continues from runs/bagnet33_w25/last.pt). THREADS=1 trains on one
 # core and leaves the other free; the default uses both.
 set -euo pipefail
@@ -7,14 +7,10 @@ cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
 export OMP_NUM_THREADS=$THREADS OMP_WAIT_POLICY=PASSIVE
 DATA=${DATA:-../shared/data/imagenette}
-# Processes do not outlive a session and run folders do not always survive either: the
-# newest checkpoint is committed under benchmarks/training/ and restored from there.
-ARCHIVE=benchmarks/training/bagnet33_w25
-if [ ! -f runs/bagnet33_w25/last.pt ] && [ -f "$ARCHIVE/last.pt" ]; then
-    mkdir -p runs/bagnet33_w25
-    cp "$ARCHIVE/last.pt" "$ARCHIVE/config.json" "$ARCHIVE/log.jsonl" runs/bagnet33_w25/
-    echo "restored runs/bagnet33_w25 from $ARCHIVE (epoch $(wc -l < "$ARCHIVE/log.jsonl"))"
-fi
+# This stage is finished (32 epochs). Its resume checkpoint was committed under
+# benchmarks/training/bagnet33_w25/ while it ran across sessions; now that folder keeps its
+# log and its best weights (epoch 31), which tools/finetune_default_model.sh starts from.
+# Rerunning this script on a machine without runs/bagnet33_w25 trains the stage again.
 resume=()
 [ -f runs/bagnet33_w25/last.pt ] && resume=(--resume)
 exec .venv/bin/bagnet train --data "$DATA" --model bagnet33_w25 --img-size 160 --crop-scale 0.25 \
