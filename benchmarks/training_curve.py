@@ -1,9 +1,11 @@
 """A training run's accuracy per epoch as a Markdown table, from its ``log.jsonl``.
 
-The default model's recipe (``tools/train_default_model.sh``) is recorded this way in
+The default model's recipe (``tools/train_default_model.sh``, then
+``tools/finetune_default_model.sh``) is recorded this way in
 ``benchmarks/README.md`` ("Default model: accuracy per epoch"):
 
-    .venv/bin/python benchmarks/training_curve.py runs/bagnet33_w25
+    .venv/bin/python benchmarks/training_curve.py runs/bagnet33_w25      # stage 1
+    .venv/bin/python benchmarks/training_curve.py runs/bagnet33_w25_ft   # stage 2 (with EMA columns)
 """
 
 from __future__ import annotations
@@ -15,11 +17,22 @@ from pathlib import Path
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| epoch | lr | train loss | train top-1 | val top-1 | val top-5 | img/s | s |",
-           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    """One row per epoch; runs with ``--ema`` get the EMA's val columns too (it is what ships).
+
+    The ``lr`` column is the rate of the epoch's first step, as ``log.jsonl`` records it.
+    """
+    ema = any("ema_val_top1" in r for r in rows)
+    head = ["epoch", "lr", "train loss", "train top-1", "val top-1", "val top-5"]
+    head += ["EMA val top-1", "EMA val top-5"] if ema else []
+    head += ["img/s", "s"]
+    out = ["| " + " | ".join(head) + " |", "|" + " ---: |" * len(head)]
     for r in rows:
-        out.append(f"| {r['epoch']} | {r['lr']:.4g} | {r['train_loss']:.3f} | {r['train_top1']:.2f} | "
-                   f"{r['val_top1']:.2f} | {r['val_top5']:.2f} | {r['train_img_s']:.0f} | {r['time']:.0f} |")
+        cells = [str(r["epoch"]), f"{r['lr']:.4g}", f"{r['train_loss']:.3f}", f"{r['train_top1']:.2f}",
+                 f"{r['val_top1']:.2f}", f"{r['val_top5']:.2f}"]
+        if ema:
+            cells += [f"{r['ema_val_top1']:.2f}", f"{r['ema_val_top5']:.2f}"] if "ema_val_top1" in r else ["", ""]
+        cells += [f"{r['train_img_s']:.0f}", f"{r['time']:.0f}"]
+        out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
