@@ -6,7 +6,7 @@ preprocessing, the classes, the metrics, the training command, the calibrated
 (local run configuration). Refuses metadata holding an absolute path, which would leak
 this machine's layout into the package, and files over 10 MB.
 
-    python tools/package_model.py runs/bagnet33_w25-imagenette.pt --name bagnet33_w25-imagenette \
+    python tools/package_model.py runs/bagnet33_w25_ft-imagenette.pt --name bagnet33_w25-imagenette \
         --dataset "imagenette (224 px copy, 10 classes)"
 
 Prints the written path; register it in ``src/bagnet/models/_weights.py`` with the
