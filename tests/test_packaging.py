@@ -51,3 +51,43 @@ def test_every_extra_the_code_names_exists():
     for module, (dist, extra) in _PACKAGES.items():
         assert any(d.startswith(dist) for d in extras[extra]), f"{module}: [{extra}] does not install {dist}"
     assert "bagnet[all" in " ".join(extras["dev"]), "the test install must pull every extra"
+
+
+def _package_model():
+    import runpy
+
+    return runpy.run_path(str(ROOT / "tools" / "package_model.py"))["main"]
+
+
+def test_package_model_serves_at_another_size_only_with_metrics_measured_there(tmp_path, capsys):
+    import json
+
+    main = _package_model()
+    src = tmp_path / "m.pt"
+    meta = {"img_size": 160, "metrics": {"top1": 84.4, "top5": 98.5, "epoch": 14}, "classes": ["a", "b"],
+            "local_run": "dropped"}
+    torch.save({"format": "bagnet-model/1", "model": "bagnet9_slim", "model_args": {"num_classes": 2},
+                "state_dict": {"w": torch.ones(2)}, "meta": meta}, src)
+    # a new size with the old metrics would show a number measured elsewhere: refused
+    assert main([str(src), "--out", str(tmp_path / "a.pt"), "--img-size", "192"]) == 1
+    assert "--eval-json" in capsys.readouterr().err and not (tmp_path / "a.pt").exists()
+    # a report measured at another size: refused
+    report = tmp_path / "eval.json"
+    report.write_text(json.dumps({"images": 10, "top1": 85.12, "top5": 98.5, "img_size": 176}))
+    assert main([str(src), "--out", str(tmp_path / "a.pt"), "--img-size", "192", "--eval-json", str(report)]) == 1
+    assert "176 px" in capsys.readouterr().err and not (tmp_path / "a.pt").exists()
+    # not a report: refused
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    assert main([str(src), "--out", str(tmp_path / "a.pt"), "--img-size", "192",
+                 "--eval-json", str(tmp_path / "bad.json")]) == 1
+    assert "not a bagnet eval --json report" in capsys.readouterr().err
+    report.write_text(json.dumps({"images": 10, "top1": 85.12, "top5": 98.5, "img_size": 192}))
+    assert main([str(src), "--out", str(tmp_path / "a.pt"), "--img-size", "192", "--eval-json", str(report)]) == 0
+    out = torch.load(tmp_path / "a.pt", map_location="cpu", weights_only=True)
+    assert out["meta"]["img_size"] == 192 and out["meta"]["train_img_size"] == 160
+    assert out["meta"]["metrics"] == {"top1": 85.12, "top5": 98.5}
+    assert "local_run" not in out["meta"] and torch.equal(out["state_dict"]["w"], torch.ones(2))
+    # packaging the served copy again keeps the size it was trained at
+    assert main([str(tmp_path / "a.pt"), "--out", str(tmp_path / "b.pt"), "--img-size", "192",
+                 "--eval-json", str(report)]) == 0
+    assert torch.load(tmp_path / "b.pt", weights_only=True)["meta"]["train_img_size"] == 160

@@ -9,6 +9,13 @@ this machine's layout into the package, and files over 10 MB.
     python tools/package_model.py runs/bagnet33_w25_ft-imagenette.pt --name bagnet33_w25-imagenette \
         --dataset "imagenette (224 px copy, 10 classes)"
 
+``--img-size`` sets the input size the file is served at when it differs from the
+training size (a network trained on random-resized crops sees objects larger than a
+centre crop of the same size shows them, so it can score better on larger test images:
+Touvron et al., "Fixing the train-test resolution discrepancy", NeurIPS 2019); the training
+size is kept as ``train_img_size``. ``--eval-json`` replaces the training-time metrics with
+``bagnet eval --json``'s top-1 / top-5, which must have been measured at the served size.
+
 Prints the written path; register it in ``src/bagnet/models/_weights.py`` with the
 printed SHA-256 prefix.
 """
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -26,7 +34,7 @@ import torch
 from bagnet._io import atomic_path
 
 KEEP = ("mean", "std", "img_size", "dataset", "metrics", "command", "classes", "class_names", "unknown", "source",
-        "train_evidence")
+        "train_evidence", "train_img_size")
 LIMIT = 10 * 1024 * 1024
 
 
@@ -43,10 +51,17 @@ def _absolute_paths(value, where: str = "meta") -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_file", help="a bagnet model file (bagnet train's model.pt, bagnet calibrate's --out)")
-    p.add_argument("--name", required=True, help="file name stem, e.g. bagnet33_w25-imagenette")
+    p.add_argument("--name", default=None, help="file name stem, e.g. bagnet33_w25-imagenette (or --out)")
     p.add_argument("--dataset", default=None, help="human-readable data set name stored as meta 'dataset'")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="input size to serve the model at, if not its training size (meta img_size)")
+    p.add_argument("--eval-json", default=None,
+                   help="bagnet eval --json output measured at the served size: its top1/top5 become meta metrics")
     p.add_argument("--out-dir", default="src/bagnet/weights", help="where to write (default: src/bagnet/weights)")
+    p.add_argument("--out", default=None, help="write exactly this file instead (no hash in the name)")
     args = p.parse_args(argv)
+    if not args.name and not args.out:
+        p.error("give --name (written to --out-dir as NAME-<sha8>.pt) or --out")
 
     obj = torch.load(args.model_file, map_location="cpu", weights_only=True)
     if not isinstance(obj, dict) or obj.get("format") != "bagnet-model/1":
@@ -55,6 +70,31 @@ def main(argv: list[str] | None = None) -> int:
     meta = {k: v for k, v in obj["meta"].items() if k in KEEP}
     if args.dataset:
         meta["dataset"] = args.dataset
+    if args.img_size is not None:
+        if args.img_size < 32:
+            print(f"package_model: error: --img-size {args.img_size} is too small (at least 32 px)", file=sys.stderr)
+            return 1
+        trained = meta.get("train_img_size", meta.get("img_size"))
+        if trained is not None and int(trained) != args.img_size:
+            meta["train_img_size"] = int(trained)
+        meta["img_size"] = args.img_size
+        if args.eval_json is None and "metrics" in meta:
+            print("package_model: error: --img-size without --eval-json would keep metrics measured at another "
+                  "size; pass the bagnet eval --json of this file at the new size", file=sys.stderr)
+            return 1
+    if args.eval_json is not None:
+        try:
+            report = json.loads(Path(args.eval_json).read_text())
+            metrics = {"top1": float(report["top1"]), "top5": float(report["top5"])}
+            measured_at = report.get("img_size")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"package_model: error: {args.eval_json} is not a bagnet eval --json report ({e})", file=sys.stderr)
+            return 1
+        if measured_at is not None and meta.get("img_size") is not None and int(measured_at) != int(meta["img_size"]):
+            print(f"package_model: error: {args.eval_json} was measured at {measured_at} px, the file is served at "
+                  f"{meta['img_size']} px", file=sys.stderr)
+            return 1
+        meta["metrics"] = metrics
     leaks = _absolute_paths(meta)
     if leaks:
         print("package_model: error: absolute paths in the metadata:\n  " + "\n  ".join(leaks), file=sys.stderr)
@@ -66,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"package_model: error: {len(data) / 1e6:.1f} MB is over the 10 MB a shipped file may have", file=sys.stderr)
         return 1
     sha = hashlib.sha256(data).hexdigest()
-    path = Path(args.out_dir) / f"{args.name}-{sha[:8]}.pt"
+    path = Path(args.out) if args.out else Path(args.out_dir) / f"{args.name}-{sha[:8]}.pt"
     with atomic_path(path) as tmp:  # whole or not at all, readable by all (0644)
         tmp.write_bytes(data)
     print(f"{path} ({len(data) / 1e6:.2f} MB, sha256 {sha})")
