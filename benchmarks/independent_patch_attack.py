@@ -152,6 +152,8 @@ def main() -> None:
     p.add_argument("--teeth", type=int, default=6, help="uncertified correct images attacked per defence")
     p.add_argument("--tightest", type=int, default=0,
                    help="attack only the N certified images with the smallest margins (default: all)")
+    p.add_argument("--model", default="bagnet17_slim", help="registered model name")
+    p.add_argument("--weights", default="imagenette", help="its registered weights tag")
     p.add_argument("--out", default="out/independent_attack")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -161,7 +163,7 @@ def main() -> None:
     import bagnet
     from bagnet.robust import RobustBagNet, certify, patch_pixels
 
-    model = bagnet.create_model("bagnet17_slim", pretrained="imagenette").eval()
+    model = bagnet.create_model(args.model, pretrained=args.weights).eval()
     cfg = model.pretrained_cfg
     for q in model.parameters():
         q.requires_grad_(False)
