@@ -53,16 +53,11 @@ def test_every_extra_the_code_names_exists():
     assert "bagnet[all" in " ".join(extras["dev"]), "the test install must pull every extra"
 
 
-def _package_model():
-    import runpy
-
-    return runpy.run_path(str(ROOT / "tools" / "package_model.py"))["main"]
-
-
 def test_package_model_serves_at_another_size_only_with_metrics_measured_there(tmp_path, capsys):
     import json
+    import runpy
 
-    main = _package_model()
+    main = runpy.run_path(str(ROOT / "tools" / "package_model.py"))["main"]
     src = tmp_path / "m.pt"
     meta = {"img_size": 160, "metrics": {"top1": 84.4, "top5": 98.5, "epoch": 14}, "classes": ["a", "b"],
             "local_run": "dropped"}
