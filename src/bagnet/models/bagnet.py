@@ -307,11 +307,28 @@ def bagnet33_slim(**kwargs: Any) -> BagNet:
     return _create_bagnet(**{**_SLIM, "kernel3": (1, 1, 1, 1), **kwargs})
 
 
+# Quarter-width presets: all 16 blocks of the published models, a quarter of the channels
+# (512 features). The q-family at one recipe: they differ from each other only in kernel3.
+_W25 = dict(width=0.25)
+
+
+@register_model()
+def bagnet9_w25(**kwargs: Any) -> BagNet:
+    """BagNet-9 at a quarter of the published width (all 16 blocks, 512 features)."""
+    return _create_bagnet(**{**_W25, "kernel3": (1, 1, 0, 0), **kwargs})
+
+
+@register_model()
+def bagnet17_w25(**kwargs: Any) -> BagNet:
+    """BagNet-17 at a quarter of the published width (all 16 blocks, 512 features)."""
+    return _create_bagnet(**{**_W25, "kernel3": (1, 1, 1, 0), **kwargs})
+
+
 @register_model()
 def bagnet33_w25(**kwargs: Any) -> BagNet:
     """BagNet-33 at a quarter of the published width (all 16 blocks, 512 features, 1.03M
     parameters with 10 classes): the depth of the published model at a cost a CPU can train."""
-    return _create_bagnet(**{"width": 0.25, "kernel3": (1, 1, 1, 1), **kwargs})
+    return _create_bagnet(**{**_W25, "kernel3": (1, 1, 1, 1), **kwargs})
 
 
 @register_model()
