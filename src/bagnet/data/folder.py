@@ -21,6 +21,7 @@ from torchvision.datasets import DatasetFolder
 
 from .._text import plural
 from .images import ImageError, is_image_file, load_image
+from .transforms import Preprocessing
 
 __all__ = [
     "ImageFolder",
@@ -28,12 +29,15 @@ __all__ = [
     "eval_transform",
     "read_class_index",
     "split_indices",
+    "stratified_order",
+    "subset_indices",
     "train_transform",
 ]
 
 logger = logging.getLogger(__name__)
 
-# Resize to img_size / CROP_PCT, then centre-crop img_size: the usual ImageNet evaluation.
+# The usual ImageNet evaluation crop (resize to img_size / CROP_PCT, centre-crop img_size),
+# the convention the authors' published accuracies were measured with.
 CROP_PCT = 0.875
 
 
@@ -100,6 +104,9 @@ class ImageFolder(DatasetFolder):
     def __getitem__(self, index: int):
         path, target = self.samples[index]
         try:
+            if isinstance(self.transform, Preprocessing):
+                # The preprocessing decodes the file itself, exactly as explain and serve do.
+                return self.transform(path), target
             image = self.loader(path)
         except ImageError as e:
             if path not in self._warned:
@@ -111,16 +118,19 @@ class ImageFolder(DatasetFolder):
         return image, target
 
 
-def collate_skip(batch: list) -> tuple[torch.Tensor, torch.Tensor, int]:
+def collate_skip(batch: list) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor, int]:
     """Stack the readable samples of a batch; returns ``(images, targets, skipped)``.
 
-    ``images`` may be empty (``shape[0] == 0``) when every sample was unreadable.
+    ``images`` is one ``[B, C, H, W]`` tensor, or, when whole images of other aspect ratios
+    meet in a batch, the list of their ``[C, H, W]`` tensors (see :func:`bagnet.train.engine.
+    forward_images`). It may be empty (``len(images) == 0``) when every sample was unreadable.
     """
     good = [b for b in batch if b is not None]
     skipped = len(batch) - len(good)
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
-    images = torch.stack([b[0] for b in good])
+    shapes = {tuple(b[0].shape) for b in good}
+    images = torch.stack([b[0] for b in good]) if len(shapes) == 1 else [b[0] for b in good]
     targets = torch.as_tensor([b[1] for b in good], dtype=torch.long)
     return images, targets, skipped
 
@@ -139,15 +149,12 @@ def train_transform(
     ])
 
 
-def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], crop_pct: float = CROP_PCT) -> T.Compose:
-    """Resize the short side to ``img_size / crop_pct``, centre-crop ``img_size``, normalize."""
-    return T.Compose([
-        T.Resize(round(img_size / crop_pct), antialias=True),
-        T.CenterCrop(img_size),
-        T.PILToTensor(),
-        T.ConvertImageDtype(torch.float32),
-        T.Normalize(mean, std),
-    ])
+def eval_transform(
+    img_size: int | None, mean: Sequence[float], std: Sequence[float], crop_pct: float | None = None
+) -> Preprocessing:
+    """The evaluation pipeline: :class:`~bagnet.data.transforms.Preprocessing`, the one every
+    path uses (the whole image at short side ``img_size`` unless ``crop_pct`` is given)."""
+    return Preprocessing(img_size, crop_pct, tuple(mean), tuple(std))
 
 
 def split_indices(targets: Sequence[int], fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -169,6 +176,35 @@ def split_indices(targets: Sequence[int], fraction: float, seed: int = 0) -> tup
         val += order[:n_val]
         train += order[n_val:]
     return sorted(train), sorted(val)
+
+
+def stratified_order(targets: Sequence[int], seed: int = 0) -> list[int]:
+    """A seeded order of sample indices whose every prefix is a class-stratified subset.
+
+    Each class is shuffled with ``seed``; the sample ranked ``r`` of a class of ``n`` comes
+    at position ``(r + 0.5) / n`` of the whole order (ties: the lower class first), so the
+    first N samples hold each class in proportion to its size (within one image), and the
+    first N are always among the first M > N: cheap and expensive runs share images.
+    """
+    g = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(int(t), []).append(i)
+    keyed = []
+    for c, idx in sorted(by_class.items()):
+        perm = torch.randperm(len(idx), generator=g).tolist()
+        keyed += [((r + 0.5) / len(idx), c, idx[j]) for r, j in enumerate(perm)]
+    return [i for _, _, i in sorted(keyed)]
+
+
+def subset_indices(targets: Sequence[int], n: int | None, seed: int = 0) -> list[int]:
+    """The ``--max-images`` subset of every command: the first ``n`` of
+    :func:`stratified_order`, in sample order (all samples when ``n`` is ``None``)."""
+    if n is None or n >= len(targets):
+        return list(range(len(targets)))
+    if n < 1:
+        raise ValueError(f"--max-images must be at least 1, got {n}")
+    return sorted(stratified_order(targets, seed)[:n])
 
 
 def read_class_index(path: str | os.PathLike) -> dict[str, int]:

@@ -13,7 +13,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -223,15 +223,40 @@ def iter_logits(
         total = None
     with torch.inference_mode():
         for x, y, n_skipped in _progress(loader, progress, total, desc):
-            if x.shape[0] == 0:
+            if len(x) == 0:
                 yield torch.empty(0, 0), y, n_skipped
                 continue
-            x = x.to(device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp):
-                logits = model(x)
+                logits = forward_images(model, x, device, channels_last=channels_last)
             yield logits.float().cpu(), y, n_skipped
+
+
+def forward_images(model: nn.Module, x: torch.Tensor | Sequence[torch.Tensor], device: torch.device, *,
+                   channels_last: bool = False) -> torch.Tensor:
+    """``model`` on a batch: a ``[B, C, H, W]`` tensor, or a list of ``[C, H, W]`` images of
+    different sizes (whole images of several aspect ratios), run one size at a time and
+    returned in the list's order."""
+    if isinstance(x, torch.Tensor):
+        groups = {tuple(x.shape[-2:]): list(range(len(x)))}
+        images = x
+    else:
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, t in enumerate(x):
+            groups.setdefault(tuple(t.shape[-2:]), []).append(i)
+        images = None
+    out: torch.Tensor | None = None
+    for idx in groups.values():
+        batch = images if images is not None else torch.stack([x[i] for i in idx])
+        batch = batch.to(device, non_blocking=True)
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        logits = model(batch)
+        if images is not None:
+            return logits
+        if out is None:
+            out = logits.new_empty(len(x), *logits.shape[1:])
+        out[torch.as_tensor(idx, device=logits.device)] = logits
+    return out
 
 
 def evaluate(
