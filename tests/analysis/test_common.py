@@ -8,7 +8,7 @@ import torchvision
 import bagnet
 from bagnet.analysis import LogitCache, ModelSpec, parse_model_spec, pearson, predictions
 from bagnet.analysis._cells import cell_sums
-from bagnet.analysis._classifier import build_model, class_columns, load_classifier
+from bagnet.analysis._classifier import build_model, load_classifier
 from bagnet.analysis._output import read_json, write_json
 
 from .conftest import CLASSES
@@ -18,6 +18,7 @@ def test_parse_model_spec(tmp_path):
     f = tmp_path / "m.pt"
     f.write_bytes(b"x")
     assert parse_model_spec("bagnet33_slim") == ModelSpec("bagnet33_slim", "bagnet33_slim", None)
+    assert parse_model_spec("bagnet33_slim@random") == ModelSpec("bagnet33_slim", "bagnet33_slim", "random")
     assert parse_model_spec("R=resnet18@imagenet") == ModelSpec("R", "resnet18", "imagenet")
     assert parse_model_spec(f"B={f}") == ModelSpec("B", None, str(f))
     assert parse_model_spec({"label": "V", "model": "vgg11", "weights": "w.pt"}) == ModelSpec("V", "vgg11", "w.pt")
@@ -29,20 +30,11 @@ def test_parse_model_spec(tmp_path):
     assert parse_model_spec(f"R={tmp_path}") == ModelSpec("R", None, str(tmp_path))
     assert parse_model_spec("imagenette") == ModelSpec("imagenette", None, "imagenette")
     assert build_model(parse_model_spec("imagenette")).model_name == "bagnet33_w25"  # the default model's tag
-
-
-def test_class_columns():
-    data = ["b", "c"]
-    assert class_columns(["a", "b", "c"], 3, data) == [1, 2]  # by name
-    assert class_columns(["b", "c"], 2, data) is None  # identical
-    assert class_columns(None, 2, data) is None  # by position
-    assert class_columns(None, 1000, data, {"b": 7, "c": 900}) == [7, 900]  # ImageNet model, Imagenette map
-    with pytest.raises(ValueError, match="no class map"):
-        class_columns(None, 1000, data)
-    with pytest.raises(ValueError, match="not the data's"):
-        class_columns(["x", "y"], 2, data)
-    with pytest.raises(ValueError, match="beyond"):
-        class_columns(None, 5, data, {"b": 1, "c": 9})
+    # A bare name means the published weights, as in every command; random ones are asked for.
+    assert build_model(parse_model_spec("bagnet33_w25")).pretrained_cfg["source"] == "imagenette"
+    assert build_model(parse_model_spec("bagnet_tiny@random"), num_classes=3).num_classes == 3
+    with pytest.raises(ValueError, match="no published weights.*bagnet_tiny@random"):
+        build_model(parse_model_spec("bagnet_tiny"))
 
 
 def test_torchvision_checkpoints_load(tmp_path):

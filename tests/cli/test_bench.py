@@ -10,7 +10,7 @@ from bagnet.models._profile import count_macs
 
 def test_bench_json_and_ratios(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    argv = ["bench", "--models", "bagnet_tiny,resnet50", "--mode", "plain,fused", "--batch-size", "2",
+    argv = ["bench", "--models", "bagnet_tiny@random,resnet50@random", "--mode", "plain,fused", "--batch-size", "2",
             "--img-size", "40", "--repeats", "3", "--threads", "1", "--json", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -19,19 +19,19 @@ def test_bench_json_and_ratios(tmp_path, capsys):
     cfg = report["config"]
     assert (cfg["batch_size"], cfg["img_size"], cfg["repeats"], cfg["threads"]) == (2, 40, 3, 1)
     rows = {(r["model"], r["mode"]): r for r in report["results"]}
-    assert set(rows) == {(m, mode) for m in ("bagnet_tiny", "resnet50") for mode in ("plain", "fused")}
+    assert set(rows) == {(m, mode) for m in ("bagnet_tiny@random", "resnet50@random") for mode in ("plain", "fused")}
     for (_name, mode), r in rows.items():
         assert len(r["seconds"]) == 3 and all(s > 0 for s in r["seconds"])
         # every derived number is recomputed here from the raw timings
         median = statistics.median(2 / s for s in r["seconds"])
         assert r["images_per_s"] == pytest.approx(median)
         assert r["ratio_to_resnet50"] == pytest.approx(median / statistics.median(
-            2 / s for s in rows[("resnet50", mode)]["seconds"]))
+            2 / s for s in rows[("resnet50@random", mode)]["seconds"]))
         assert r["gmacs_per_s"] == pytest.approx(median * r["gmacs_per_image"])
         assert r["peak_memory_mb"] is None or r["peak_memory_mb"] >= 0
         assert r["exact"] and r["bn_folded"] == (mode == "fused")
         assert f"{r['images_per_s']:.2f}" in printed
-    assert rows[("resnet50", "fused")]["ratio_to_resnet50"] == 1.0
+    assert rows[("resnet50@random", "fused")]["ratio_to_resnet50"] == 1.0
 
     # ResNet-50's multiply-adds at 40 px, counted by hand: conv1 to 20x20, max-pool to 10x10,
     # stages at 10, 5, 3, 2 px; folding BatchNorm changes none of them
@@ -42,18 +42,18 @@ def test_bench_json_and_ratios(tmp_path, capsys):
 
     expected = (20 * 20 * 64 * 3 * 49 + stage(10, 10, 64, 64, 3, 1) + stage(10, 5, 256, 128, 4, 2)
                 + stage(5, 3, 512, 256, 6, 2) + stage(3, 2, 1024, 512, 3, 2) + 2048 * 1000)
-    assert rows[("resnet50", "fused")]["gmacs_per_image"] * 1e9 == pytest.approx(expected)
+    assert rows[("resnet50@random", "fused")]["gmacs_per_image"] * 1e9 == pytest.approx(expected)
     with torch.device("meta"):
         import bagnet
 
         tiny = bagnet.create_model("bagnet_tiny")
-    assert rows[("bagnet_tiny", "plain")]["gmacs_per_image"] * 1e9 == count_macs(tiny, 40)
-    assert rows[("bagnet_tiny", "fused")]["gmacs_per_image"] < rows[("bagnet_tiny", "plain")]["gmacs_per_image"]
+    assert rows[("bagnet_tiny@random", "plain")]["gmacs_per_image"] * 1e9 == count_macs(tiny, 40)
+    assert rows[("bagnet_tiny@random", "fused")]["gmacs_per_image"] < rows[("bagnet_tiny@random", "plain")]["gmacs_per_image"]
 
 
 def test_bench_without_resnet_has_no_ratio(tmp_path):
     out = tmp_path / "b.json"
-    assert main(["bench", "--models", "bagnet_tiny", "--mode", "bf16", "--batch-size", "1", "--img-size", "24",
+    assert main(["bench", "--models", "bagnet_tiny@random", "--mode", "bf16", "--batch-size", "1", "--img-size", "24",
                  "--repeats", "1", "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())["results"]
     assert row["ratio_to_resnet50"] is None and row["exact"] is False
@@ -63,11 +63,13 @@ def test_bench_without_resnet_has_no_ratio(tmp_path):
     "args, message",
     [
         (["--models", "resnet9000"], "unknown model 'resnet9000'"),
-        (["--models", "bagnet_tiny", "--mode", "turbo"], "unknown --mode 'turbo'"),
-        (["--models", "bagnet_tiny", "--img-size", "8"], "bagnet_tiny sees 9x9 patches"),
-        (["--models", "vgg11", "--img-size", "16"], "vgg11 cannot take 16 px images"),
-        (["--models", "bagnet_tiny", "--repeats", "0"], "--repeats and --warmup must be at least 1"),
-        (["--models", "bagnet_tiny,bagnet_tiny"], "names something twice"),
+        (["--models", "bagnet_tiny@random", "--mode", "turbo"], "unknown --mode 'turbo'"),
+        (["--models", "bagnet_tiny@random", "--img-size", "8"], "bagnet_tiny@random sees 9x9 patches"),
+        (["--models", "vgg11@random", "--img-size", "16"], "vgg11@random cannot take 16 px images"),
+        (["--models", "bagnet_tiny@random", "--repeats", "0"], "--repeats and --warmup must be at least 1"),
+        (["--models", "bagnet_tiny@random,bagnet_tiny@random"], "names something twice"),
+        # a bare name means the published weights, as in every command: none exist for this one
+        (["--models", "bagnet_tiny"], "bagnet_tiny has no published weights"),
     ],
 )
 def test_bench_bad_input_is_one_line_error(args, message, capsys, tmp_path):

@@ -113,7 +113,7 @@ def test_analyze(request, run_name, with_model, data, tmp_path, capsys):
     for name in SOURCES:
         spec = f"{model}@{_source(run, name)}" if with_model else _source(run, name)
         specs = ["--bagnet", f"M={spec}"] if run_name == "bagnet_run" else [
-            "--bagnet", "bagnet_tiny", "--reference", f"M={spec}"]
+            "--bagnet", "bagnet_tiny@random", "--reference", f"M={spec}"]
         out = tmp_path / name.replace(".", "dir")
         rc = main(["analyze", "accuracy", "--data", str(data), *specs, "--out", str(out), "--device", "cpu",
                    "--batch-size", "8"])

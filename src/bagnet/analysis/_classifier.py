@@ -2,10 +2,11 @@
 of each class of the data (:class:`Classifier`), built from a :class:`ModelSpec`.
 
 Images reach a classifier in pixel space (``[0, 1]`` RGB); it applies its own
-normalization. Outputs are restricted to the data set's classes (``Classifier.columns``),
-so a model trained on the folder and an ImageNet-1k model are compared on the same labels
-(the paper's subset evaluation, done on purpose); the accuracy experiment reports the
-unrestricted numbers next to them.
+normalization. ``Classifier.columns`` are the outputs of the data set's classes, matched by
+bagnet's one rule (:func:`bagnet.data.classes.class_mapping`), so a model trained on the
+folder and an ImageNet-1k model are compared on the same labels; predictions are scored
+among all of a model's outputs unless the session restricts them to the data set's
+classes on purpose (:func:`bagnet.data.classes.scoring_note`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._text import plural
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from ..models import BagNet, create_model, load_model
+from ..models import BagNet
 from ._specs import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -120,24 +120,18 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def build_model(spec: ModelSpec, num_classes: int | None = None) -> nn.Module:
-    """The network of ``spec``, through bagnet's one loader, with ``pretrained_cfg`` (mean,
-    std, classes, img_size, source).
+    """The network of ``spec``, through bagnet's one spec grammar and loader
+    (:func:`bagnet.models._spec.load_spec`), with ``pretrained_cfg`` (mean, std, classes,
+    img_size, source).
 
-    A registered BagNet or any torchvision classifier; weights are a registered tag, a
-    bagnet model file, a training checkpoint or run folder (which may stand alone: they name
-    their model), a state dict or a URL (see :func:`bagnet.create_model`).
-    ``num_classes`` sizes the head of a model without weights (random initialisation, for
-    smoke runs); weights bring their own.
+    A bare model name means its published weights, as in every other command;
+    ``NAME@random`` a random initialisation, whose head gets ``num_classes`` outputs.
     """
-    name, weights = spec.model, spec.weights
-    if name is None:
-        if weights is None:
-            raise ValueError(f"{spec.label}: give a model name or a weight file")
-        return load_model(weights)
-    if weights is None:
-        logger.warning("%s has no weights: it is randomly initialised", name)
-        return create_model(name, **({"num_classes": num_classes} if num_classes else {}))
-    return create_model(name, pretrained=weights)
+    from ..models._spec import Spec, load_spec
+
+    if spec.model is None and spec.weights is None:
+        raise ValueError(f"{spec.label}: give a model name or a weight file")
+    return load_spec(Spec(spec.model, spec.weights), num_classes=num_classes)
 
 
 def _num_outputs(model: nn.Module) -> int:
@@ -155,39 +149,16 @@ def class_columns(
     model_classes: Sequence[str] | None,
     num_outputs: int,
     data_classes: Sequence[str],
-    class_index: dict[str, int] | None = None,
+    class_map: str | None = None,
+    data_root: str | None = None,
     label: str = "model",
 ) -> list[int] | None:
-    """Output column of every data-set class, or ``None`` when output k is class k.
+    """Output column of every data-set class, or ``None`` when output k is class k: the
+    mapping of :func:`bagnet.data.classes.class_mapping`, which every command uses."""
+    from ..data.classes import class_mapping
 
-    Matched by class name when the model knows its classes, by position when it has one
-    output per class, and through ``class_index`` (folder name -> output index, e.g. an
-    Imagenette ``classes.tsv`` for ImageNet-1k models) otherwise.
-    """
-    data_classes = list(data_classes)
-    if model_classes is not None and set(data_classes) <= set(model_classes):
-        cols = [list(model_classes).index(c) for c in data_classes]
-        return None if cols == list(range(num_outputs)) else cols
-    if num_outputs == len(data_classes) and model_classes is None:
-        return None
-    if class_index is not None:
-        missing = [c for c in data_classes if c not in class_index]
-        if missing:
-            raise ValueError(f"class map has no entry for the data's classes {missing[:5]}")
-        cols = [int(class_index[c]) for c in data_classes]
-        if max(cols) >= num_outputs:
-            raise ValueError(f"{label}: class map index {max(cols)} is beyond its {plural(num_outputs, 'output')}")
-        return cols
-    if model_classes is not None and num_outputs == len(data_classes):
-        raise ValueError(
-            f"{label}: its classes ({', '.join(list(model_classes)[:3])}, ...) are not the data's "
-            f"({', '.join(data_classes[:3])}, ...); pass a class map or the matching data"
-        )
-    raise ValueError(
-        f"{label} has {plural(num_outputs, 'output')} but the data has {plural(len(data_classes), 'class')} "
-        "and no class map "
-        "(e.g. --class-map classes.tsv with 'folder<TAB>output index' lines)"
-    )
+    return class_mapping(model_classes, num_outputs, data_classes, class_map=class_map, data_root=data_root,
+                         label=label).as_list()
 
 
 def load_classifier(
@@ -195,20 +166,22 @@ def load_classifier(
     data_classes: Sequence[str],
     *,
     device: torch.device | str = "cpu",
-    class_index: dict[str, int] | None = None,
+    class_map: str | None = None,
+    data_root: str | None = None,
 ) -> Classifier:
     """Build ``spec``'s model on ``device`` and map its outputs to ``data_classes``."""
     model = build_model(spec, num_classes=len(data_classes)).to(device)
-    return make_classifier(spec, model, data_classes, class_index)
+    return make_classifier(spec, model, data_classes, class_map, data_root)
 
 
 def make_classifier(
-    spec: ModelSpec, model: nn.Module, data_classes: Sequence[str], class_index: dict[str, int] | None = None
+    spec: ModelSpec, model: nn.Module, data_classes: Sequence[str], class_map: str | None = None,
+    data_root: str | None = None,
 ) -> Classifier:
     """Wrap a model built by :func:`build_model` with its normalization and class columns."""
     cfg = getattr(model, "pretrained_cfg", {})
     n_out = _num_outputs(model)
-    cols = class_columns(cfg.get("classes"), n_out, data_classes, class_index, label=spec.label)
+    cols = class_columns(cfg.get("classes"), n_out, data_classes, class_map, data_root, label=spec.label)
     return Classifier(
         spec.label, model.eval(), cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD), cols,
         fingerprint=_fingerprint(spec, model),
@@ -218,7 +191,7 @@ def make_classifier(
 def _fingerprint(spec: ModelSpec, model: nn.Module) -> str:
     """Changes when the weights change (file size and time), so caches never serve stale outputs."""
     parts = [spec.label, getattr(model, "model_name", ""), json.dumps(getattr(model, "model_args", {}), sort_keys=True)]
-    if spec.weights:
+    if spec.weights and spec.weights != "random":
         p = Path(spec.weights).expanduser()
         parts.append(str(spec.weights))
         if p.is_file():

@@ -14,16 +14,18 @@ import torch
 
 from ._output import progress
 
-__all__ = ["EvalData", "find_class_index", "load_data"]
+__all__ = ["EvalData", "load_data"]
 
 
 @dataclass
 class EvalData:
     """A labelled image folder, read in a fixed shuffled order.
 
-    ``order`` is a seeded permutation of the folder's samples (so that the first n images
-    cover all classes); experiments use the first ``max_images`` of it, which makes the
-    image sets of cheap and expensive experiments nested and their cached outputs shared.
+    ``order`` is the seeded, class-stratified order of :func:`bagnet.data.folder.
+    stratified_order`: its first n images are the ``--max-images n`` subset every other
+    command uses with the same seed. Experiments use the first ``max_images`` of it, which
+    makes the image sets of cheap and expensive experiments nested and their cached outputs
+    shared.
     """
 
     dataset: Any  # bagnet.data.folder.ImageFolder yielding pixel-space tensors
@@ -31,15 +33,18 @@ class EvalData:
     img_size: int | None
     order: list[int]
     workers: int = 0
+    preprocessing: Any = None
 
-    def set_img_size(self, img_size: int) -> None:
-        """Resize (short side to ``img_size / 0.875``) and centre-crop to ``img_size``, unnormalized."""
-        from ..data.folder import eval_transform
+    def set_img_size(self, img_size: int, crop_pct: float | None = None) -> None:
+        """Preprocess as every bagnet command does (:class:`~bagnet.data.transforms.Preprocessing`:
+        the whole image, short side ``img_size``), unnormalized: each model normalizes itself."""
+        from ..data.transforms import Preprocessing
 
         if img_size < 8:
             raise ValueError(f"image size must be at least 8 pixels, got {img_size}")
         self.img_size = int(img_size)
-        self.dataset.transform = eval_transform(self.img_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        self.preprocessing = Preprocessing(self.img_size, crop_pct, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        self.dataset.transform = self.preprocessing
 
     @property
     def classes(self) -> list[str]:
@@ -75,7 +80,13 @@ class EvalData:
             collate_fn=_collate_indexed,
         )
         for x, y, idx in progress(loader, desc, total=len(loader)):
-            if len(idx):
+            if isinstance(x, list):  # whole images of several sizes: one batch per size
+                groups: dict[tuple, list[int]] = {}
+                for k, t in enumerate(x):
+                    groups.setdefault(tuple(t.shape), []).append(k)
+                for ks in groups.values():
+                    yield torch.stack([x[k] for k in ks]), y[ks], idx[ks]
+            elif len(idx):
                 yield x, y, idx
 
 
@@ -97,8 +108,9 @@ def _collate_indexed(batch):
     good = [b for b in batch if b is not None]
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    images = [b[0] for b in good]
     return (
-        torch.stack([b[0] for b in good]),
+        torch.stack(images) if len({tuple(t.shape) for t in images}) == 1 else images,
         torch.as_tensor([b[1] for b in good], dtype=torch.long),
         torch.as_tensor([b[2] for b in good], dtype=torch.long),
     )
@@ -117,22 +129,13 @@ def load_data(
     ``img_size`` may be left ``None`` and set later with :meth:`EvalData.set_img_size`
     (e.g. once the models say what they were trained at).
     """
-    from ..data.folder import ImageFolder
+    from ..data.folder import ImageFolder, stratified_order
 
     dataset = ImageFolder(root, classes=classes)
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(dataset), generator=g).tolist()
+    order = stratified_order(dataset.targets, seed)
     data = EvalData(dataset, Path(root), None, order, workers)
     if img_size is not None:
         data.set_img_size(img_size)
     return data
 
 
-def find_class_index(root: str | os.PathLike) -> dict[str, int] | None:
-    """A ``classes.tsv`` in the data folder or its parent (the Imagenette layout), if any."""
-    from ..data.folder import read_class_index
-
-    for d in (Path(root), Path(root).parent):
-        if (d / "classes.tsv").is_file():
-            return read_class_index(d / "classes.tsv")
-    return None

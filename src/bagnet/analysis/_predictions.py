@@ -58,6 +58,15 @@ class Predictions:
         """Softmax over all model outputs, at the data set's classes ``[N, C]``."""
         return np.exp(self.logits - self.logsumexp[:, None])
 
+    def predicted(self, restricted: bool = False) -> np.ndarray:
+        """The predicted data-set class of every image ``[N]``; unless ``restricted``, ``-1``
+        where the model's highest output is none of the data set's classes (a wrong answer,
+        as :func:`bagnet.data.classes.scoring_note` scores it)."""
+        pred = self.logits.argmax(1)
+        if restricted or len(pred) == 0:
+            return pred
+        return np.where(self.top_logits[:, 0] > self.logits.max(1), -1, pred)
+
     def take(self, indices: Sequence[int]) -> Predictions:
         """The rows of these sample indices, in this order (missing ones are dropped)."""
         pos = {int(i): k for k, i in enumerate(self.indices)}

@@ -7,9 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..models import list_models
-from ..models._weights import registered_tags
-
 __all__ = ["ModelSpec", "parse_model_spec"]
 
 
@@ -21,7 +18,8 @@ class ModelSpec:
         label: short name used in results (``"BagNet-33"``); unique within a run.
         model: a registered BagNet (``bagnet33_slim``) or a torchvision classifier
             (``resnet18``); ``None`` when ``weights`` is a bagnet model file that names it.
-        weights: ``None`` (random initialisation), a tag (``imagenet``), or a path/URL.
+        weights: ``None`` (the model's published weights, as everywhere in bagnet),
+            ``"random"`` (random initialisation, asked for), a tag (``imagenet``), or a path/URL.
     """
 
     label: str
@@ -35,10 +33,12 @@ class ModelSpec:
 def parse_model_spec(text: str | dict) -> ModelSpec:
     """Read ``[LABEL=]NAME[@WEIGHTS]`` or ``[LABEL=]PATH`` (or a dict with those keys).
 
-    Examples: ``bagnet33_slim@runs/b33/model.pt``, ``R18=resnet18@runs/r18/model.pt``,
-    ``vgg16@imagenet``, ``runs/b9/model.pt``, ``runs/b9/last.pt`` or ``runs/b9`` (files and
-    run folders of ``bagnet train`` name their model), ``imagenette`` (a registered tag
-    names its model too).
+    The model part follows bagnet's one spec grammar (:mod:`bagnet.models._spec`): a bare
+    NAME means its published weights, ``NAME@random`` random ones. Examples:
+    ``bagnet33_slim@runs/b33/model.pt``, ``R18=resnet18@runs/r18/model.pt``,
+    ``vgg16@imagenet``, ``resnet18@random``, ``runs/b9/model.pt``, ``runs/b9/last.pt`` or
+    ``runs/b9`` (files and run folders of ``bagnet train`` name their model),
+    ``imagenette`` (a registered tag names its model too).
     """
     if isinstance(text, dict):
         unknown = set(text) - {"label", "model", "weights"}
@@ -49,6 +49,8 @@ def parse_model_spec(text: str | dict) -> ModelSpec:
         model, weights = text.get("model"), text.get("weights")
         label = text.get("label") or _default_label(model, weights)
         return ModelSpec(str(label), model, None if weights is None else str(weights))
+    from ..models._spec import parse_spec
+
     text = str(text).strip()
     if not text:
         raise ValueError("empty model specification; use [LABEL=]NAME[@WEIGHTS] or [LABEL=]PATH")
@@ -56,15 +58,8 @@ def parse_model_spec(text: str | dict) -> ModelSpec:
     if "=" in text and not Path(text).exists():
         label, text = text.split("=", 1)
         label = label.strip() or None
-    if Path(text).expanduser().exists() or (text in registered_tags() and text not in list_models()):
-        model, weights = None, text
-    elif "@" in text:
-        model, weights = text.split("@", 1)
-    else:
-        model, weights = text, None
-    if not model and not weights:
-        raise ValueError(f"model specification {text!r} names neither a model nor a weight file")
-    return ModelSpec(label or _default_label(model, weights), model or None, weights or None)
+    spec = parse_spec(text)
+    return ModelSpec(label or _default_label(spec.model, spec.weights), spec.model, spec.weights)
 
 
 def _default_label(model: str | None, weights: str | None) -> str:

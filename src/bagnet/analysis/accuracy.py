@@ -4,12 +4,12 @@ Brendel & Bethge (ICLR 2019), Table/Figure 2: BagNet-33 reaches 87.6% top-5 on
 ImageNet, close to AlexNet; smaller patches lose accuracy.
 
 .. note::
-    ``top1``/``top5`` count only the data set's classes, as the paper's subset
-    evaluations do: an ImageNet-1k model evaluated on Imagenette picks among the 10
-    Imagenette classes (its other outputs are ignored). ``top1_all_outputs`` and
-    ``top5_all_outputs`` count a prediction of any other output as wrong; they differ
-    only for models with more outputs than the data set has classes. Throughput counts the forward passes only (not image decoding), in eval mode with
-    the analysis batch size.
+    ``top1``/``top5`` are scored as ``bagnet eval`` scores them: among all of a model's
+    outputs (predicting a class the data set does not have is wrong), unless the session
+    restricts them to the data set's classes (``--restrict-to-folder-classes``, the
+    paper's subset evaluation of ImageNet-1k models); ``scoring`` says which. Throughput
+    counts the forward passes only (not image decoding), in eval mode with the analysis
+    batch size.
 """
 
 from __future__ import annotations
@@ -40,25 +40,24 @@ class ModelAccuracy:
     model: str
     kind: str  # "bagnet" or "reference"
     receptive_field: int | None
-    top1: float  # percent, among the data set's classes
-    top5: float  # percent, among the data set's classes
+    top1: float  # percent, scored as `scoring` says
+    top5: float
     images: int
     images_per_s: float
     params: int
     gmacs: float  # per image at the analysis resolution
     outputs: int  # of the model
-    classes: int  # of the data set: the outputs top1/top5 choose among
-    top1_all_outputs: float  # percent, choosing among all the model's outputs
-    top5_all_outputs: float
+    classes: int  # of the data set
+    scoring: str  # among which outputs predictions were chosen
 
 
-def accuracy_of(preds: Predictions, k: int, all_outputs: bool = False) -> float:
-    """Percent of images whose true class is among the ``k`` highest of the data set's
-    classes' outputs, or with ``all_outputs`` among the ``k`` highest of all the model's
+def accuracy_of(preds: Predictions, k: int, restricted: bool = False) -> float:
+    """Percent of images whose true class is among the ``k`` highest of all the model's
+    outputs, or with ``restricted`` among the ``k`` highest of the data set's classes'
     outputs (ties count as hits)."""
     if len(preds.targets) == 0:
         return float("nan")
-    if all_outputs:
+    if not restricted:
         if k > preds.top_logits.shape[1]:
             raise ValueError(f"top-{k} over all outputs needs the {k} largest logits; {preds.top_logits.shape[1]} kept")
         true = preds.logits[np.arange(len(preds.targets)), preds.targets]
@@ -76,8 +75,11 @@ def accuracy(
     max_images: int | None = None,
     batch_size: int = 32,
     cache: LogitCache | None = None,
+    restricted: bool = False,
 ) -> list[ModelAccuracy]:
-    """Top-1/top-5 and images/s of every model on the first ``max_images`` images."""
+    """Top-1/top-5 and images/s of every model on the first ``max_images`` images, scored
+    among all outputs (or, ``restricted``, among the data set's classes)."""
+    from ..data.classes import scoring_note
     from ..models._profile import count_macs, count_params
 
     cache = cache or LogitCache()
@@ -91,16 +93,15 @@ def accuracy(
                 model=info["model"],
                 kind=info["kind"],
                 receptive_field=info["receptive_field"],
-                top1=accuracy_of(p, 1),
-                top5=accuracy_of(p, 5),
+                top1=accuracy_of(p, 1, restricted),
+                top5=accuracy_of(p, 5, restricted),
                 images=len(p.indices),
                 images_per_s=p.images_per_s,
                 params=count_params(clf.model),
                 gmacs=count_macs(clf.model, data.img_size) / 1e9,
                 outputs=info["outputs"],
                 classes=len(data.classes),
-                top1_all_outputs=accuracy_of(p, 1, all_outputs=True),
-                top5_all_outputs=accuracy_of(p, 5, all_outputs=True),
+                scoring=scoring_note(info["outputs"], len(data.classes), restricted),
             )
         )
     return rows

@@ -36,9 +36,10 @@ class ErrorDistribution:
     images: int = 0
 
 
-def class_errors(logits: np.ndarray, targets: np.ndarray, num_classes: int) -> np.ndarray:
-    """Top-1 error in percent for every class (NaN for classes without images)."""
-    wrong = logits.argmax(1) != targets
+def class_errors(predicted: np.ndarray, targets: np.ndarray, num_classes: int) -> np.ndarray:
+    """Top-1 error in percent for every class (NaN for classes without images), from the
+    predicted class of every image (:meth:`Predictions.predicted`; -1: none of the data's)."""
+    wrong = predicted != targets
     counts = np.bincount(targets, minlength=num_classes).astype(np.float64)
     errs = np.bincount(targets, weights=wrong.astype(np.float64), minlength=num_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -53,6 +54,7 @@ def error_distribution(
     max_images: int | None = None,
     batch_size: int = 32,
     cache: LogitCache | None = None,
+    restricted: bool = False,
 ) -> ErrorDistribution:
     """Per-class errors of every model, and their correlation for each BagNet/reference pair."""
     if not bagnets or not references:
@@ -62,7 +64,7 @@ def error_distribution(
     preds = aligned_predictions([*bagnets, *references], data, max_images, batch_size=batch_size, cache=cache)
     for m in [*bagnets, *references]:
         p = preds[m.label]
-        result.errors[m.label] = class_errors(p.logits, p.targets, n_cls).tolist()
+        result.errors[m.label] = class_errors(p.predicted(restricted), p.targets, n_cls).tolist()
         result.images = len(p.indices)
         result.images_per_class = np.bincount(p.targets, minlength=n_cls).tolist()
     for b in bagnets:

@@ -41,11 +41,13 @@ def patch_size(
     max_images: int | None = None,
     batch_size: int = 32,
     cache: LogitCache | None = None,
+    restricted: bool = False,
 ) -> PatchSizeResult:
-    """Accuracy of every BagNet against its receptive field, references as baselines."""
+    """Accuracy of every BagNet against its receptive field, references as baselines
+    (scored as :func:`~bagnet.analysis.accuracy.accuracy` scores it)."""
     if not any(m.is_bagnet for m in models):
         raise ValueError("patch-size needs at least one BagNet")
-    rows = accuracy(models, data, max_images=max_images, batch_size=batch_size, cache=cache)
+    rows = accuracy(models, data, max_images=max_images, batch_size=batch_size, cache=cache, restricted=restricted)
     keep = ("label", "top1", "top5")
     result = PatchSizeResult(images=rows[0].images)
     for r in sorted(rows, key=lambda r: (r.receptive_field or 0, r.label)):

@@ -76,16 +76,8 @@ def tables_for(name: str, d: dict[str, Any]) -> list[tuple[str, list[str], list[
                 for m in models]
         header = ["model", "architecture", "kind", "q", "top-1 %", "top-5 %", "images/s", "params (M)", "GMACs",
                   "images"]
-        wider = [m for m in models if m.get("outputs", 0) > m.get("classes", 0) > 0]
-        if not wider:
-            return [("", header, rows)]
-        n = wider[0]["classes"]
-        for row, m in zip(rows, models):
-            row[6:6] = [_fmt(m.get("outputs")), _fmt(m.get("top1_all_outputs")), _fmt(m.get("top5_all_outputs"))]
-        header[6:6] = ["outputs", "top-1 % (all outputs)", "top-5 % (all outputs)"]
-        caption = (f"top-1/top-5: RESTRICTED to the data set's {plural(n, 'class')} (the paper's subset evaluation: "
-                   "a model's other outputs are ignored); 'all outputs': predicting any other class counts as wrong")
-        return [(caption, header, rows)]
+        notes = sorted({m["scoring"] for m in models if m.get("scoring")})
+        return [("; ".join(notes), header, rows)]
     if name == "patch-size":
         rows = [[_fmt(b["receptive_field"]), b["label"], _fmt(b["top1"]), _fmt(b["top5"])] for b in d["bagnets"]]
         rows += [["(reference)", r["label"], _fmt(r["top1"]), _fmt(r["top5"])] for r in d["references"]]

@@ -37,7 +37,7 @@ from typing import Any
 
 from .._device import resolve_device, resolve_dtype
 from ._classifier import Classifier, build_model, make_classifier
-from ._data import EvalData, find_class_index, load_data
+from ._data import EvalData, load_data
 from ._output import read_json
 from ._predictions import LogitCache
 from ._specs import ModelSpec, parse_model_spec
@@ -62,11 +62,12 @@ class AnalysisConfig:
     img_size: int | None = None
     max_images: int | None = None
     batch_size: int = 32
-    workers: int = 0
+    workers: int = 2
     device: str = "auto"
     threads: int | None = None
     seed: int = 0
     class_map: str | None = None
+    restrict_to_folder_classes: bool = False
     title: str = "BagNet analyses"
     experiments: dict[str, dict[str, Any] | bool] = field(default_factory=dict)
 
@@ -163,7 +164,7 @@ def config_from_dict(raw: dict[str, Any], base: str | os.PathLike = ".") -> Anal
                             "experiments": experiments})
     cfg.data = rel(cfg.data)
     cfg.out = rel(cfg.out)
-    cfg.class_map = rel(cfg.class_map)
+    cfg.class_map = cfg.class_map if cfg.class_map in (None, "imagenet") else rel(cfg.class_map)
     return cfg
 
 
@@ -203,8 +204,10 @@ class Session:
         threads: CPU threads per operation (``torch.set_num_threads``); ``None`` keeps
             PyTorch's choice. On a CPU shared with other jobs, 1 is often much faster.
         seed: image order, patch placement and random rankings.
-        class_map: ``folder<TAB>output index`` file; default the data's ``classes.tsv``
-            when there is one (used only for models whose classes do not match the folders).
+        class_map: ``"imagenet"`` or a ``folder<TAB>output index`` file; by default classes
+            are matched as every command matches them (:func:`bagnet.data.classes.class_mapping`).
+        restrict_to_folder_classes: score predictions among the data set's classes only
+            (the ImageNet-subset evaluation); by default among all of a model's outputs.
     """
 
     def __init__(
@@ -218,14 +221,13 @@ class Session:
         img_size: int | None = None,
         max_images: int | None = None,
         batch_size: int = 32,
-        workers: int = 0,
+        workers: int = 2,
         device: str = "auto",
         threads: int | None = None,
         seed: int = 0,
         class_map: str | None = None,
+        restrict_to_folder_classes: bool = False,
     ):
-        from ..data.folder import read_class_index
-
         if batch_size < 1 or workers < 0 or (max_images is not None and max_images < 1):
             raise ValueError("batch size and max images must be at least 1, workers 0 or more")
         if threads is not None:
@@ -246,19 +248,22 @@ class Session:
         self.max_images = max_images
         self.batch_size = batch_size
         self.seed = seed
+        self.restrict_to_folder_classes = bool(restrict_to_folder_classes)
         self.device = resolve_device(device)
         self.data: EvalData = load_data(folder, img_size, seed=seed, workers=workers)
-        class_index = read_class_index(class_map) if class_map else find_class_index(folder)
         n_cls = len(self.data.classes)
         models = {s.label: build_model(s, num_classes=n_cls) for s in [*bagnets, *references]}
+        # One input for every model (the analyses compare them on the same pixels): the first
+        # model's preprocessing, at img_size if given; each model normalizes by itself.
+        first = next(iter(models.values())).pretrained_cfg if models else {}
         if img_size is None:
             sizes = [m.pretrained_cfg.get("img_size") for m in models.values()]
             img_size = next((int(s) for s in sizes if s), 224)
-            logger.info("evaluating at %d px", img_size)
-        self.data.set_img_size(img_size)
+        self.data.set_img_size(img_size, first.get("crop_pct"))
+        logger.info("preprocessing: %s", self.data.preprocessing.describe())
 
         def clf(spec: ModelSpec) -> Classifier:
-            return make_classifier(spec, models[spec.label].to(self.device), self.data.classes, class_index)
+            return make_classifier(spec, models[spec.label].to(self.device), self.data.classes, class_map, str(folder))
 
         self.bagnets = [clf(s) for s in bagnets]
         self.references = [clf(s) for s in references]
@@ -276,6 +281,8 @@ class Session:
             "data": str(self.data.root),
             "classes": self.data.classes,
             "img_size": self.data.img_size,
+            "preprocessing": self.data.preprocessing.describe(),
+            "restrict_to_folder_classes": self.restrict_to_folder_classes,
             "seed": self.seed,
             "device": str(self.device),
             "models": [m.describe() for m in self.models],
@@ -289,6 +296,7 @@ class Session:
             "data": self.data.fingerprint(),
             "seed": self.seed,
             "max_images": self.max_images,
+            "restrict": self.restrict_to_folder_classes,
             "models": [m.fingerprint for m in self.models],
         }
         return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -317,13 +325,15 @@ class Experiment:
 def _accuracy(s: Session, max_images=None):
     from .accuracy import accuracy
 
-    return accuracy(s.models, s.data, max_images=max_images or s.max_images, batch_size=s.batch_size, cache=s.cache)
+    return accuracy(s.models, s.data, max_images=max_images or s.max_images, batch_size=s.batch_size, cache=s.cache,
+                    restricted=s.restrict_to_folder_classes)
 
 
 def _patch_size(s: Session, max_images=None):
     from .patch_size import patch_size
 
-    return patch_size(s.models, s.data, max_images=max_images or s.max_images, batch_size=s.batch_size, cache=s.cache)
+    return patch_size(s.models, s.data, max_images=max_images or s.max_images, batch_size=s.batch_size, cache=s.cache,
+                      restricted=s.restrict_to_folder_classes)
 
 
 def _logit_correlation(s: Session, max_images=None):
@@ -337,7 +347,7 @@ def _error_distribution(s: Session, max_images=None):
     from .error_distribution import error_distribution
 
     return error_distribution(s.bagnets, s.references, s.data, max_images=max_images or s.max_images,
-                              batch_size=s.batch_size, cache=s.cache)
+                              batch_size=s.batch_size, cache=s.cache, restricted=s.restrict_to_folder_classes)
 
 
 def _interactions(s: Session, max_images=None, n_patches=10, patch_size=8, gap=0, target="true"):
@@ -476,7 +486,7 @@ def run_all(config: AnalysisConfig, *, force: bool = False, only: Sequence[str] 
         config.data, config.bagnets, config.references, out_dir=config.out, split=config.split,
         img_size=config.img_size, max_images=config.max_images, batch_size=config.batch_size,
         workers=config.workers, device=config.device, threads=config.threads, seed=config.seed,
-        class_map=config.class_map,
+        class_map=config.class_map, restrict_to_folder_classes=config.restrict_to_folder_classes,
     )
     from ._output import write_json
 

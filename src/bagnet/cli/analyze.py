@@ -3,7 +3,8 @@
 Each experiment is a sub-command that writes ``NAME.json`` and ``NAME.png`` into ``--out``
 and refreshes the HTML report there; ``all`` runs every experiment from one config file,
 resuming where it stopped. Models are given as ``[LABEL=]NAME[@WEIGHTS]`` or
-``[LABEL=]PATH`` (a bagnet model file names its model), e.g.
+``[LABEL=]PATH`` (a bagnet model file names its model): a bare NAME means its published
+weights, as in every other command, and ``NAME@random`` random ones, e.g.
 ``--bagnet B33=runs/b33/model.pt --reference R18=resnet18@runs/r18/model.pt``.
 See docs/analyze.md.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ._common import add_device_args
+from ._common import add_data_args, add_device_args
 
 logger = logging.getLogger(__name__)
 
@@ -62,20 +63,11 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
                    help="a BagNet: [LABEL=]NAME[@WEIGHTS] or [LABEL=]PATH (repeat for several)")
     g.add_argument("--reference", action="append", default=[], metavar="SPEC",
                    help="a reference network (BagNet or torchvision classifier), same form (repeatable)")
-    d = p.add_argument_group("data")
-    d.add_argument("--data", required=True, help="dataset folder; --split names its sub-folder of <class>/ folders")
-    d.add_argument("--split", default="val", help="sub-folder of --data ('.' for --data itself; default: val)")
-    d.add_argument("--img-size", type=int, default=None, help="default: the first model's training size, else 224")
-    d.add_argument("--max-images", type=int, default=None, help="use the first N images of a seeded shuffle")
-    d.add_argument("--class-map", default=None, metavar="FILE.tsv",
-                   help="folder<TAB>output index for models with other classes (default: the data's classes.tsv)")
-    d.add_argument("--workers", type=int, default=0, help="data-loading processes (default: 0)")
-    d.add_argument("--seed", type=int, default=0, help="image order, patch placement, random rankings")
+    add_data_args(p)
     o = p.add_argument_group("output")
     o.add_argument("--out", default="analysis", help="output folder (default: ./analysis)")
     add_device_args(p)
     _add_threads(p)
-    p.add_argument("--batch-size", type=int, default=32, help="model inputs per forward pass (default: 32)")
 
 
 def _add_threads(p: argparse.ArgumentParser) -> None:
@@ -172,17 +164,20 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis._specs import parse_model_spec
     from ..analysis.report import tables_for, write_report
     from ..analysis.run import Session, run_experiment
+    from ._common import check_data_args
 
     if not args.bagnet and args.experiment not in ("accuracy",):
         raise ValueError(f"{args.experiment} needs at least one --bagnet")
     if not args.bagnet and not args.reference:
         raise ValueError("name at least one model with --bagnet or --reference")
+    check_data_args(args)
     options = _options(args)  # bad options fail before any model is loaded
     session = Session(
         args.data, [parse_model_spec(s) for s in args.bagnet], [parse_model_spec(s) for s in args.reference],
         out_dir=args.out, split=args.split, img_size=args.img_size, max_images=args.max_images,
         batch_size=args.batch_size, workers=args.workers, device=args.device, seed=args.seed,
         class_map=args.class_map, threads=args.threads,
+        restrict_to_folder_classes=args.restrict_to_folder_classes,
     )
     result, _ = run_experiment(session, args.experiment, options, force=True)
     _print_tables(tables_for(args.experiment, result))

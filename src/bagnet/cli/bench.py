@@ -1,14 +1,14 @@
 """``bagnet bench``: inference speed of BagNets and torchvision classifiers, side by side.
 
-Models are any name ``create_model`` takes (registered BagNets and torchvision classifiers,
-with random weights), ``NAME@WEIGHTS``, or model files and run folders of ``bagnet train``.
+Models are model specs as every command reads them: ``NAME`` (its published weights),
+``NAME@random`` (random weights: nothing is downloaded, which is all timing needs),
+``NAME@WEIGHTS``, or model files and run folders of ``bagnet train``.
 
 All models run in one process on the same random batch, in interleaved rounds (every
 model once per round, the order reversed on every other round) after a warm-up, so
 that load from other processes hits every model alike. The table shows the median
 images/s, its ratio to ResNet-50 in the same mode (when ``resnet50`` is measured),
-multiply-adds per image and peak memory of one forward pass. Plain names get random
-weights: nothing is downloaded for them.
+multiply-adds per image and peak memory of one forward pass.
 
 Peak memory is, on CUDA, ``torch.cuda.max_memory_allocated`` above what was allocated
 before the call; on CPU, the growth of the process's resident set during the call
@@ -43,9 +43,10 @@ MODE_HELP = (
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="images/s of BagNets against torchvision models", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="bagnet33,resnet50",
-                   help="comma-separated registered BagNets and torchvision classifiers (random weights), "
-                        "NAME@WEIGHTS, or model files and run folders of `bagnet train` (default: bagnet33,resnet50)")
+    p.add_argument("--models", default="bagnet33@random,resnet50@random",
+                   help="comma-separated model specs: NAME (published weights), NAME@random (random weights, "
+                        "nothing downloaded), NAME@WEIGHTS, or model files and run folders of `bagnet train` "
+                        "(default: bagnet33@random,resnet50@random)")
     p.add_argument("--mode", default="fused", help=f"comma-separated inference modes (default: fused). {MODE_HELP}")
     p.add_argument("--batch-size", type=int, default=16, help="images per timed forward pass")
     p.add_argument("--img-size", type=int, default=224, help="side of the random square input, in pixels")
@@ -114,6 +115,7 @@ def benchmark(
 
     from ..models import INFERENCE_MODES, create_model, prepare_for_inference
     from ..models._profile import count_params
+    from ..models._spec import load_spec, parse_spec
 
     device = torch.device("cpu") if device is None else torch.device(device)
     unknown = [m for m in modes if m not in INFERENCE_MODES]
@@ -121,15 +123,17 @@ def benchmark(
         raise ValueError(f"unknown --mode {unknown[0]!r}; choose from {', '.join(INFERENCE_MODES)}")
     images = torch.randn(batch_size, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
     memory = _PeakMemory(device)
-    entries, gmacs, loaded = [], {}, {}
+    entries, gmacs, loaded, archs = [], {}, {}, {}
     for name in names:
         # Check every model on the meta device first (free), so bad input fails before any timing.
         # Entries with weights are read now: they say which architecture they are.
-        if _has_weights(name):
-            loaded[name] = _load_entry(name)
-            arch = (loaded[name].model_name, loaded[name].model_args)
+        spec = parse_spec(name)
+        if spec.random:
+            arch = (spec.model, {})
         else:
-            arch = (name, {})
+            loaded[name] = load_spec(spec)
+            arch = (loaded[name].model_name, loaded[name].model_args)
+        archs[name] = arch[0]
         with torch.device("meta"):
             q = getattr(create_model(arch[0], **arch[1]), "receptive_field", 1)
         if img_size < q:
@@ -139,7 +143,7 @@ def benchmark(
         except (RuntimeError, ValueError) as err:  # e.g. pooled down to nothing at a small --img-size
             raise ValueError(f"{name} cannot take {img_size} px images: {err}") from err
     for name in names:
-        base = (loaded.pop(name) if name in loaded else create_model(name)).eval()
+        base = (loaded.pop(name) if name in loaded else create_model(archs[name])).eval()
         for mode in modes:
             settings = INFERENCE_MODES[mode]
             model = prepare_for_inference(base, **settings).to(device)
@@ -147,6 +151,7 @@ def benchmark(
             x = images.to(device=device, dtype=settings["dtype"]).contiguous(memory_format=fmt)
             entries.append({
                 "model": name,
+                "architecture": archs[name],
                 "mode": mode,
                 "exact": settings["dtype"] == torch.float32,
                 "bn_folded": not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()),
@@ -184,7 +189,7 @@ def benchmark(
         row["gmacs_per_s"] = row["images_per_s"] * row["gmacs_per_image"]
         results.append(row)
     for row in results:
-        ref = next((r for r in results if r["model"] == "resnet50" and r["mode"] == row["mode"]), None)
+        ref = next((r for r in results if r["architecture"] == "resnet50" and r["mode"] == row["mode"]), None)
         row["ratio_to_resnet50"] = row["images_per_s"] / ref["images_per_s"] if ref else None
     return {
         "format": "bagnet-bench/1",
@@ -218,21 +223,6 @@ def _gmacs(arch: tuple[str, dict], fuse: bool, img_size: int) -> float:
     with torch.device("meta"):
         model = prepare_for_inference(create_model(arch[0], **arch[1]), fuse=fuse, channels_last=False)
     return count_macs(model, img_size) / 1e9
-
-
-def _has_weights(entry: str) -> bool:
-    """A ``--models`` entry with weights: ``NAME@WEIGHTS``, or a model file or run folder."""
-    return "@" in entry or os.path.exists(entry)
-
-
-def _load_entry(entry: str):
-    """The model of a ``--models`` entry with weights, on the CPU (see :func:`_has_weights`)."""
-    from ..models import create_model, load_model
-
-    if os.path.exists(entry):
-        return load_model(entry)
-    name, weights = entry.split("@", 1)
-    return create_model(name, pretrained=weights)
 
 
 def _time_call(model, x, device) -> tuple[float, float]:

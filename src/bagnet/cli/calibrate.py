@@ -38,10 +38,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="fraction of in-class images allowed to be flagged (default: 0.05)")
     p.add_argument("--method", default="auto", choices=("auto", "max_softmax", "max_logit", "energy"),
                    help="familiarity score; auto picks the one that catches most other-class images (default: auto)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the half/half split (default: 0)")
-    p.add_argument("--max-images", type=int, default=None,
-                   help="use at most this many images of each set, chosen at random (default: all)")
-    p.add_argument("--workers", type=int, default=1, help="image-decoding processes (default: 1)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the --max-images subsets and of the half/half split (default: 0)")
+    p.add_argument("--max-images", type=int, default=None, metavar="N",
+                   help="use a seeded subset of N images of each set, stratified over its sub-folders (the same "
+                        "images as other commands' --max-images N with the same --seed on a class folder; "
+                        "default: all)")
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes (default: 2)")
     p.add_argument("--out", required=True, help="model file to write, with the threshold in its metadata")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the full calibration report here")
     p.set_defaults(func=run)
@@ -103,6 +106,15 @@ def _logits(model, paths: list[Path], device, workers: int, desc: str):
     return torch.stack(rows), kept
 
 
+def _subset(paths: list[Path], n: int | None, seed: int) -> list[Path]:
+    """The ``--max-images`` subset of every command, with each image's folder as its class."""
+    from ..data.folder import subset_indices
+
+    folders: dict[Path, int] = {}
+    targets = [folders.setdefault(p.parent, len(folders)) for p in paths]
+    return [paths[i] for i in subset_indices(targets, n, seed)]
+
+
 def _halves(n: int, seed: int):
     import torch
 
@@ -111,7 +123,6 @@ def _halves(n: int, seed: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ..explain import UNKNOWN_METHODS, calibrate_unknown, familiarity
     from ..models import save_model_file
@@ -128,10 +139,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out} should be a .pt model file")
     known_paths = _image_paths(Path(args.data), "--data")
     unknown_paths = _image_paths(Path(args.unknown), "--unknown")
-    g = torch.Generator().manual_seed(args.seed)
-    if args.max_images:
-        known_paths = [known_paths[i] for i in sorted(torch.randperm(len(known_paths), generator=g)[: args.max_images])]
-        unknown_paths = [unknown_paths[i] for i in sorted(torch.randperm(len(unknown_paths), generator=g)[: args.max_images])]
+    known_paths = _subset(known_paths, args.max_images, args.seed)
+    unknown_paths = _subset(unknown_paths, args.max_images, args.seed)
 
     device = resolve_device(args.device)
     model = resolve_model(args).to(device)

@@ -40,11 +40,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="images to explain: a folder of <class>/ folders (labelled) or of images")
     add_model_args(p)
     add_device_args(p)
-    p.add_argument("--max-images", type=int, default=100, help="images classified from --data, spread over its classes (default: 100)")
+    p.add_argument("--max-images", type=int, default=100,
+                   help="images classified from --data: a seeded, class-stratified subset of N, the same images as "
+                        "other commands' --max-images N with the same --seed (default: 100)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --max-images subset (default: 0)")
     p.add_argument("--show", type=int, default=6, help="images explained in detail, and misclassified ones shown (default: 6)")
     p.add_argument("--top", type=int, default=3, help="classes per image whose evidence is drawn (default: 3)")
     p.add_argument("--res", choices=("full", "native"), default="full", help="resolution of the drawn maps (default: full)")
-    p.add_argument("--img-size", type=int, default=None, help="short side images are resized to (default: the model's)")
+    p.add_argument("--img-size", type=int, default=None, metavar="PX",
+                   help="short side images are resized to (default: the size the model names, 192 px for the "
+                        "shipped model; 224 if it names none)")
     add_scale_arg(p)
     p.add_argument("--restrict-to-folder-classes", action="store_true",
                    help="with labelled --data: predict among the folder's classes only, ignoring the model's other "
@@ -77,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if args.data is None:
         items, source, outputs, notes = _sample_items(model), "sample photos from scikit-image and a drawn golf ball", None, []
     else:
-        items, source, outputs, notes = _folder_items(Path(args.data), model, args.max_images)
+        items, source, outputs, notes = _folder_items(Path(args.data), model, args.max_images, args.seed)
         names = _readable_names(model, Path(args.data))
         if not args.restrict_to_folder_classes:
             outputs = None  # the labels stay mapped; the prediction is the best of all outputs
@@ -124,10 +129,11 @@ def _sample_items(model: nn.Module):
     return items
 
 
-def _folder_items(root: Path, model, max_images: int):
+def _folder_items(root: Path, model, max_images: int, seed: int = 0):
     """``(items, source, label_outputs, notes)`` for ``--data``; labelled when possible."""
     from ..app.report import DemoItem
-    from ..data.folder import ImageFolder
+    from ..data.classes import class_mapping
+    from ..data.folder import ImageFolder, stratified_order, subset_indices
     from ..data.images import is_image_file
 
     if not root.is_dir():
@@ -145,47 +151,29 @@ def _folder_items(root: Path, model, max_images: int):
         if not paths:
             raise ValueError(f"{root} holds no images (nor class folders of images)")
         picked = [(p, None) for p in paths]
+        if len(picked) > max_images:
+            notes.append(f"{plural(len(picked), 'image')} found; a seeded subset of {max_images} is used "
+                         "(--max-images, --seed)")
+            picked = [picked[i] for i in subset_indices([0] * len(picked), max_images, seed)]
         outputs = None
     else:
         try:
-            index = outputs = _label_outputs(model, folder.classes, root)
+            mapping = class_mapping(model.pretrained_cfg.get("classes"), model.num_classes, folder.classes,
+                                    data_root=root)
+            outputs = list(mapping.index)
         except ValueError as e:
             notes.append(f"labels ignored: {e}")
-            index = outputs = None
-        by_class: dict[int, list[str]] = {}
-        for path, target in folder.samples:
-            by_class.setdefault(target, []).append(path)
-        # Round robin over classes, so a capped run still sees every class.
-        order = []
-        for k in range(max(len(v) for v in by_class.values())):
-            order += [(v[k], t) for t, v in sorted(by_class.items()) if k < len(v)]
-        picked = [(Path(p), index[t] if index is not None else None) for p, t in order]
-    if len(picked) > max_images:
-        notes.append(f"{plural(len(picked), 'image')} found; the first {max_images} are used (--max-images)")
-        picked = picked[:max_images]
+            outputs = None
+        # The --max-images subset of every command, in its interleaved order: the first
+        # images shown come from different classes.
+        chosen = stratified_order(folder.targets, seed)[:max_images]
+        if len(chosen) < len(folder.samples):
+            notes.append(f"{plural(len(folder.samples), 'image')} found; a class-stratified subset of {max_images} "
+                         "is used (--max-images, --seed)")
+        picked = [(Path(folder.samples[i][0]), outputs[folder.samples[i][1]] if outputs is not None else None)
+                  for i in chosen]
     items = [DemoItem(str(path.relative_to(root)), path, label) for path, label in picked]
     return items, f"images from {root}", outputs, notes
-
-
-def _label_outputs(model, classes: list[str], root: Path) -> list[int]:
-    """The model output of each folder class.
-
-    Class names are matched as ``bagnet eval`` matches them; an ImageNet model on a folder
-    of WordNet-id classes (Imagenette) uses the ``classes.tsv`` next to it.
-
-    Raises:
-        ValueError: the classes cannot be matched.
-    """
-    from .eval import output_index
-
-    class_map = None
-    if model.num_classes == 1000:
-        for tsv in (root / "classes.tsv", root.parent / "classes.tsv"):
-            if tsv.is_file():
-                class_map = str(tsv)
-                break
-    index = output_index(model, classes, class_map, root)
-    return list(range(len(classes))) if index is None else index
 
 
 def _readable_names(model, data: Path) -> list[str] | None:

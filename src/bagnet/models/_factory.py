@@ -329,7 +329,8 @@ def _create_torchvision(tv_name: str, pretrained, file, check_hash: bool, kwargs
     except OSError as e:  # urllib's URLError (offline, DNS) is an OSError
         raise OSError(f"could not download torchvision's {enum} weights for {tv_name} from {enum.url} "
                       f"({getattr(e, 'reason', e)}); download the file elsewhere and pass it with "
-                      f"--weights imagenet --weights-file PATH (API: pretrained='imagenet', file=PATH)") from None
+                      f"--weights imagenet --weights-file PATH (API: pretrained='imagenet', file=PATH), or "
+                      f"use {tv_name}@random for random weights") from None
     crop = getattr(enum.transforms(), "crop_size", [224])
     meta = {"dataset": "imagenet", "classes": list(imagenet_classes()), "img_size": int(crop[0]),
             "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
