@@ -1,10 +1,12 @@
 """Copy a model file into the package as ``src/bagnet/weights/NAME-<sha8>.pt``.
 
 Keeps the weights exactly and only the metadata a user of the shipped file needs (the
-preprocessing, the classes, the metrics, the training command, the calibrated
-"none of these classes" threshold and a human-readable data set name); drops the rest
-(local run configuration). Refuses metadata holding an absolute path, which would leak
-this machine's layout into the package, and files over 10 MB.
+preprocessing, the classes, the training command, the calibrated "none of these classes"
+threshold and a human-readable data set name); drops the rest (local run configuration,
+and the training-time metrics: a shipped file's accuracy lives in one place,
+``src/bagnet/weights/metrics.json``, written by ``tools/record_metrics.py`` from a
+``bagnet eval --json`` report of the shipped file). Refuses metadata holding an absolute
+path, which would leak this machine's layout into the package, and files over 10 MB.
 
     python tools/package_model.py runs/bagnet33_w25_ft-imagenette.pt --name bagnet33_w25-imagenette \
         --dataset "imagenette (224 px copy, 10 classes)"
@@ -13,11 +15,10 @@ this machine's layout into the package, and files over 10 MB.
 training size (a network trained on random-resized crops sees objects larger than a
 centre crop of the same size shows them, so it can score better on larger test images:
 Touvron et al., "Fixing the train-test resolution discrepancy", NeurIPS 2019); the training
-size is kept as ``train_img_size``. ``--eval-json`` replaces the training-time metrics with
-``bagnet eval --json``'s top-1 / top-5, which must have been measured at the served size.
+size is kept as ``train_img_size``.
 
-Prints the written path; register it in ``src/bagnet/models/_weights.py`` with the
-printed SHA-256 prefix.
+Prints the written path; register it in ``src/bagnet/models/_weights.py`` (its file name
+carries the SHA-256 prefix), then record its accuracy with ``tools/record_metrics.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 import sys
 from pathlib import Path
 
@@ -33,8 +33,8 @@ import torch
 
 from bagnet._io import atomic_path
 
-KEEP = ("mean", "std", "img_size", "dataset", "metrics", "command", "classes", "class_names", "unknown", "source",
-        "train_evidence", "train_img_size")
+KEEP = ("mean", "std", "img_size", "crop_pct", "dataset", "command", "classes", "class_names", "unknown", "source",
+        "train_evidence", "train_img_size", "train_split")
 LIMIT = 10 * 1024 * 1024
 
 
@@ -55,8 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default=None, help="human-readable data set name stored as meta 'dataset'")
     p.add_argument("--img-size", type=int, default=None,
                    help="input size to serve the model at, if not its training size (meta img_size)")
-    p.add_argument("--eval-json", default=None,
-                   help="bagnet eval --json output measured at the served size: its top1/top5 become meta metrics")
     p.add_argument("--out-dir", default="src/bagnet/weights", help="where to write (default: src/bagnet/weights)")
     p.add_argument("--out", default=None, help="write exactly this file instead (no hash in the name)")
     args = p.parse_args(argv)
@@ -78,23 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         if trained is not None and int(trained) != args.img_size:
             meta["train_img_size"] = int(trained)
         meta["img_size"] = args.img_size
-        if args.eval_json is None and "metrics" in meta:
-            print("package_model: error: --img-size without --eval-json would keep metrics measured at another "
-                  "size; pass the bagnet eval --json of this file at the new size", file=sys.stderr)
-            return 1
-    if args.eval_json is not None:
-        try:
-            report = json.loads(Path(args.eval_json).read_text())
-            metrics = {"top1": float(report["top1"]), "top5": float(report["top5"])}
-            measured_at = report.get("img_size")
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            print(f"package_model: error: {args.eval_json} is not a bagnet eval --json report ({e})", file=sys.stderr)
-            return 1
-        if measured_at is not None and meta.get("img_size") is not None and int(measured_at) != int(meta["img_size"]):
-            print(f"package_model: error: {args.eval_json} was measured at {measured_at} px, the file is served at "
-                  f"{meta['img_size']} px", file=sys.stderr)
-            return 1
-        meta["metrics"] = metrics
     leaks = _absolute_paths(meta)
     if leaks:
         print("package_model: error: absolute paths in the metadata:\n  " + "\n  ".join(leaks), file=sys.stderr)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -113,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     logits, targets, skipped, seconds = collect_logits(model, loader, device, restrict)
     report = classification_report(logits, targets, classes, None if restrict is not None else index)
     report.update(
+        command=shlex.join(["bagnet", "eval", *sys.argv[2:]]) if sys.argv[1:2] == ["eval"] else None,
         model=getattr(model, "model_name", args.model),
         weights=args.weights,
         data=str(folder),

@@ -119,6 +119,9 @@ def create_model(
         weights = read_weights(registered_file(name, tag, file))
         # Shipped files are model files with their own meta; the authors' are plain state dicts.
         weights.meta = {**(meta_of(cfg) if cfg.file is None else {}), **weights.meta}
+        if cfg.file is not None and cfg.metrics:
+            # A shipped file's accuracy and how it was measured: weights/metrics.json, the one source.
+            weights.meta.update(metrics=dict(cfg.metrics), evaluation=dict(cfg.evaluation))
         return _build(name, weights, kwargs, source=tag)
     if pretrained:
         return _build(name, _read(pretrained, check_hash), kwargs, source=os.fspath(pretrained))

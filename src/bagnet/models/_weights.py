@@ -18,12 +18,14 @@ loading never runs code from a file. :func:`read_weights` is the one place that 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
 import shutil
 import sys
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -65,10 +67,39 @@ class PretrainedCfg:
     std: tuple[float, ...] = IMAGENET_STD
     metrics: dict[str, float] = field(default_factory=dict)
     num_classes: int = 1000
+    # How the metrics were measured: preprocessing, data split, scoring, command, and what
+    # (if anything) was chosen on that split. Shipped files: from weights/metrics.json.
+    evaluation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def filename(self) -> str:
         return self.file or os.path.basename(urlparse(self.url or "").path)
+
+
+METRICS_FILE = "metrics.json"
+
+
+@lru_cache(maxsize=1)
+def shipped_metrics() -> dict[str, dict[str, Any]]:
+    """``bagnet/weights/metrics.json``: the one place the measured accuracy of every shipped
+    model lives (``{"NAME-TAG": {"top1", "top5", "preprocessing", "split", "selection",
+    "command", ...}}``), written by ``tools/package_model.py`` from a ``bagnet eval --json``
+    report. The registry, the model files' ``pretrained_cfg``, ``bagnet models``, the Hub
+    card, the model cards and the README take the numbers from here or are checked
+    against it by the tests."""
+    path = resources.files("bagnet.weights").joinpath(METRICS_FILE)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+
+
+def _shipped(name: str, tag: str, file: str, **kwargs: Any) -> PretrainedCfg:
+    """A shipped file's registry entry, its metrics and their provenance from metrics.json."""
+    entry = dict(shipped_metrics().get(f"{name}-{tag}", {}))
+    metrics = {k: float(entry.pop(k)) for k in ("top1", "top5") if k in entry}
+    sha = re.search(r"-([a-f0-9]{8,})\.", file)
+    return PretrainedCfg(file=file, sha256=sha.group(1) if sha else None, metrics=metrics, evaluation=entry, **kwargs)
 
 
 # (model name, tag) -> config. Published metrics are the paper's (ImageNet val, 224 px).
@@ -81,23 +112,15 @@ _PRETRAINED: dict[tuple[str, str], PretrainedCfg] = {
         url=_PUBLISHED_ROOT + "bagnet32-2ddd53ed.pth.tar", sha256="2ddd53ed", metrics={"top5": 87.6}
     ),
     # The default model, shipped (docs/models/bagnet33_w25-imagenette.md is its model card).
-    ("bagnet33_w25", "imagenette"): PretrainedCfg(
-        file="bagnet33_w25-imagenette-86fd8540.pt",
-        sha256="86fd8540",
-        dataset="imagenette",
-        img_size=192,
-        num_classes=10,
-        metrics={"top1": 85.12, "top5": 98.50},
+    ("bagnet33_w25", "imagenette"): _shipped(
+        "bagnet33_w25", "imagenette", "bagnet33_w25-imagenette-86fd8540.pt",
+        dataset="imagenette", img_size=192, num_classes=10,
     ),
     # The earlier default, shipped too: docs/ROBUSTNESS.md's measurements and the slim
     # BagNet-9/17/33 comparison use it (docs/models/bagnet17_slim-imagenette.md).
-    ("bagnet17_slim", "imagenette"): PretrainedCfg(
-        file="bagnet17_slim-imagenette-31cc0a24.pt",
-        sha256="31cc0a24",
-        dataset="imagenette",
-        img_size=112,
-        num_classes=10,
-        metrics={"top1": 67.29, "top5": 95.75},
+    ("bagnet17_slim", "imagenette"): _shipped(
+        "bagnet17_slim", "imagenette", "bagnet17_slim-imagenette-26d3f162.pt",
+        dataset="imagenette", img_size=112, num_classes=10,
     ),
 }
 
