@@ -96,3 +96,33 @@ def test_bad_input_is_one_line(setup, capsys, args, words):
     code = main(["calibrate", *[x for kv in base.items() for x in kv]])
     err = capsys.readouterr().err
     assert code != 0 and words in err and "Traceback" not in err
+
+
+def test_separate_test_sets_choose_on_one_and_measure_on_the_other(setup, tmp_path, capsys):
+    """--test-data/--test-unknown: the threshold is chosen on all of --data (no halves) and
+    measured on the test sets only, checked against scores from explain()."""
+    root, known, unknown, weights = setup
+    test_known = make_image_folder(tmp_path / "tk", per_class=4, splits=("val",), seed=7) / "val"
+    out = tmp_path / "m.pt"
+    assert main(["calibrate", "--data", str(known), "--unknown", str(unknown), "--test-data", str(test_known),
+                 "--test-unknown", str(unknown / "a"), "--weights", str(weights), "--method", "max_logit",
+                 "--cost", "0.25", "--workers", "0", "--out", str(out)]) == 1
+    assert "both in the sets" in capsys.readouterr().err  # the test images overlap the fit ones
+    assert main(["calibrate", "--data", str(known), "--unknown", str(unknown / "b"), "--test-data", str(test_known),
+                 "--test-unknown", str(unknown / "a"), "--weights", str(weights), "--method", "max_logit",
+                 "--cost", "0.25", "--workers", "0", "--out", str(out)]) == 0
+    assert "test sets" in capsys.readouterr().out
+    model = bagnet.load_model(out)
+    setting = model.pretrained_cfg["unknown"]
+
+    def scores(folder):
+        return np.array([float(explain(model, p, k=1).logits.max()) for p in sorted(folder.rglob("*.png"))])
+
+    fit = scores(known)
+    assert int((fit < setting["threshold"]).sum()) == math.ceil(0.25 * len(fit))  # all of --data, no halves
+    assert setting["held_out"]["cost"] == pytest.approx(float(np.mean(scores(test_known) < setting["threshold"])))
+    assert setting["held_out"]["caught"] == pytest.approx(float(np.mean(scores(unknown / "a") < setting["threshold"])))
+    assert setting["test_known_data"].endswith("val") and "whole image" in setting["preprocessing"]
+    assert main(["calibrate", "--data", str(known), "--unknown", str(unknown), "--test-data", str(test_known),
+                 "--weights", str(weights), "--out", str(out)]) == 1
+    assert "go together" in capsys.readouterr().err

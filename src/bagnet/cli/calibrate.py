@@ -6,8 +6,12 @@ explorer prepare an image. Both sets are split in halves (seeded): on the first 
 familiarity score (max softmax, max logit, energy) gets the threshold that flags a fraction
 ``--cost`` of the in-class images, and the score that catches most other-class images is
 chosen; the second half, never seen in that choice, measures what the threshold costs and
-catches. ``--out`` receives a copy of the model file that carries the threshold; every
-``explain``/``demo``/``serve`` of that file then flags such predictions.
+catches. With ``--test-data`` and ``--test-unknown`` the choice is made on all of ``--data``
+and ``--unknown`` (e.g. images held out of training, and some categories of other things)
+and measured on the test sets instead (e.g. the val split, and other categories), so
+nothing is chosen on the images the numbers are reported on. ``--out`` receives a copy of
+the model file that carries the threshold; every ``explain``/``demo``/``serve`` of that
+file then flags such predictions.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", required=True, help="images of the model's classes (e.g. its val/ folder), searched recursively")
     p.add_argument("--unknown", required=True, help="images of other classes, searched recursively")
+    p.add_argument("--test-data", default=None, metavar="DIR",
+                   help="with --test-unknown: measure the threshold on these in-class images (and choose it on all "
+                        "of --data) instead of halving --data")
+    p.add_argument("--test-unknown", default=None, metavar="DIR",
+                   help="with --test-data: measure the threshold on these other-class images")
     add_model_args(p)
     add_device_args(p)
     p.add_argument("--cost", type=float, default=0.05,
@@ -124,6 +133,7 @@ def _halves(n: int, seed: int):
 
 def run(args: argparse.Namespace) -> int:
 
+    from ..data.transforms import Preprocessing
     from ..explain import UNKNOWN_METHODS, calibrate_unknown, familiarity
     from ..models import save_model_file
     from ._common import resolve_device, resolve_model
@@ -137,24 +147,40 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".pt":
         raise ValueError(f"--out {out} should be a .pt model file")
-    known_paths = _image_paths(Path(args.data), "--data")
-    unknown_paths = _image_paths(Path(args.unknown), "--unknown")
-    known_paths = _subset(known_paths, args.max_images, args.seed)
-    unknown_paths = _subset(unknown_paths, args.max_images, args.seed)
+    if (args.test_data is None) != (args.test_unknown is None):
+        raise ValueError("--test-data and --test-unknown go together: both test sets, or neither (halves)")
+    known_paths = _subset(_image_paths(Path(args.data), "--data"), args.max_images, args.seed)
+    unknown_paths = _subset(_image_paths(Path(args.unknown), "--unknown"), args.max_images, args.seed)
+    separate = args.test_data is not None
+    if separate:
+        test_known = _subset(_image_paths(Path(args.test_data), "--test-data"), args.max_images, args.seed)
+        test_unknown = _subset(_image_paths(Path(args.test_unknown), "--test-unknown"), args.max_images, args.seed)
+        overlap = {p.resolve() for p in known_paths + unknown_paths} & {p.resolve() for p in test_known + test_unknown}
+        if overlap:
+            raise ValueError(f"{len(overlap)} image(s) are both in the sets the threshold is chosen on and in the "
+                             f"test sets, e.g. {sorted(overlap)[0]}; the test sets must be other images")
 
     device = resolve_device(args.device)
     model = resolve_model(args).to(device)
     known_logits, _ = _logits(model, known_paths, device, args.workers, "in-class images")
     unknown_logits, _ = _logits(model, unknown_paths, device, args.workers, "other-class images")
-
-    k_fit, k_test = _halves(len(known_logits), args.seed)
-    u_fit, u_test = _halves(len(unknown_logits), args.seed + 1)
+    if separate:
+        tk_logits, _ = _logits(model, test_known, device, args.workers, "test in-class images")
+        tu_logits, _ = _logits(model, test_unknown, device, args.workers, "test other-class images")
+    else:
+        k_fit, k_test = _halves(len(known_logits), args.seed)
+        u_fit, u_test = _halves(len(unknown_logits), args.seed + 1)
     methods = UNKNOWN_METHODS if args.method == "auto" else (args.method,)
     candidates = {}
     for m in methods:
         ks, us = familiarity(known_logits, m).numpy(), familiarity(unknown_logits, m).numpy()
-        cal = calibrate_unknown(ks[k_fit], us[u_fit], method=m, cost=args.cost)
-        candidates[m] = (cal, cal.evaluate(ks[k_test], us[u_test]))
+        if separate:
+            cal = calibrate_unknown(ks, us, method=m, cost=args.cost)
+            held = cal.evaluate(familiarity(tk_logits, m).numpy(), familiarity(tu_logits, m).numpy())
+        else:
+            cal = calibrate_unknown(ks[k_fit], us[u_fit], method=m, cost=args.cost)
+            held = cal.evaluate(ks[k_test], us[u_test])
+        candidates[m] = (cal, held)
     chosen = max(candidates, key=lambda m: (candidates[m][0].caught, candidates[m][0].auroc))
     cal, held_out = candidates[chosen]
 
@@ -168,6 +194,9 @@ def run(args: argparse.Namespace) -> int:
                 "known_images": cal.known_images, "unknown_images": cal.unknown_images},
         "known_data": os.path.relpath(args.data),
         "unknown_data": os.path.relpath(args.unknown),
+        "test_known_data": os.path.relpath(args.test_data) if separate else None,
+        "test_unknown_data": os.path.relpath(args.test_unknown) if separate else None,
+        "preprocessing": Preprocessing.from_cfg(model.pretrained_cfg).describe(),
         "seed": args.seed,
     }
     save_model_file(out, model.cpu(), {"unknown": setting})
@@ -185,7 +214,8 @@ def run(args: argparse.Namespace) -> int:
         mark = "*" if m == chosen else " "
         print(f" {mark} {m:<12} fit: flags {100 * c.cost:5.1f}% in-class, catches {100 * c.caught:5.1f}% other "
               f"(AUROC {c.auroc:.3f}); held out: {100 * h['cost']:5.1f}% / {100 * h['caught']:5.1f}%")
-    print(f"held out ({held_out['known_images']} in-class, {held_out['unknown_images']} other-class images): "
+    where = "test sets" if separate else "held out"
+    print(f"{where} ({held_out['known_images']} in-class, {held_out['unknown_images']} other-class images): "
           f"{100 * held_out['cost']:.1f}% of in-class images flagged, {100 * held_out['caught']:.1f}% of "
           f"other-class images caught")
     print(f"model: {out}")
