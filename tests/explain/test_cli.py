@@ -204,3 +204,79 @@ def test_unknown_dtype_is_a_one_line_error(files, tmp_path, capsys, command):
     rc = main([*command, "--weights", str(files / "tiny.pt"), "--dtype", "int8"])
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and "--dtype 'int8' is not one of auto, float32, bfloat16" in err
+
+
+def _work(model, image, **kwargs):
+    """Multiply-adds explain() spends on an image, counted by PyTorch (a prepared mapper, so
+    that folding the weights is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bagnet.explain import EvidenceMapper
+
+    mapper = EvidenceMapper(model)
+    with FlopCounterMode(display=False) as counter:
+        explain(model, image, mapper=mapper, max_macs=None, **kwargs)
+    return counter.get_total_flops() // 2
+
+
+def test_a_long_thin_image_over_the_limit_is_a_clean_error_and_the_others_go_on(files, tmp_path, capsys):
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.random.default_rng(6).integers(0, 256, (10, 4000, 3), dtype=np.uint8)).save(strip)
+    model = bagnet.load_model(files / "tiny.pt")
+    strip_work, gray_work = _work(model, strip), _work(model, files / "gray.png")
+    assert strip_work > gray_work
+    limit = (strip_work + gray_work) / 2 / 1e9
+    out = tmp_path / "out"
+    rc = main(["explain", str(strip), str(files / "gray.png"), "--weights", str(files / "tiny.pt"),
+               "--max-gmacs", f"{limit:.12f}", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 1 and "Traceback" not in captured.err
+    errors = [line for line in captured.err.splitlines() if "error:" in line]
+    assert len(errors) == 1
+    assert f"{strip}: explaining this image, 4000x10 px (width x height)" in errors[0]
+    for option in ("--stride native", "--img-size", "--max-gmacs"):
+        assert option in errors[0]
+    assert sorted(p.name for p in out.iterdir()) == ["gray.json", "gray.png"]
+    assert main(["explain", str(strip), "--weights", str(files / "tiny.pt"), "--max-gmacs", "-1",
+                 "--out", str(out)]) == 1
+    assert "--max-gmacs must be 0 (no limit) or a positive number" in capsys.readouterr().err
+
+
+def test_long_maps_show_progress(files, tmp_path, capsys, monkeypatch):
+    import bagnet.cli.explain as cli
+
+    monkeypatch.setattr(cli, "PROGRESS_MACS", 0)
+    assert main(["explain", str(files / "gray.png"), "--weights", str(files / "tiny.pt"), "--out", str(tmp_path)]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "GMACs" in line]
+    assert lines[0].startswith(f"  {files / 'gray.png'}:   0% of about") and "100% of about" in lines[-1]
+    monkeypatch.setattr(cli, "PROGRESS_MACS", 10**15)
+    assert main(["explain", str(files / "gray.png"), "--weights", str(files / "tiny.pt"), "--out", str(tmp_path)]) == 0
+    assert "GMACs" not in capsys.readouterr().err  # a small map says nothing
+
+
+def test_a_tiny_image_is_flagged_on_the_terminal_and_in_the_json(files, tmp_path, capsys):
+    dot = tmp_path / "dot.png"
+    Image.fromarray(np.full((1, 1, 3), 200, np.uint8)).save(dot)
+    assert main(["explain", str(dot), str(files / "gray.png"), "--weights", str(files / "tiny.pt"),
+                 "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "[warning: upscaled 20x from 1x1 px (smaller than one 9x9 px patch)" in out[0]
+    assert "warning" not in out[1]
+    record = json.loads((tmp_path / "o" / "dot.json").read_text())
+    assert len(record["warnings"]) == 1 and record["warnings"][0].startswith("upscaled 20x from 1x1 px")
+    assert json.loads((tmp_path / "o" / "gray.json").read_text())["warnings"] == []
+
+
+def test_patch_source(files, tmp_path, capsys):
+    base = ["explain", str(files / "photo.jpg"), "--weights", str(files / "tiny.pt"), "-k", "30"]
+    assert main([*base, "--out", str(tmp_path / "model")]) == 0
+    assert main([*base, "--patch-source", "map", "--out", str(tmp_path / "map")]) == 0
+    own, anywhere = (json.loads((tmp_path / d / "photo.json").read_text()) for d in ("model", "map"))
+    assert own["patches_from"] == "model" and anywhere["patches_from"] == "map"
+    for record, padded_allowed in ((own, False), (anywhere, True)):
+        for c in record["explained"]:
+            for p in c["patches"]:
+                x0, y0, x1, y1 = p["box_resized"]
+                assert p["padded"] is ((x1 - x0, y1 - y0) != (9, 9))
+                if not padded_allowed:
+                    assert not p["padded"] and x0 % 8 == 0 and y0 % 8 == 0

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bagnet.explain import class_patches, evidence_map_reference, map_geometry
+from bagnet.explain import EvidenceMapper, class_patches, evidence_map_reference
 from bagnet.testing import make_image_folder
 
 from .conftest import randomized
@@ -28,18 +28,18 @@ def model():
 
 
 def brute_force(model, folder, c, k):
-    """Every image's best native-stride patch for class c, from the reference maps."""
+    """Every image's best native-stride patch for class c, from the reference maps: the
+    model's own patches, all wholly inside the image (unpadded: top-left corner (8i, 8j))."""
     mean = torch.tensor(model.pretrained_cfg["mean"])[:, None, None]
     std = torch.tensor(model.pretrained_cfg["std"])[:, None, None]
-    geom = map_geometry(model, (28, 28), "native")
     found = {True: [], False: []}
     for label, name in enumerate(CLASSES):
         for path in sorted((folder / name).glob("[0-9].png")):
             x = (torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1) / 255.0 - mean) / std
-            ev = evidence_map_reference(model, x, classes=[c], stride="native")[0]
+            ev = evidence_map_reference(model, x, classes=[c], stride="native", pad_value=None)[0]
+            assert ev.shape == (3, 3)  # (28 - 9) // 8 + 1
             i, j = divmod(int(ev.argmax()), ev.shape[1])
-            y0, x0 = 8 * i - geom.offset, 8 * j - geom.offset
-            box = (max(x0, 0), max(y0, 0), min(x0 + 9, 28), min(y0 + 9, 28))
+            box = (8 * j, 8 * i, 8 * j + 9, 8 * i + 9)
             found[label == c].append((float(ev.max()), str(path), box, label))
     return {g: sorted(v, key=lambda t: -t[0])[:k] for g, v in found.items()}
 
@@ -61,6 +61,15 @@ def test_matches_brute_force(model, folder, c):
     assert len(axes) == 7
     d = result.to_dict()
     assert d["class_name"] == CLASSES[c] and len(d["negative"]) == 4 and "source" in d["negative"][0]
+
+
+def test_a_padded_mapper_still_gives_whole_patches(model, folder):
+    """A padded native map (windows at -4, 4, 12, 20 for q = 9): only those wholly inside count."""
+    padded = EvidenceMapper(model, stride="native")
+    result = class_patches(model, folder, 1, k=9, img_size=28, mapper=padded)
+    for p, crop in zip(result.positive + result.negative, result.positive_crops + result.negative_crops):
+        x0, y0, x1, y1 = p.box
+        assert (x1 - x0, y1 - y0) == (9, 9) and x0 in (4, 12) and y0 in (4, 12) and crop.shape == (3, 9, 9)
 
 
 def test_labels_mapping(model, folder):

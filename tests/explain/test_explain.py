@@ -55,10 +55,33 @@ def test_predictions_maps_and_patches(model, photo):
     want = evidence_map(model, x[None], classes=order[:2])[0]
     torch.testing.assert_close(e.evidence, want, atol=1e-4, rtol=1e-4)
     assert e.geometry.image_size == (24, 36) and e.geometry.stride == 1
-    # top patches of each explained class, non-overlapping by default
+    # top patches of each explained class: non-overlapping, and by default among the
+    # model's own patches (those the logit averages), by a greedy search written out here
+    with torch.no_grad():
+        own = model.patch_logits(x[None])[0]
     for c, patches in zip(e.classes, e.patches):
-        assert len(patches) == 3 and patches[0].score == pytest.approx(float(e.evidence_for(c).max()))
-        assert patches == top_patches(e.evidence_for(c), e.geometry, k=3, classes=[c], non_overlapping=True)
+        assert patches[0].score == pytest.approx(float(own[c].max()), abs=1e-4)
+        assert [(p.box, pytest.approx(p.score, abs=1e-4)) for p in patches] == greedy_own_patches(own[c], 9, 8, 3)
+    assert e.patch_source == "model"
+    # with patch_source="map": the map's own top entries, as top_patches finds them
+    m = explain(model, photo, classes="top2", k=3, patch_source="map")
+    for c, patches in zip(m.classes, m.patches):
+        assert patches == top_patches(m.evidence_for(c), m.geometry, k=3, classes=[c], non_overlapping=True)
+
+
+def greedy_own_patches(own, q, s, k):
+    """The k best non-overlapping model patches of one class's ``[h', w']`` patch logits:
+    patch (i, j) covers pixels [s*i, s*i + q) x [s*j, s*j + q); boxes (x0, y0, x1, y1)."""
+    entries = sorted(((float(own[i, j]), i, j) for i in range(own.shape[0]) for j in range(own.shape[1])),
+                     key=lambda t: (-t[0], t[1], t[2]))
+    chosen = []
+    for score, i, j in entries:
+        box = (s * j, s * i, s * j + q, s * i + q)
+        if all(box[2] <= b[0] or b[2] <= box[0] or box[3] <= b[1] or b[3] <= box[1] for b, _ in chosen):
+            chosen.append((box, score))
+        if len(chosen) == k:
+            break
+    return chosen
 
 
 def test_to_dict_is_json_and_complete(model, photo):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import bagnet
 from bagnet.explain import EvidenceMapper, evidence_map, evidence_map_reference, map_geometry
-from bagnet.explain._maps import _PhaseNet
+from bagnet.explain._phases import PhaseNet
 
 from .conftest import randomized
 
@@ -111,13 +111,13 @@ def test_memory_bound_cuts_tiles_and_chunks(tiny, monkeypatch):
     x = images(3, 3, 40, 37, seed=11)
     whole = evidence_map(tiny, x)
     seen = []
-    call = _PhaseNet.__call__
+    call = PhaseNet.__call__
 
     def spy(self, padded, *args, **kwargs):
         seen.append(tuple(padded.shape))
         return call(self, padded, *args, **kwargs)
 
-    monkeypatch.setattr(_PhaseNet, "__call__", spy)
+    monkeypatch.setattr(PhaseNet, "__call__", spy)
     mapper = EvidenceMapper(tiny)
     per_pixel = mapper._net.bytes_per_output_pixel(7, 1)
     # room for one image but not three: chunks of images
@@ -148,7 +148,7 @@ def test_memory_bound_cuts_tiles_and_chunks(tiny, monkeypatch):
 def test_dilated_layout_equals_phases(tiny):
     x = images(1, 3, 27, 22, seed=12)
     padded = F.pad(x, (4, 4, 4, 4))
-    net = _PhaseNet(tiny)
+    net = PhaseNet(tiny)
     classes = torch.arange(7)
     for g in (1, 2, 4):
         torch.testing.assert_close(net(padded, classes, g, "dilated"), net(padded, classes, g, "phases"),
@@ -229,3 +229,31 @@ def test_features_then_classify_is_the_map(tiny, stride, tile):
     assert_exact(mapper.classify(features, [6, 1]), evidence_map_reference(tiny, x[None], stride=stride, classes=[6, 1])[0])
     with pytest.raises(ValueError, match="one image"):
         mapper.features(torch.stack([x, x]))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {}, {"stride": "native"}, {"stride": 3}, {"stride": 2, "pad_value": None}, {"tile_size": 5},
+    {"_layout": "dilated"}, {"max_memory": 200_000},
+], ids=repr)
+def test_macs_is_the_work_done(tiny, kwargs):
+    """What the mapper says a map costs, against PyTorch's count of the operations it runs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mapper = EvidenceMapper(tiny, **kwargs)
+    x = images(1, 3, 37, 30, seed=14)
+    for run, said in ((lambda: mapper(x, [0, 1, 2]), mapper.macs((37, 30), 3)),
+                      (lambda: mapper.logits(x), mapper.logits_macs((37, 30))),
+                      (lambda: mapper(x), mapper.macs((37, 30)))):
+        with FlopCounterMode(display=False) as counter:
+            run()
+        assert counter.get_total_flops() == 2 * said
+    # the full-resolution map runs every layer at every pixel: far dearer than the model's pass
+    assert mapper.macs((37, 30), 3, stride=1) > 20 * mapper.macs((37, 30), 3, stride="native")
+
+
+def test_patch_logits_are_the_models(tiny):
+    x = images(2, 3, 29, 40, seed=15)
+    for mapper in (EvidenceMapper(tiny), EvidenceMapper(tiny, stride=2, pad_value=None)):
+        with torch.no_grad():
+            torch.testing.assert_close(mapper.patch_logits(x, [3, 1]), tiny.patch_logits(x)[:, [3, 1]],
+                                       atol=1e-5, rtol=1e-5)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bagnet.explain import EvidenceMapper, evidence_map, evidence_map_reference
-from bagnet.explain._maps import _PhaseNet
+from bagnet.explain._phases import PhaseNet
 from bagnet.models import fuse
 
 from .conftest import randomized
@@ -78,7 +78,7 @@ def test_float32_stays_the_default(tiny):
 
 def test_weights_are_folded_in_float64_and_rounded_once(tiny):
     before = copy.deepcopy(tiny.state_dict())
-    net = _PhaseNet(tiny, dtype=torch.bfloat16)
+    net = PhaseNet(tiny, dtype=torch.bfloat16)
     exact = fuse(copy.deepcopy(tiny).double())
     assert torch.equal(net.stem.weight, exact.stem.weight.to(torch.bfloat16))
     assert torch.equal(net.blocks[-1].conv3.bias, exact.blocks[-1].conv3.bias.to(torch.bfloat16))

@@ -29,9 +29,12 @@ def overlap(a, b):
     return inter, inter / (area_a + area_b - inter)
 
 
-def brute_top(ev, geom, k, non_overlapping=False, max_overlap=0.0, largest=True):
+def brute_top(ev, geom, k, non_overlapping=False, max_overlap=0.0, largest=True, inside=False):
     boxes = brute_boxes(geom)
     entries = sorted(boxes, key=lambda ij: (-ev[ij] if largest else ev[ij], ij))  # ties: row-major
+    if inside:  # a clipped box is a window that reaches past the image
+        q = geom.patch_size
+        entries = [ij for ij in entries if boxes[ij][2] - boxes[ij][0] == q and boxes[ij][3] - boxes[ij][1] == q]
     chosen = []
     for ij in entries:
         if len(chosen) == k:
@@ -68,6 +71,23 @@ def test_matches_brute_force(geom, non_overlapping, max_overlap):
         want = brute_top(m, geom, 6, non_overlapping, max_overlap)
         assert [(p.box, p.score) for p in patches] == [(b, pytest.approx(s)) for b, s in want]
         assert all(p.class_index == c for p in patches)
+
+
+@pytest.mark.parametrize("geom", GEOMETRIES, ids=lambda g: f"q{g.patch_size}s{g.stride}o{g.offset}")
+@pytest.mark.parametrize("non_overlapping", [False, True])
+def test_inside_keeps_only_whole_windows(geom, non_overlapping):
+    rng = np.random.default_rng(1)
+    ev = rng.normal(size=geom.map_size).astype(np.float32)
+    got = top_patches(ev, geom, k=8, non_overlapping=non_overlapping, inside=True)
+    want = brute_top(ev, geom, 8, non_overlapping, inside=True)
+    assert [(p.box, p.score) for p in got] == [(b, pytest.approx(s)) for b, s in want]
+    q = geom.patch_size
+    assert got and all(p.box[2] - p.box[0] == q and p.box[3] - p.box[1] == q for p in got)
+
+
+def test_inside_on_a_map_without_whole_windows_is_empty():
+    geom = MapGeometry(9, 8, 4, (12, 12))  # windows start at -4, 4: none fits in 12 px
+    assert top_patches(np.ones(geom.map_size, np.float32), geom, k=3, inside=True) == []
 
 
 def test_ties_smallest_and_centres():

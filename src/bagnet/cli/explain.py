@@ -18,6 +18,7 @@ import difflib
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 from .._io import atomic_path, write_text
@@ -51,13 +52,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="short side the image is resized to before explaining (default: the model's training size)")
     g.add_argument("--stride", default="1", help="1 (full resolution, default), 'native' (the model's), or N")
     g.add_argument("-k", "--patches", dest="k", type=int, default=5, help="top patches per class (default: 5)")
+    g.add_argument("--patch-source", default="model", choices=("model", "map"),
+                   help="model (default): list the model's own patches, whose mean evidence is the logit (all wholly "
+                        "inside the image); map: any entry of the heatmap, including windows that reach past the "
+                        "image edge and see zero padding (marked \"padded\" in the JSON)")
+    g.add_argument("--max-gmacs", type=float, default=None, metavar="N",
+                   help="refuse images whose logits and maps would cost more than N GMACs (multiply-adds; default: "
+                        "4000, about a minute or more on a CPU); 0 for no limit")
     add_scale_arg(g)
     g.add_argument("--out", default="out/explain", help="output folder (default: out/explain)")
     g.add_argument("--certify-patch", default=None, metavar="SIZE",
                    help="also say whether the prediction is certified against any sticker of this size (pixels, or "
                         "a share of the image area such as 2%%), with the window the masking removed (JSON 'certified')")
     g.add_argument("--certify-defense", default="mask", choices=("mask", "clip"),
-                   help="the defence --certify-patch certifies: mask (PatchGuard) or clip (Clipped BagNet) (default: mask)")
+                   help="the defence --certify-patch certifies: mask (PatchGuard) or clip (Clipped BagNet, squashing "
+                        "with the model's own training squashing, else tanh(1 * x - 2) as docs/ROBUSTNESS.md "
+                        "recommends; the JSON says which) (default: mask)")
     add_dtype_arg(g)
     add_device_args(p)
     p.set_defaults(func=run)
@@ -127,12 +137,13 @@ def _parse_stride(value: str) -> int | str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..explain import EvidenceMapper, explain
+    from ..explain import EvidenceMapper, MapCostError, explain
 
     stride = _parse_stride(args.stride)
     vmax = parse_scale(args.scale)
     if args.k < 1:
         raise ValueError(f"-k must be at least 1, got {args.k}")
+    max_macs = _max_macs(args.max_gmacs)
     device = resolve_device(args.device)
     dtype = map_dtype(args.dtype, device, "explain")
     model = resolve_model(args).to(device)
@@ -142,6 +153,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--img-size {args.img_size} is smaller than the model's {q}x{q} px patches")
     if args.certify_patch is not None and not callable(getattr(model, "patch_logits", None)):
         raise ValueError("--certify-patch needs a BagNet")
+    if args.certify_patch is not None:  # an unreadable size fails once, not once per image
+        from ..robust import patch_pixels
+
+        patch_pixels(args.certify_patch, 2**31)
     mapper = EvidenceMapper(model, stride=stride, dtype=dtype)  # fold the weights once for all images
     # Outputs in a narrower type than float32 say so on the figure and the terminal line too.
     narrow = str(mapper.dtype).removeprefix("torch.")
@@ -154,10 +169,13 @@ def run(args: argparse.Namespace) -> int:
     for image, relative in _inputs(args.images):
         total += 1
         try:
-            result = explain(model, image, classes=classes, k=args.k, mapper=mapper, img_size=args.img_size)
+            result = explain(model, image, classes=classes, k=args.k, mapper=mapper, img_size=args.img_size,
+                             patch_source=args.patch_source, max_macs=max_macs, progress=_Progress(image))
         except (ValueError, FileNotFoundError, IsADirectoryError) as e:  # ImageError is a ValueError
             failed += 1
             reason = f"no such file: {image}" if isinstance(e, FileNotFoundError) else str(e).splitlines()[0]
+            if isinstance(e, MapCostError):
+                reason = f"{image}: {e.cli_message}"
             if Path(image).is_dir():
                 reason = f"{image}: a folder without images (searched recursively for JPEG, PNG, ...)"
             print(f"bagnet explain: error: {reason}", file=sys.stderr)
@@ -168,7 +186,12 @@ def run(args: argparse.Namespace) -> int:
         record = {"file": str(image), "dtype": str(dtype).removeprefix("torch."), **result.to_dict(),
                   "colour_scale": {"vmax": scale, "set_by": "--scale" if vmax is not None else "image"}}
         if args.certify_patch:
-            record["certified"] = _certificate(model, result, record, args.certify_patch, args.certify_defense)
+            try:
+                record["certified"] = _certificate(model, result, record, args.certify_patch, args.certify_defense)
+            except ValueError as e:  # e.g. masking a patch that covers the whole evidence map: no prediction
+                failed += 1
+                print(f"bagnet explain: error: {image}: {str(e).splitlines()[0]}", file=sys.stderr)
+                continue
         fig, _ = result.plot(vmax=vmax)  # None: the same per-image scale, and the caption says how it was set
         if narrow:
             fig.text(0.003, 0.005, f"computed in {narrow} (approximate)", ha="left", va="bottom", fontsize=7,
@@ -181,12 +204,50 @@ def run(args: argparse.Namespace) -> int:
         write_text(js, text)
         top = result.predictions[0]
         flag = f" ({result.unknown.message})" if result.unknown is not None and result.unknown.flag else ""
+        flag += "".join(f" [warning: {w}]" for w in result.warnings)
         print(f"{image}: {top.name} ({top.probability:.3f}){flag}{f' [{narrow}]' if narrow else ''} -> {png}, {js}")
         if args.certify_patch:
             print(f"  {_certified_line(record['certified'])}")
     if failed:
         print(f"bagnet explain: {failed} of {plural(total, 'image')} failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _max_macs(gmacs: float | None) -> int | None:
+    """``--max-gmacs`` in multiply-adds (``None``: no limit)."""
+    from ..explain._explain import DEFAULT_MAX_MACS
+
+    if gmacs is None:
+        return DEFAULT_MAX_MACS
+    if not gmacs >= 0:  # also NaN
+        raise ValueError(f"--max-gmacs must be 0 (no limit) or a positive number, got {gmacs}")
+    return None if gmacs == 0 else round(gmacs * 1e9)
+
+
+# Images whose passes cost more multiply-adds than this (some seconds on a CPU) show progress.
+PROGRESS_MACS = 200 * 10**9
+
+
+class _Progress:
+    """Progress of one image's passes on stderr, for those that take a while: one line
+    updated in place on a terminal, else a line at the start and at every further tenth."""
+
+    def __init__(self, image: str):
+        self.image, self.start, self.shown, self.tty = image, time.monotonic(), -1, sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if total < PROGRESS_MACS:
+            return
+        tenth = min(10, 10 * done // total)
+        if not self.tty and tenth <= self.shown:
+            return
+        self.shown = tenth
+        line = (f"  {self.image}: {100 * done / total:3.0f}% of about {total / 1e9:,.0f} GMACs "
+                f"({time.monotonic() - self.start:.0f} s)")
+        if self.tty:
+            print(f"\r{line}", end="\n" if done >= total else "", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
 
 def _unique(stem: str, used: set[str]) -> str:
@@ -201,7 +262,13 @@ def _unique(stem: str, used: set[str]) -> str:
 
 def _certificate(model, result, record: dict, patch: str, defense: str) -> dict:
     """The ``certified`` entry of the JSON: is the defended prediction of the image the model
-    saw provably immune to any ``patch`` sticker, and (mask) which window was removed."""
+    saw provably immune to any ``patch`` sticker, and (mask) which window was removed or
+    (clip) which squashing was used and why.
+
+    Raises:
+        ValueError: a bad patch size, or for mask a patch whose window covers the whole
+            evidence map (masking would leave nothing to predict from).
+    """
     import torch
 
     from ..explain._explain import certificate_record
@@ -211,8 +278,8 @@ def _certificate(model, result, record: dict, patch: str, defense: str) -> dict:
     mean, std = (torch.as_tensor(cfg[k], dtype=torch.float32).reshape(3, 1, 1) for k in ("mean", "std"))
     device = next(model.parameters()).device
     x = ((result.image - mean) / std)[None].to(device)
-    with torch.no_grad():
-        cert = certify(model.eval(), x, patch_size=patch, defense=defense)
+    with torch.no_grad():  # certify() computes the evidence in eval mode and restores the modes
+        cert = certify(model, x, patch_size=patch, defense=defense)
     return certificate_record(cert, 0, patch=patch, class_names=result.class_names,
                               receptive_field=model.receptive_field, patch_stride=model.patch_stride,
                               resized_size=record["resized_size"], analysed_box=record["analysed_box"])
@@ -220,5 +287,7 @@ def _certificate(model, result, record: dict, patch: str, defense: str) -> dict:
 
 def _certified_line(c: dict) -> str:
     verdict = "CERTIFIED" if c["certified"] else "not certified"
+    squashing = f"; squashing {c['squashing']}, {c['squashing_source']}" if c.get("squashing") else ""
     return (f"{c['defense']}-defended prediction {c['prediction']['name']}: {verdict} against any "
-            f"{c['patch_px_resized']} x {c['patch_px_resized']} px sticker ({c['patch']}; margin {c['margin']:.3g})")
+            f"{c['patch_px_resized']} x {c['patch_px_resized']} px sticker ({c['patch']}; margin {c['margin']:.3g}"
+            f"{squashing})")

@@ -6,7 +6,7 @@ well on ImageNet", ICLR 2019. https://openreview.net/forum?id=SkfMWhAqYQ
 """
 
 from ._dataset import ClassPatches, class_patches, plot_class_patches
-from ._explain import Explanation, Prediction, explain
+from ._explain import Explanation, MapCostError, Prediction, explain
 from ._figures import (
     colour_scale,
     image_edges,
@@ -27,6 +27,7 @@ __all__ = [
     "ClassPatches",
     "EvidenceMapper",
     "Explanation",
+    "MapCostError",
     "MapGeometry",
     "Patch",
     "PatchEvidence",

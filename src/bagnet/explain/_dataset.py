@@ -115,6 +115,10 @@ def class_patches(
     Images are read from ``root/<label folder>/<image>``, resized so that the short side is
     ``img_size`` (default: the model's, else 224) and centre-cropped to a square, so that
     they can be batched; evidence maps are computed for the one class, a batch at a time.
+    Only patches wholly inside the image are ranked (the maps are unpadded unless a padded
+    ``mapper`` is given, whose windows reaching past the image are then skipped), so every
+    crop is a whole ``q x q`` patch; at the native stride they are the model's own patches,
+    those whose mean evidence is the logit.
 
     Args:
         model: a :class:`~bagnet.models.BagNet`.
@@ -122,7 +126,8 @@ def class_patches(
         class_index: the class whose evidence is ranked.
         k: patches to keep for each of the two groups.
         per_image: at most this many (non-overlapping) patches from one image.
-        stride: evidence map stride (``"native"`` is cheapest; 1 finds the exact best crops).
+        stride: evidence map stride (``"native"`` is cheapest, the model's own patches; 1
+            finds the best crops anywhere in the image).
         labels: class index of each folder name; by default folders named like the
             model's classes map to them, else folders in sorted order are classes 0, 1, ...
             (torchvision's ImageFolder) when their number is the number of classes.
@@ -149,7 +154,7 @@ def class_patches(
     ]
     cfg = model_config(model)
     size = img_size or cfg.get("img_size") or 224
-    mapper = mapper or EvidenceMapper(model, stride=stride)
+    mapper = mapper or EvidenceMapper(model, stride=stride, pad_value=None)
     geometry = mapper.geometry((size, size))
     heaps: dict[bool, list] = {True: [], False: []}
     tie = itertools.count()  # equal scores keep the file order
@@ -176,7 +181,7 @@ def class_patches(
         count += len(batch)
         maps = mapper(torch.stack(batch).to(mapper.device), [class_index])[:, 0].float().cpu()
         for ev, disp, (path, label) in zip(maps, shown, meta):
-            for p in top_patches(ev, geometry, k=per_image, classes=[class_index], non_overlapping=True):
+            for p in top_patches(ev, geometry, k=per_image, classes=[class_index], non_overlapping=True, inside=True):
                 p = replace(p, source=str(path), label=label)
                 crop = disp[:, p.box[1] : p.box[3], p.box[0] : p.box[2]].clone()
                 heap = heaps[label == class_index]

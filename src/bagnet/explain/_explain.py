@@ -7,7 +7,8 @@ import html
 import io
 import math
 import re
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -16,9 +17,10 @@ from torch import nn
 
 from .._text import plural
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import Preprocessing
 from ._figures import colour_scale, plot_evidence_panels, plot_misclassification
-from ._images import ImageLike, image_tensor, preprocess
-from ._maps import EvidenceMapper, MapGeometry
+from ._images import ImageLike
+from ._maps import EvidenceMapper, MapGeometry, Progress
 from ._patches import Patch, top_patches
 from ._unknown import UnknownCheck, unknown_check
 
@@ -28,9 +30,19 @@ if TYPE_CHECKING:
 
     from ..robust import Certificate
 
-__all__ = ["Explanation", "Prediction", "explain", "model_config"]
+__all__ = ["DEFAULT_MAX_MACS", "Explanation", "MapCostError", "Prediction", "explain", "model_config"]
 
 _TOP = re.compile(r"^top(\d+)$")
+
+#: Most multiply-adds :func:`explain` spends on one image unless told otherwise: about 4x
+#: a full-resolution map of a 224 x 224 image with the published BagNet-33 and all 1000
+#: classes (965 GMACs, 11 s on a 2-core CPU), so roughly a minute or more on a CPU.
+DEFAULT_MAX_MACS = 4 * 10**12
+
+#: :func:`explain` warns when the image is upscaled so much that the model sees mostly
+#: interpolation: its short side is less than this share of the size it is resized to
+#: (or smaller than one patch).
+UPSCALE_WARNING = 4
 
 # How Explanation.to_dict gives positions; also written into every JSON it makes.
 COORDINATES = (
@@ -76,6 +88,12 @@ class Explanation:
             original pixels; ``None``: ``image`` is the original.
         patch_stride: the model's own patch stride (the patches whose mean evidence is the
             logit), if known.
+        warnings: sentences about how far to trust the result, e.g. that a tiny image was
+            upscaled a lot; shown above the figure and written into :meth:`to_dict`.
+        patch_source: where :attr:`patches` come from: ``"model"``, the model's own patches
+            (those whose mean is the logit, all wholly inside the image); ``"map"``, any
+            entry of :attr:`evidence`, windows that reach past the image edge included;
+            ``None``: not said.
     """
 
     image: torch.Tensor
@@ -92,6 +110,8 @@ class Explanation:
     unknown: UnknownCheck | None = None
     source: dict | None = None
     patch_stride: int | None = None
+    warnings: list[str] = field(default_factory=list)
+    patch_source: str | None = None
 
     def prediction(self, index: int) -> Prediction:
         """Name, probability and logit of any class."""
@@ -118,7 +138,9 @@ class Explanation:
         ``patch_size`` and each patch's ``box`` and ``center`` are in the original image's
         pixels (rounded; ``analysed_box`` is the part of it the model saw), and
         ``resized_size``, ``patch_size_resized``, ``stride_resized``, ``box_resized`` and
-        ``center_resized`` in the resized frame the model saw.
+        ``center_resized`` in the resized frame the model saw. A patch is ``padded`` when
+        its window reaches past the image edge (it saw part zero padding, and its box is
+        clipped); ``patches_from`` says which patches were listed (see :attr:`patch_source`).
         """
         g = self.geometry
         h, w = g.image_size
@@ -129,6 +151,9 @@ class Explanation:
         def box(b):
             return original_box(b, source["box"], (w, h))
 
+        def padded(p):  # a clipped box: the window reaches past the image
+            return p.box[2] - p.box[0] < g.patch_size or p.box[3] - p.box[1] < g.patch_size
+
         def center(c):  # the original pixel under the centre of resized pixel c
             return [min(bx0 + math.floor((c[0] + 0.5) * sx), bx1 - 1), min(by0 + math.floor((c[1] + 0.5) * sy), by1 - 1)]
 
@@ -138,7 +163,8 @@ class Explanation:
                 **self.prediction(c).to_dict(),
                 "evidence": {"min": float(ev.min()), "max": float(ev.max()), "mean": float(ev.mean())},
                 "patches": [{"box": box(p.box), "center": center(p.center), "score": p.score,
-                             "box_resized": list(p.box), "center_resized": list(p.center)} for p in patches],
+                             "box_resized": list(p.box), "center_resized": list(p.center), "padded": padded(p)}
+                            for p in patches],
             })
         q = g.patch_size
         d = {
@@ -151,6 +177,8 @@ class Explanation:
             "patch_size_resized": [q, q],
             "stride_resized": g.stride,
             "padded": g.offset > 0,
+            "patches_from": self.patch_source,
+            "warnings": list(self.warnings),
             "predictions": [p.to_dict() for p in self.predictions],
             "unknown": None if self.unknown is None else self.unknown.to_dict(),
             "explained": explained,
@@ -175,7 +203,7 @@ class Explanation:
         All maps share one colour scale, shown by a colour bar (the figure's last axes) and
         stated in the caption under them. An image the model's calibrated check flags
         (:attr:`unknown`) is marked above the panels: "probably none of the N classes this
-        model knows".
+        model knows"; so are the :attr:`warnings`.
 
         Args:
             percentile: the scale is this percentile of ``|evidence|`` over all the maps.
@@ -183,10 +211,11 @@ class Explanation:
             vmax: a fixed scale ``+-vmax`` instead, e.g. the same for several images so
                 their colours compare.
         """
+        warning = self._warning_lines(len(self.classes))
         if self.true_class is not None:
             top = self.predictions[0].index
             t, p = self.prediction(self.true_class), self.prediction(top)
-            return plot_misclassification(
+            fig, axes = plot_misclassification(
                 self.image,
                 self.evidence_for(t.index),
                 self.evidence_for(p.index),
@@ -201,6 +230,9 @@ class Explanation:
                 vmax=vmax,
                 model_stride=self.patch_stride,
             )
+            if warning:
+                fig.suptitle(f"\u26a0 {warning}", fontsize=10, color="#a01010", fontweight="bold")
+            return fig, axes
         top = self.predictions[0]
         titles = []
         for c in self.classes:
@@ -210,8 +242,16 @@ class Explanation:
             self.image, self.evidence, titles=titles, patches=self.patches, geometry=self.geometry, vmax=vmax,
             percentile=percentile, edges=edges, image_title=f"top-1: {top.name}\np = {top.probability:.3f}",
             model_stride=self.patch_stride,
-            warning=self.unknown.message if self.unknown is not None and self.unknown.flag else None,
+            warning=warning,
         )
+
+    def _warning_lines(self, panels: int) -> str | None:
+        """The "none of these classes" flag and the :attr:`warnings`, one line each (wrapped
+        to about the width of a figure of ``panels`` maps), for the line above the figure."""
+        lines = [self.unknown.message] if self.unknown is not None and self.unknown.flag else []
+        width = max(50, int(10 * (2.6 * (1 + panels) + 1)))  # characters of a bold 10 pt title
+        lines += [textwrap.fill(w, width) for w in self.warnings]
+        return "\n\u26a0 ".join(lines) or None
 
     # -- Jupyter ------------------------------------------------------------------------
 
@@ -234,6 +274,8 @@ class Explanation:
         parts = [f"<div class='bagnet-explanation'><p><b>{head}</b></p>"]
         if self.unknown is not None and self.unknown.flag:
             parts.append(f"<p style='color:#b00000'><b>{esc(self.unknown.message)}</b></p>")
+        for warning in self.warnings:
+            parts.append(f"<p style='color:#b00000'><b>{esc(warning)}</b></p>")
         if self.true_class is not None:
             t = self.prediction(self.true_class)
             parts.append(f"<p>true class: {esc(t.name)} (p = {t.probability:.3f})</p>")
@@ -265,12 +307,15 @@ def certificate_record(cert: Certificate, i: int, *, patch: str, class_names: Se
                        patch_stride: int, resized_size: Sequence[int], analysed_box: Sequence[int]) -> dict:
     """What ``bagnet explain --certify-patch`` and the explorer report of image ``i`` of a
     :class:`bagnet.robust.Certificate` (JSON-serializable, boxes as in :data:`COORDINATES`):
-    the defended prediction, whether it is certified, the margin, a sentence saying so and,
-    for ``"mask"``, the window the masking removed (``removed_box``, ``removed_box_resized``)."""
+    the defended prediction, whether it is certified, the margin, a sentence saying so,
+    for ``"clip"`` the squashing and why (``squashing``, ``squashing_source``) and for
+    ``"mask"`` the window the masking removed (``removed_box``, ``removed_box_resized``)."""
+    from ..robust import format_share
+
     w, h = resized_size
     p, pred, ok = cert.patch_size, int(cert.prediction[i]), bool(cert.certified[i])
     # A size asked as a share of the image is said as such; one asked in pixels gets its share.
-    share = patch.strip() if patch.strip().endswith("%") else f"{100 * p * p / (w * h):.2g}%"
+    share = patch.strip() if patch.strip().endswith("%") else format_share(p * p / (w * h))
     sticker = f"{p}x{p} px sticker ({share} of the image)"
     article = "an" if p in (11, 18) or str(p).startswith("8") else "a"  # "an 8x8", "an 11x11"
     out = {"patch": patch, "patch_px_resized": p, "defense": cert.defense,
@@ -278,6 +323,8 @@ def certificate_record(cert: Certificate, i: int, *, patch: str, class_names: Se
            "margin": float(cert.margin[i]), "window": list(cert.window),
            "message": f"certified against any {sticker}" if ok else f"not certified: {article} {sticker} could change "
                       "this prediction"}
+    if cert.squashing is not None:  # clip: which squashing, and why
+        out["squashing"], out["squashing_source"] = cert.squashing, cert.squashing_source
     resized = cert.removed_box(i, receptive_field, patch_stride, (h, w))
     if resized is not None:
         out["removed_box_resized"] = resized
@@ -318,6 +365,25 @@ def class_names(model: nn.Module) -> list[str]:
     return [f"class {i}" for i in range(n)]
 
 
+class MapCostError(ValueError):
+    """:func:`explain` refused an image whose maps would cost more than its limit.
+
+    ``str(error)`` names the options of :func:`explain` that make it cheaper;
+    :attr:`cli_message` says the same with the options of ``bagnet explain``.
+
+    Attributes:
+        macs: the multiply-adds the image would have cost.
+        limit: the limit it is above.
+        cli_message: the message in terms of command-line options.
+    """
+
+    def __init__(self, message: str, cli_message: str, macs: int, limit: int):
+        super().__init__(message)
+        self.cli_message = cli_message
+        self.macs = macs
+        self.limit = limit
+
+
 def explain(
     model: nn.Module,
     image: ImageLike,
@@ -331,12 +397,23 @@ def explain(
     pad_value: float = 0.0,
     img_size: int | None = None,
     mapper: EvidenceMapper | None = None,
+    patch_source: str = "model",
+    max_macs: int | None = DEFAULT_MAX_MACS,
+    progress: Progress | None = None,
 ) -> Explanation:
     """Predict, compute class-evidence maps and find the most predictive patches of one image.
 
     The image is resized so that its short side is the model's ``pretrained_cfg["img_size"]``
     (if it has one; ``img_size`` overrides; otherwise it keeps its size), not cropped, and
-    normalized with the model's mean and std.
+    normalized with the model's mean and std. An image whose short side is less than a
+    quarter of that size, or smaller than one patch, gets a warning in
+    :attr:`Explanation.warnings`: the model then sees mostly interpolated pixels.
+
+    What it costs is known before anything is computed (:meth:`EvidenceMapper.macs`): the
+    model's pass for the logits plus the maps, whose full-resolution form (``stride=1``)
+    runs every layer at every pixel, so it grows with the pixels after resizing times the
+    model's work per patch (plus the classifier per class). Above ``max_macs`` the image is
+    refused with a :class:`MapCostError` that says which options make it cheaper.
 
     Args:
         model: a :class:`~bagnet.models.BagNet` (from :func:`bagnet.create_model`, whose
@@ -356,32 +433,65 @@ def explain(
         mapper: a prepared :class:`EvidenceMapper` of this model (saves folding the
             weights again when explaining many images); its stride and padding are used
             instead of ``stride`` and ``pad_value``.
+        patch_source: which patches can be top patches: ``"model"`` (default), the model's
+            own patches, whose mean evidence is the logit (every ``patch_stride`` pixels,
+            wholly inside the image), whatever the map's stride; ``"map"``, every entry of
+            the evidence map, including the windows near the border that reach past the
+            image and see part zero padding (``"padded"`` in :meth:`Explanation.to_dict`).
+        max_macs: refuse images that would cost more multiply-adds than this (default
+            :data:`DEFAULT_MAX_MACS`, 4e12); ``None`` for no limit.
+        progress: called as ``progress(done, total)`` in multiply-adds before the first
+            pass through the model and after every pass (tile), e.g. for a progress bar.
 
     Returns:
         An :class:`Explanation`.
+
+    Raises:
+        MapCostError: the image would cost more than ``max_macs``.
+        ValueError: bad classes, image or options.
     """
     num_classes = model.num_classes
+    if patch_source not in ("model", "map"):
+        raise ValueError(f"patch_source must be 'model' or 'map', got {patch_source!r}")
+    requested = _requested_classes(classes, num_classes)
     mapper = mapper or EvidenceMapper(model, stride=stride, pad_value=pad_value)
-    original = image_tensor(image)
-    height, width = original.shape[-2:]
-    x, shown = preprocess(original, model_config(model), img_size=img_size)
+    cfg = model_config(model)
+    prepared = Preprocessing.from_cfg(cfg, img_size).prepare(image)
+    x, shown = prepared.input, prepared.display
+    bx0, by0, bx1, by1 = prepared.box  # the part of the original the model sees
+    height, width = by1 - by0, bx1 - bx0
     h, w = x.shape[-2:]
     q = model.receptive_field
     if min(h, w) < q:
         raise ValueError(f"image is {h}x{w} pixels after resizing, smaller than the receptive field {q}x{q}")
-    # The folded copy gives inference-mode logits without switching the user's model to eval().
-    logits = mapper.logits(x.to(mapper.device)).float().cpu()
+    # Before any work: what the logits and the maps of (at most) this many classes cost.
+    most = min(num_classes, (requested if isinstance(requested, int) else len(requested))
+               + (2 if true_class is not None else 0))
+    logits_cost = mapper.logits_macs((h, w))
+    if max_macs is not None:
+        full_w, full_h = prepared.size
+
+        def shape_at(short: int) -> tuple[int, int]:  # the input's (H, W) at another img_size
+            return Preprocessing.from_cfg(cfg, short).output_shape(full_h, full_w)
+
+        what = f"this image, {full_w}x{full_h} px (width x height)"
+        if (width, height) != (full_w, full_h):
+            what += f", its central {width}x{height} px"
+        _check_cost(mapper, what, (h, w), most, int(max_macs), logits_cost, shape_at)
+    warnings = [w for w in [_upscale_warning((height, width), (h, w), q)] if w]
+
+    # The model's own patch logits (unpadded, at its patch stride): their mean is the logits,
+    # and they are the patches listed by default. The folded copy gives inference-mode
+    # values without switching the user's model to eval().
+    map_estimate = 0 if progress is None else mapper.macs((h, w), most)
+    stage = None if progress is None else (lambda d, t: progress(d, t + map_estimate))
+    own = mapper.patch_logits(x.to(mapper.device), progress=stage)
+    logits = own.mean(dim=(-2, -1)).float().cpu()
     probs = torch.softmax(logits, 0)
     order = torch.argsort(probs, descending=True).tolist()
     names = class_names(model)
 
-    if isinstance(classes, str):
-        m = _TOP.match(classes)
-        if not m or int(m.group(1)) < 1:
-            raise ValueError(f"classes must be 'topN' (e.g. 'top3') or class indices, got {classes!r}")
-        chosen = order[: int(m.group(1))]
-    else:
-        chosen = [classes] if isinstance(classes, int) else [int(c) for c in classes]
+    chosen = order[:requested] if isinstance(requested, int) else list(requested)
     if true_class is not None:
         chosen = [int(true_class), order[0], *chosen]
     chosen = list(dict.fromkeys(chosen))  # unique, first occurrence wins
@@ -389,9 +499,15 @@ def explain(
         if not 0 <= c < num_classes:
             raise ValueError(f"class index {c} is out of range for a model with {plural(num_classes, 'class')}")
 
-    evidence = mapper(x.to(mapper.device), chosen).float().cpu()
+    stage = None if progress is None else (lambda d, t: progress(logits_cost + d, logits_cost + t))
+    evidence = mapper(x.to(mapper.device), chosen, progress=stage).float().cpu()
     geometry = mapper.geometry((h, w))
-    patches = top_patches(evidence, geometry, k=k, classes=chosen, non_overlapping=non_overlapping)
+    if patch_source == "model":
+        own_chosen = own.index_select(0, torch.as_tensor(chosen, device=own.device)).float().cpu()
+        own_geometry = MapGeometry(q, int(model.patch_stride), 0, (h, w))
+        patches = top_patches(own_chosen, own_geometry, k=k, classes=chosen, non_overlapping=non_overlapping)
+    else:
+        patches = top_patches(evidence, geometry, k=k, classes=chosen, non_overlapping=non_overlapping)
     return Explanation(
         image=shown,
         predictions=[Prediction(i, names[i], float(probs[i]), float(logits[i])) for i in order[: max(1, top)]],
@@ -405,6 +521,88 @@ def explain(
         true_class=None if true_class is None else int(true_class),
         model_name=getattr(model, "model_name", None),
         unknown=unknown_check(model, logits),
-        source={"size": [width, height], "box": [0, 0, width, height]},
+        source={"size": list(prepared.size), "box": list(prepared.box)},
         patch_stride=getattr(model, "patch_stride", None),
+        warnings=warnings,
+        patch_source=patch_source,
+    )
+
+
+def _requested_classes(classes: str | int | Sequence[int], num_classes: int) -> int | list[int]:
+    """``N`` for ``"topN"`` (at most ``num_classes``), else the class indices as ints."""
+    if isinstance(classes, str):
+        m = _TOP.match(classes)
+        if not m or int(m.group(1)) < 1:
+            raise ValueError(f"classes must be 'topN' (e.g. 'top3') or class indices, got {classes!r}")
+        return min(int(m.group(1)), num_classes)
+    out = [classes] if isinstance(classes, int) else [int(c) for c in classes]
+    for c in out:
+        if not 0 <= c < num_classes:
+            raise ValueError(f"class index {c} is out of range for a model with {plural(num_classes, 'class')}")
+    return out
+
+
+def _upscale_warning(original: tuple[int, int], resized: tuple[int, int], q: int) -> str | None:
+    """A sentence when the image (``original``, ``resized``: height, width) was enlarged so
+    much that the model sees mostly interpolation, else ``None``."""
+    short, new_short = min(original), min(resized)
+    if new_short <= short or (short * UPSCALE_WARNING >= new_short and short >= q):
+        return None
+    factor = new_short / short
+    times = f"{factor:.0f}" if factor >= 10 else f"{factor:.1f}"
+    what = f"smaller than one {q}x{q} px patch" if short < q else f"less than 1/{UPSCALE_WARNING} of the model's input size"
+    return (f"upscaled {times}x from {original[1]}x{original[0]} px ({what}): the model sees interpolated pixels, "
+            "so the prediction says little about the image")
+
+
+def _gmacs(macs: int) -> str:
+    g = macs / 1e9
+    return f"{g:,.0f} GMACs" if g >= 10 else f"{g:.2g} GMACs"
+
+
+def _check_cost(mapper: EvidenceMapper, what: str, resized: tuple[int, int], num_classes: int,
+                limit: int, logits_cost: int, shape_at: Callable[[int], tuple[int, int]]) -> None:
+    """Raise a :class:`MapCostError` naming cheaper options if explaining an image (``what``
+    it is, in words), resized to ``resized`` (height, width), with ``num_classes`` maps costs
+    more than ``limit`` MACs; ``shape_at(n)``: the input's (height, width) at img_size n."""
+    map_cost = mapper.macs(resized, num_classes)
+    total = logits_cost + map_cost
+    if total <= limit:
+        return
+    h, w = resized
+    lib, cli = [], []
+    if mapper.stride != mapper._native:
+        cost = logits_cost + mapper.macs(resized, num_classes, stride="native")
+        still = "" if cost <= limit else ", still above the limit"
+        lib.append(f"stride='native' (about {_gmacs(cost)}{still})")
+        cli.append(f"--stride native (about {_gmacs(cost)}{still})")
+
+    def cost_at(short: int) -> int:
+        size = shape_at(short)
+        return mapper.logits_macs(size) + mapper.macs(size, num_classes)
+
+    q, short = mapper.patch_size, min(resized)
+    if short > q and cost_at(q) <= limit:
+        lo, hi = q, short - 1  # the largest short side within the limit (the cost grows with it)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if cost_at(mid) <= limit else (lo, mid - 1)
+        lib.append(f"a smaller image (img_size={lo} or less)")
+        cli.append(f"a smaller --img-size ({lo} or less)")
+    else:
+        lib.append("cropping the image (even its smallest size is above the limit)")
+        cli.append("cropping the image (even the smallest --img-size is above the limit)")
+    extra = map_cost - mapper.macs(resized, 1)  # what the classes after the first add
+    if num_classes > 1 and extra >= 0.1 * total:
+        each = _gmacs(extra // (num_classes - 1))
+        lib.append(f"fewer classes (each costs about {each})")
+        cli.append(f"fewer --classes (each costs about {each})")
+    head = (f"explaining {what} resized to {w}x{h}, with "
+            f"{plural(num_classes, 'class')} at map stride {mapper.stride} would take about {_gmacs(total)} "
+            f"(multiply-adds), above the limit of {_gmacs(limit)}. Cheaper: ")
+    raise MapCostError(
+        head + "; ".join(lib) + "; or raise the limit (max_macs=None: none)",
+        head + "; ".join(cli) + "; or raise the limit (--max-gmacs, 0: none)",
+        total,
+        limit,
     )

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .._extras import require
+from ._colour import EVIDENCE_CMAP, SCALE_PERCENTILE, colour_scale, evidence_cmap, evidence_norm
 from ._images import ImageLike, image_tensor
 from ._maps import MapGeometry
 from ._patches import Patch
@@ -49,17 +50,6 @@ def new_figure(figsize: tuple[float, float] = (4.0, 4.0), dpi: int = 100, *, lay
     fig = Figure(figsize=figsize, dpi=dpi, layout=layout)
     FigureCanvasAgg(fig)
     return fig
-
-
-def colour_scale(maps: Sequence[torch.Tensor | np.ndarray] | torch.Tensor | np.ndarray, percentile: float = 99.0) -> float:
-    """One symmetric colour range ``+-v`` for several evidence maps: the ``percentile`` of
-    ``|evidence|`` over all of them together, so equal colours mean equal evidence in every
-    map (one extreme patch still does not wash out the rest)."""
-    if not 0 < percentile <= 100:
-        raise ValueError(f"percentile must lie in (0, 100], got {percentile}")
-    values = np.concatenate([np.abs(_np(m)).ravel() for m in maps]) if len(maps) else np.zeros(0)
-    v = float(np.percentile(values, percentile)) if values.size else 0.0
-    return v if v > 0 else 1.0  # an all-zero map still needs a non-empty range
 
 
 def as_rgb_array(image: ImageLike) -> np.ndarray:
@@ -129,9 +119,9 @@ def plot_heatmap(
     *,
     geometry: MapGeometry | None = None,
     ax: Axes | None = None,
-    percentile: float = 99.0,
+    percentile: float = SCALE_PERCENTILE,
     limit: float | None = None,
-    cmap: str = "RdBu_r",
+    cmap: str = EVIDENCE_CMAP,
     edges: bool = True,
     edge_alpha: float = 0.6,
     patches: Sequence[Patch] = (),
@@ -148,9 +138,12 @@ def plot_heatmap(
         geometry: where map entries sit in the image; ``None`` when the map is pixel-aligned
             with the image (stride 1, padded).
         ax: axes to draw on; a new figure otherwise.
-        percentile: colour range is +-(this percentile of |evidence|).
+        percentile: colour range is +-(this percentile of |evidence|), as
+            :func:`colour_scale` sets it.
         limit: colour range +-limit instead (to share one scale between maps).
-        cmap: a diverging colormap (red = evidence for the class, blue = against).
+        cmap: a diverging colormap (red = evidence for the class, blue = against); the
+            default is the one every evidence picture of this library uses
+            (:mod:`bagnet.explain._colour`).
         edges: overlay edges of ``image``.
         edge_alpha: opacity of the edges.
         patches: boxes to outline.
@@ -168,9 +161,10 @@ def plot_heatmap(
         raise ValueError(f"percentile must lie in (0, 100], got {percentile}")
     fig, ax = (ax.figure, ax) if ax is not None else _single_axes()
     if limit is None:
-        limit = float(np.percentile(np.abs(ev), percentile))
+        limit = colour_scale([ev], percentile)
     limit = max(limit, 1e-12)
-    im = ax.imshow(ev, cmap=cmap, vmin=-limit, vmax=limit, extent=_heat_extent(geometry, ev.shape), interpolation="nearest")
+    im = ax.imshow(ev, cmap=evidence_cmap() if cmap == EVIDENCE_CMAP else cmap, norm=evidence_norm(limit),
+                   extent=_heat_extent(geometry, ev.shape), interpolation="nearest")
     if image is not None:
         rgb = as_rgb_array(image)
         h, w = rgb.shape[:2]
@@ -256,7 +250,7 @@ def evidence_caption(
     scale: float,
     *,
     fixed: bool,
-    percentile: float = 99.0,
+    percentile: float = SCALE_PERCENTILE,
     clipped: bool = False,
     geometry: MapGeometry | None = None,
     model_stride: int | None = None,
@@ -295,7 +289,7 @@ def plot_evidence_panels(
     patch_colors: Sequence[str] | None = None,
     geometry: MapGeometry | None = None,
     vmax: float | None = None,
-    percentile: float = 99.0,
+    percentile: float = SCALE_PERCENTILE,
     image_title: str = "image",
     edges: bool = True,
     caption: str | None = None,
@@ -387,7 +381,7 @@ def plot_misclassification(
     true_probability: float,
     predicted_probability: float,
     geometry: MapGeometry | None = None,
-    percentile: float = 99.0,
+    percentile: float = SCALE_PERCENTILE,
     vmax: float | None = None,
     caption: str | None = None,
     model_stride: int | None = None,

@@ -16,6 +16,10 @@ evaluating any crop twice:
   product for the requested classes only.
 * Large inputs are cut into overlapping tiles; each tile yields an exact, disjoint block
   of the output, so the stitched map is the same as an untiled one.
+* What a map costs is counted from the layer shapes before anything runs
+  (:meth:`EvidenceMapper.macs`): at stride 1 every layer runs at every pixel, which is
+  where the time of a full-resolution map goes (40-60x the model's own pass), so callers
+  can refuse or warn first, and a ``progress`` callback hears of every pass.
 * In bfloat16 or float16 (``dtype=``) the convolutions and the classifier's products run
   in that type (weights folded in float64, then rounded once), summed in float32 inside
   the kernels; the classifier's bias, the map and the logits' spatial mean are float32.
@@ -24,11 +28,10 @@ evaluating any crop twice:
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -37,10 +40,9 @@ from torch import nn
 
 from .._device import check_dtype
 from .._text import plural
-from ..models import fuse
 from ..models._base import check_images, check_size
 from ..models.bagnet import BagNet
-from ._phases import interleave_index, space_to_batch
+from ._phases import PhaseNet
 
 __all__ = ["EvidenceMapper", "MapGeometry", "evidence_map", "map_geometry", "resolve_classes"]
 
@@ -49,6 +51,12 @@ _log = logging.getLogger(__name__)
 # Peak memory of the intermediate activations that one forward pass may use unless the
 # caller sets ``max_memory``: 224 x 224 with BagNet-33 and all classes fits in one pass.
 DEFAULT_MAX_MEMORY = 3 * 2**30
+# With progress reported, a large map runs in about ten passes of at least this much memory:
+# a few percent more arithmetic (the tiles overlap), for a report every few seconds.
+PROGRESS_PASS_MEMORY = 2**28
+
+#: ``progress(done, total)``: multiply-adds done so far and in all (see :meth:`EvidenceMapper.macs`).
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -108,209 +116,15 @@ def resolve_classes(classes: int | Sequence[int] | torch.Tensor | None, num_clas
 
 
 def _resolve_stride(model: nn.Module, stride: int | str) -> int:
+    return _resolve_stride_of(int(model.patch_stride), stride)
+
+
+def _resolve_stride_of(native: int, stride: int | str) -> int:
     if stride == "native":
-        return int(model.patch_stride)
+        return native
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride must be a positive integer or 'native', got {stride!r}")
     return stride
-
-
-# -- the folded, phase-decomposed network ------------------------------------------------
-
-
-@dataclass
-class _Conv:
-    weight: torch.Tensor
-    bias: torch.Tensor
-
-
-@dataclass
-class _Block:
-    conv1: _Conv
-    conv2: _Conv
-    conv3: _Conv
-    downsample: _Conv | None
-    stride: int  # of the middle convolution and the downsample, in the original model
-
-
-@dataclass(frozen=True)
-class _Step:
-    """How one block runs for a given output stride."""
-
-    stride: int  # stride of its strided convolutions here (1 where the original is decomposed)
-    dilation: int  # of its middle convolution (layout "dilated")
-    split: int  # 1, or s: stack the s x s polyphase components after the block
-
-
-def _take(conv: nn.Conv2d, where: str, dtype, device) -> _Conv:
-    """Weights of a folded convolution, checked to be one this rewrite handles."""
-    if conv.padding not in ((0, 0), "valid") or conv.dilation != (1, 1) or conv.groups != 1:
-        raise ValueError(f"{where}: only unpadded, undilated, ungrouped convolutions are supported")
-    if conv.stride[0] != conv.stride[1] or conv.kernel_size[0] != conv.kernel_size[1]:
-        raise ValueError(f"{where}: only square kernels and strides are supported")
-    w = conv.weight.detach().to(device, dtype).contiguous(memory_format=torch.channels_last)
-    return _Conv(w, conv.bias.detach().to(device, dtype).clone())
-
-
-class _PhaseNet:
-    """A read-only, BatchNorm-folded snapshot of a BagNet that evaluates patch logits at
-    any output stride that is a product of the model's leading strides.
-
-    The user's model is only read: every tensor here is a new one.
-    """
-
-    def __init__(self, model: BagNet, device=None, dtype=None):
-        device = torch.device(device) if device is not None else model.fc.weight.device
-        if dtype is None:
-            dtype = torch.float64 if model.fc.weight.dtype == torch.float64 else torch.float32
-        self.device, self.dtype = device, dtype
-        # Maps, logits and their means stay float32 when the arithmetic is narrower.
-        self.out_dtype = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
-        self.patch_size = model.receptive_field
-        self.in_chans = model.in_chans
-
-        # BatchNorm folded into the convolutions (in float64) and the stem's 1x1 conv merged
-        # into its 3x3 one (no nonlinearity between them), so the 64 -> 64 3x3 at full
-        # resolution disappears: bagnet.models.fuse does both.
-        if dtype != self.out_dtype:
-            model = copy.deepcopy(model).double()  # fold in float64, then round to dtype only once
-        elif model.fc.weight.dtype not in (torch.float32, torch.float64):
-            model = copy.deepcopy(model).float()  # fold half-precision weights at full precision
-        fused = fuse(model)
-        self.stem = _take(fused.stem, "stem", dtype, device)
-        if fused.stem.stride != (1, 1):
-            raise ValueError("only BagNets with stride-1 stem convolutions are supported")
-        self.blocks: list[_Block] = []
-        for i, block in enumerate(fused.blocks):
-            where = f"block {i}"
-            if block.conv1.stride != (1, 1) or block.conv3.stride != (1, 1):
-                raise ValueError(f"{where}: only the middle convolution may be strided")
-            s = block.conv2.stride[0]
-            down = block.downsample
-            if down is not None and (down.kernel_size != (1, 1) or down.stride[0] != s):
-                raise ValueError(f"{where}: the downsample must be a 1x1 convolution with the block's stride")
-            if down is None and s != 1:
-                raise ValueError(f"{where}: a strided block needs a downsample")
-            self.blocks.append(_Block(
-                _take(block.conv1, f"{where}.conv1", dtype, device),
-                _take(block.conv2, f"{where}.conv2", dtype, device),
-                _take(block.conv3, f"{where}.conv3", dtype, device),
-                None if down is None else _take(down, f"{where}.downsample", dtype, device),
-                s,
-            ))
-        self.fc_weight = model.fc.weight.detach().to(device, dtype).clone()
-        bias = model.fc.bias
-        self.fc_bias = bias.detach().to(device, self.out_dtype).clone() if bias is not None else None
-
-    def leading_stride(self, stride: int) -> int:
-        """The largest product of leading strides that divides ``stride``."""
-        kept = 1
-        for blk in self.blocks:
-            if blk.stride > 1:
-                if stride % (kept * blk.stride):
-                    break
-                kept *= blk.stride
-        return kept
-
-    def _plan(self, out_stride: int, layout: str) -> list[_Step]:
-        """Keep the leading strides whose product is ``out_stride``; decompose the rest."""
-        if layout not in ("phases", "dilated"):
-            raise ValueError(f"layout must be 'phases' or 'dilated', got {layout!r}")
-        kept, dilation, decomposed, steps = 1, 1, False, []
-        for blk in self.blocks:
-            s = blk.stride
-            if s == 1:
-                steps.append(_Step(1, dilation, 1))
-            elif out_stride % (kept * s) == 0 and not decomposed:
-                kept *= s
-                steps.append(_Step(s, 1, 1))
-            elif layout == "dilated":
-                steps.append(_Step(1, dilation, 1))
-                dilation, decomposed = dilation * s, True
-            else:
-                steps.append(_Step(1, 1, s))
-                decomposed = True
-        if kept != out_stride:
-            raise ValueError(f"internal: output stride {out_stride} is not a product of the leading strides")
-        return steps
-
-    def bytes_per_output_pixel(self, num_classes: int, out_stride: int) -> int:
-        """Rough peak activation memory of one forward pass per output entry of one image: a
-        few live copies of the largest feature map (layers before the kept strides run at up
-        to ``out_stride**2`` positions per entry), plus the logits before and after reordering."""
-        r = out_stride  # positions per side per output entry
-        widest = self.stem.weight.shape[0] * r * r
-        for blk, step in zip(self.blocks, self._plan(out_stride, "phases")):
-            widest = max(widest, max(blk.conv1.weight.shape[:2]) * r * r)
-            r //= step.stride
-            widest = max(widest, blk.conv3.weight.shape[0] * r * r)
-        size, out_size = torch.finfo(self.dtype).bits // 8, torch.finfo(self.out_dtype).bits // 8
-        return size * (4 * widest + num_classes) + 2 * out_size * num_classes
-
-    @torch.inference_mode()
-    def __call__(self, padded: torch.Tensor, classes: torch.Tensor | None, out_stride: int,
-                 layout: str = "phases") -> torch.Tensor:
-        """Map ``[B, K, h, w]`` of a (padded) batch for the class indices ``classes``; entry
-        (i, j) is the crop at ``(out_stride * i, out_stride * j)``, h = (H - q) // out_stride + 1.
-        ``classes=None``: the features before the classifier instead, ``[B, F, h, w]`` (channels-last)."""
-        b, _, hp, wp = padded.shape
-        q, g = self.patch_size, out_stride
-        h, w = (hp - q) // g + 1, (wp - q) // g + 1
-        steps = self._plan(out_stride, layout)
-        x = padded.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
-        x = F.relu_(F.conv2d(x, self.stem.weight, self.stem.bias))
-        for blk, step in zip(self.blocks, steps):
-            x = _run_block(x, blk, step)
-        n, f, hh, ww = x.shape
-        # The classifier as one matrix product, straight into [K, pixels] (channels-last
-        # features are a [pixels, F] matrix already), so no transpose of the logits is needed.
-        feats = x.permute(0, 2, 3, 1).reshape(n * hh * ww, f)
-        order = interleave_index([s.split for s in steps if s.split > 1], b, hh, ww, h, w, feats.device)
-        if classes is None:
-            return feats.index_select(0, order.reshape(-1)).view(b, h, w, f).permute(0, 3, 1, 2)
-        logits = self.classifier(feats, classes)
-        out = torch.empty((b, logits.shape[0], h, w), device=logits.device, dtype=logits.dtype)
-        for i in range(b):
-            torch.index_select(logits, 1, order[i], out=out[i].view(logits.shape[0], h * w))
-        if self.dtype == torch.float16 and not torch.isfinite(out).all():
-            raise ValueError("the float16 evidence map overflowed (values beyond 65504); use bfloat16 or float32")
-        return out
-
-    def classifier(self, feats: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """Logits ``[K, pixels]`` of features ``[pixels, F]``, in ``out_dtype``.
-
-        In bfloat16/float16 the kernels sum the products in float32 either way; on CUDA the
-        sums come out in float32, on the CPU (no such kernel) they are rounded to the
-        operands' type once. A float32 product instead would cost 5-7x the bfloat16 one
-        on CPUs with bfloat16 units: for all classes, about as much as the rest of the map.
-        """
-        fc_w = self.fc_weight.index_select(0, classes)
-        bias = None if self.fc_bias is None else self.fc_bias.index_select(0, classes)[:, None]
-        if self.dtype == self.out_dtype:
-            return torch.mm(fc_w, feats.T) if bias is None else torch.addmm(bias, fc_w, feats.T)
-        if feats.device.type == "cuda":
-            logits = torch.mm(fc_w, feats.T, out_dtype=torch.float32)
-        else:
-            logits = torch.mm(fc_w, feats.T).float()
-        return logits if bias is None else logits.add_(bias)
-
-
-def _run_block(x: torch.Tensor, blk: _Block, step: _Step) -> torch.Tensor:
-    out = F.relu_(F.conv2d(x, blk.conv1.weight, blk.conv1.bias))
-    out = F.relu_(F.conv2d(out, blk.conv2.weight, blk.conv2.bias, stride=step.stride, dilation=step.dilation))
-    out = F.conv2d(out, blk.conv3.weight, blk.conv3.bias)
-    # The residual is cropped at bottom/right as in the model: location p of both paths
-    # starts at the same input pixel, in the dense domain just as in the strided one.
-    # Cropping before the (1x1) downsample skips the rows it would compute for nothing.
-    oh, ow = out.shape[-2:]
-    if blk.downsample is None:
-        identity = x[..., :oh, :ow]
-    else:
-        d, s = blk.downsample, step.stride
-        identity = F.conv2d(x[..., : (oh - 1) * s + 1, : (ow - 1) * s + 1], d.weight, d.bias, stride=s)
-    out += identity
-    F.relu_(out)
-    return space_to_batch(out, step.split) if step.split > 1 else out
 
 
 # -- public entry points -----------------------------------------------------------------
@@ -363,7 +177,7 @@ class EvidenceMapper:
         self.num_classes = model.num_classes
         self.in_chans = model.in_chans
         self.patch_size = model.receptive_field
-        self._net = _PhaseNet(model, device=device, dtype=None if dtype is None else check_dtype(dtype))
+        self._net = PhaseNet(model, device=device, dtype=None if dtype is None else check_dtype(dtype))
         self._layout = _layout
         self._native = int(model.patch_stride)
         # Run at the coarsest stride that is a product of leading strides and divides the
@@ -384,17 +198,30 @@ class EvidenceMapper:
         """Where the entries of the map of an image of ``image_size`` (H, W) sit."""
         return _geometry(self.patch_size, self.stride, self.pad_value is not None, image_size)
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
+    def logits(self, images: torch.Tensor, *, progress: Progress | None = None) -> torch.Tensor:
         """The model's inference-mode logits ``[B, num_classes]`` (``[num_classes]`` for one
         image): the mean of the unpadded native patch logits, like ``model.eval()(images)``."""
+        return self.patch_logits(images, progress=progress).mean(dim=(-2, -1))
+
+    def patch_logits(self, images: torch.Tensor, classes: int | Sequence[int] | torch.Tensor | None = None, *,
+                     progress: Progress | None = None) -> torch.Tensor:
+        """The model's own patch logits ``[B, K, h', w']`` (``[K, h', w']`` for one image),
+        like ``model.eval().patch_logits(images)``: unpadded, at the model's patch stride, so
+        every patch lies wholly inside the image and the logits are their mean. Whatever
+        the mapper's stride and padding."""
         images, single = check_images(images, self.in_chans, allow_single=True, floating=True,
                                       receptive_field=self.patch_size)
-        all_classes = torch.arange(self.num_classes, device=self.device)
-        out = self._tiled(images, all_classes, self._native).mean(dim=(-2, -1))
+        class_idx = torch.as_tensor(resolve_classes(classes, self.num_classes), device=self.device)
+        out = self._tiled(images, class_idx, self._native, progress)
         return out[0] if single else out
 
-    def __call__(self, images: torch.Tensor, classes: int | Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
-        """Evidence maps ``[B, K, h, w]`` (``[K, h, w]`` for one ``[C, H, W]`` image)."""
+    def __call__(self, images: torch.Tensor, classes: int | Sequence[int] | torch.Tensor | None = None, *,
+                 progress: Progress | None = None) -> torch.Tensor:
+        """Evidence maps ``[B, K, h, w]`` (``[K, h, w]`` for one ``[C, H, W]`` image).
+
+        ``progress``, if given, is called as ``progress(done, total)`` in multiply-adds
+        before the first pass and after every pass (tile); a large map then runs in about
+        ten passes (a few percent more work than :meth:`macs`, as the tiles overlap)."""
         images, single = check_images(images, self.in_chans, allow_single=True, floating=True)
         q = self.patch_size
         class_idx = torch.as_tensor(resolve_classes(classes, self.num_classes), device=self.device)
@@ -403,7 +230,7 @@ class EvidenceMapper:
             images = F.pad(images, (p, p, p, p), value=self.pad_value)
         else:
             check_size(images.shape[-2], images.shape[-1], q, "pad it or use a larger image")
-        out = self._tiled(images, class_idx, self._run_stride)
+        out = self._tiled(images, class_idx, self._run_stride, progress)
         if self._subsample > 1:
             out = out[:, :, :: self._subsample, :: self._subsample].contiguous()
         return out[0] if single else out
@@ -431,41 +258,99 @@ class EvidenceMapper:
         feats = features.to(self.device, self._net.dtype).permute(1, 2, 0).reshape(h * w, f)
         return self._net.classifier(feats, idx).view(len(idx), h, w)
 
-    def _tiled(self, padded: torch.Tensor, classes: torch.Tensor | None, g: int) -> torch.Tensor:
+    def _passes(self, b: int, hp: int, wp: int, k: int, g: int, fine: bool = False) -> list[tuple[slice, slice, slice]]:
+        """How :meth:`_tiled` cuts the work on a (padded) ``[b, C, hp, wp]`` batch at output
+        stride ``g`` with ``k`` outputs per entry: per pass the images and the map rows and
+        columns it computes. One pass when everything fits the memory bound; ``fine``: about
+        ten passes where each still holds at least :data:`PROGRESS_PASS_MEMORY`."""
+        net, q = self._net, self._net.patch_size
+        h, w = (hp - q) // g + 1, (wp - q) // g + 1
+        per_pixel = net.bytes_per_output_pixel(k, g)
+        memory = self.max_memory
+        if fine:
+            memory = min(memory, max(per_pixel * h * w * b // 10, PROGRESS_PASS_MEMORY))
+        tile = self.tile_size
+        everything = (slice(0, h), slice(0, w))
+        if tile is None and per_pixel * h * w * b <= memory:
+            return [(slice(0, b), *everything)]
+        if tile is None and per_pixel * h * w <= memory:
+            chunk = max(1, memory // (per_pixel * h * w))
+            return [(slice(i, min(b, i + chunk)), *everything) for i in range(0, b, chunk)]
+        if tile is None:
+            # The largest square tile the bound allows, then evened out so that the last
+            # tile in a row or column is not a thin (and, per entry, costly) sliver.
+            side = max(8, int(math.sqrt(memory / per_pixel)))
+            th, tw = (-(-n // -(-n // side)) for n in (h, w))
+        else:
+            th, tw = min(tile, h), min(tile, w)
+        return [(slice(i, i + 1), slice(y0, min(h, y0 + th)), slice(x0, min(w, x0 + tw)))
+                for i in range(b) for y0 in range(0, h, th) for x0 in range(0, w, tw)]
+
+    def _cost(self, b: int, hp: int, wp: int, k: int, g: int, fine: bool = False) -> list[int]:
+        """Multiply-adds of each pass of :meth:`_passes`."""
+        net, q = self._net, self._net.patch_size
+        return [net.macs(imgs.stop - imgs.start, g * (rows.stop - rows.start - 1) + q,
+                         g * (cols.stop - cols.start - 1) + q, k, g, self._layout)
+                for imgs, rows, cols in self._passes(b, hp, wp, k, g, fine)]
+
+    def macs(self, image_size: tuple[int, int], num_classes: int | None = None, *,
+             stride: int | str | None = None) -> int:
+        """Multiply-adds (MACs) that ``self(image, classes)`` spends on one image of
+        ``image_size`` (H, W) with ``num_classes`` classes (default: all), tiles and their
+        overlap included; counted from the layer shapes, nothing is run. ``stride``: the
+        cost at another map stride instead (1, ``"native"`` or N), as if this mapper had it.
+
+        At stride 1 every layer runs at every pixel, so a full-resolution map costs about
+        ``patch_stride**2`` times the model's own pass in the late layers (where most of
+        the arithmetic is): 40-60x the native map for the registered models."""
+        k = self.num_classes if num_classes is None else int(num_classes)
+        g = self._run_stride if stride is None else self._net.leading_stride(_resolve_stride_of(self._native, stride))
+        hp, wp = self._padded_size(image_size)
+        return sum(self._cost(1, hp, wp, k, g))
+
+    def logits_macs(self, image_size: tuple[int, int]) -> int:
+        """Multiply-adds of :meth:`logits` (and :meth:`patch_logits`, all classes) for one image."""
+        h, w = int(image_size[0]), int(image_size[1])
+        return sum(self._cost(1, h, w, self.num_classes, self._native))
+
+    def _padded_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        p = 0 if self.pad_value is None else 2 * ((self.patch_size - 1) // 2)
+        return int(image_size[0]) + p, int(image_size[1]) + p
+
+    def _tiled(self, padded: torch.Tensor, classes: torch.Tensor | None, g: int,
+               progress: Progress | None = None) -> torch.Tensor:
         """Run at output stride ``g`` over a (padded) batch, in chunks of images and
-        overlapping tiles as memory requires (``classes=None``: the features)."""
+        overlapping tiles as memory requires (``classes=None``: the features); ``progress``
+        is called with (multiply-adds done, total) before the first pass and after each,
+        and large maps then run in about ten passes, so that there is progress to report."""
         net, layout = self._net, self._layout
         b, _, hp, wp = padded.shape
         q = net.patch_size
         h, w = (hp - q) // g + 1, (wp - q) // g + 1
         k = net.fc_weight.shape[1] if classes is None else len(classes)
-        per_pixel = net.bytes_per_output_pixel(k, g)
-        tile = self.tile_size
-        if tile is None and per_pixel * h * w * b <= self.max_memory:
-            return net(padded, classes, g, layout)
+        fine = progress is not None
+        passes = self._passes(b, hp, wp, k, g, fine)
+        costs = self._cost(b, hp, wp, k, g, fine) if fine else [0] * len(passes)
+        done, total = 0, sum(costs)
+        if progress is not None:
+            progress(0, total)
+        if len(passes) == 1:
+            # Rows and columns past the last entry's patch would only feed entries that are cut off.
+            out = net(padded[..., : g * (h - 1) + q, : g * (w - 1) + q], classes, g, layout)
+            if progress is not None:
+                progress(total, total)
+            return out
         out = torch.empty((b, k, h, w), device=net.device, dtype=net.dtype if classes is None else net.out_dtype,
                           memory_format=torch.channels_last if classes is None else torch.contiguous_format)
-        if tile is None and per_pixel * h * w <= self.max_memory:
-            chunk = max(1, self.max_memory // (per_pixel * h * w))
-            for i in range(0, b, chunk):
-                out[i : i + chunk] = net(padded[i : i + chunk], classes, g, layout)
-            return out
-        if tile is None:
-            # The largest square tile the bound allows, then evened out so that the last
-            # tile in a row or column is not a thin (and, per entry, costly) sliver.
-            side = max(8, int(math.sqrt(self.max_memory / per_pixel)))
-            th, tw = (-(-n // -(-n // side)) for n in (h, w))
-        else:
-            th, tw = min(tile, h), min(tile, w)
-        _log.debug("evidence map %dx%d in tiles of %dx%d", h, w, th, tw)
-        for i in range(b):
-            for y0 in range(0, h, th):
-                y1 = min(h, y0 + th)
-                for x0 in range(0, w, tw):
-                    x1 = min(w, x0 + tw)
-                    # Entries [y0, y1) need padded rows [g*y0, g*(y1-1) + q): tiles overlap by q - g.
-                    part = padded[i : i + 1, :, g * y0 : g * (y1 - 1) + q, g * x0 : g * (x1 - 1) + q]
-                    out[i : i + 1, :, y0:y1, x0:x1] = net(part, classes, g, layout)
+        if passes[0][1] != slice(0, h) or passes[0][2] != slice(0, w):
+            _log.debug("evidence map %dx%d in %d tiles", h, w, len(passes))
+        for (imgs, rows, cols), cost in zip(passes, costs):
+            # Entries [y0, y1) need padded rows [g*y0, g*(y1-1) + q): tiles overlap by q - g.
+            part = padded[imgs, :, g * rows.start : g * (rows.stop - 1) + q, g * cols.start : g * (cols.stop - 1) + q]
+            out[imgs, :, rows, cols] = net(part, classes, g, layout)
+            if progress is not None:
+                done += cost
+                progress(done, total)
         return out
 
 

@@ -48,6 +48,7 @@ def top_patches(
     non_overlapping: bool = False,
     max_overlap: float = 0.0,
     largest: bool = True,
+    inside: bool = False,
 ) -> list[Patch] | list[list[Patch]]:
     """The ``k`` highest-scoring patches of an evidence map, per class.
 
@@ -62,6 +63,9 @@ def top_patches(
             union; 0 means the boxes may not share a pixel), like non-maximum suppression.
         max_overlap: see ``non_overlapping``.
         largest: ``False`` for the patches with the least evidence instead.
+        inside: only entries whose whole ``q x q`` window lies inside the image; the
+            others (near the border of a padded map) see part zero padding, and their
+            boxes are clipped.
 
     Returns:
         A list of :class:`Patch`, best first, for a 2-D map; a list of such lists for ``[K, h, w]``.
@@ -82,7 +86,9 @@ def top_patches(
     if len(classes) != len(maps):
         raise ValueError(f"{len(classes)} class indices for {len(maps)} maps")
     boxes = _boxes(geometry)
-    out = [_select(m.reshape(-1), boxes, k, non_overlapping, max_overlap, largest, geometry, c) for m, c in zip(maps, classes)]
+    keep = _inside(geometry) if inside else None
+    out = [_select(m.reshape(-1), boxes, k, non_overlapping, max_overlap, largest, geometry, c, keep)
+           for m, c in zip(maps, classes)]
     return out[0] if ev.ndim == 2 else out
 
 
@@ -99,9 +105,23 @@ def _boxes(geom: MapGeometry) -> np.ndarray:
     ).reshape(-1, 4)
 
 
-def _select(scores, boxes, k, non_overlapping, max_overlap, largest, geom, class_index) -> list[Patch]:
+def _inside(geom: MapGeometry) -> np.ndarray:
+    """``[h*w]`` bool, row-major: the entry's unclipped window lies wholly inside the image."""
+    h, w = geom.map_size
+    ih, iw = geom.image_size
+    q = geom.patch_size
+    y0 = np.arange(h) * geom.stride - geom.offset
+    x0 = np.arange(w) * geom.stride - geom.offset
+    rows = (y0 >= 0) & (y0 + q <= ih)
+    cols = (x0 >= 0) & (x0 + q <= iw)
+    return (rows[:, None] & cols[None, :]).reshape(-1)
+
+
+def _select(scores, boxes, k, non_overlapping, max_overlap, largest, geom, class_index, keep=None) -> list[Patch]:
     # A stable sort keeps row-major order among equal scores.
     order = np.argsort(-scores if largest else scores, kind="stable")
+    if keep is not None:
+        order = order[keep[order]]
     if not non_overlapping:
         chosen = order[:k]
     else:

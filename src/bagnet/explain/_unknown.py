@@ -32,6 +32,7 @@ from .._text import plural
 __all__ = ["UNKNOWN_METHODS", "UnknownCalibration", "UnknownCheck", "calibrate_unknown", "familiarity", "unknown_check"]
 
 UNKNOWN_METHODS = ("max_softmax", "max_logit", "energy")
+"""The familiarity scores :func:`familiarity` computes from the logits, and :func:`calibrate_unknown` chooses among."""
 
 
 def familiarity(logits: torch.Tensor, method: str) -> torch.Tensor:
