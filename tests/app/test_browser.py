@@ -106,6 +106,9 @@ def test_upload_switch_class_and_resolution(page, running_server, tiny_model, tm
     with torch.no_grad():
         ranking = torch.argsort(tiny_model(normalized(array)[None])[0], descending=True).tolist()
     assert page.get_attribute("#heatmap", "data-class") == str(ranking[0])
+    # Real times: the upload's analysis, then "from cache" for maps computed before.
+    assert page.inner_text("#status").startswith("image analysed in ")
+    assert page.locator("#full-note").is_hidden()
     names = page.locator("#classes .name").all_inner_texts()
     assert names == [CLASSES[c] for c in ranking]
     assert page.locator("#patches rect").count() == 3
@@ -119,12 +122,17 @@ def test_upload_switch_class_and_resolution(page, running_server, tiny_model, tm
     assert second.startswith("data:image/png;base64,") and second != first
     assert page.get_attribute(f"#classes button[data-class='{other}']", "aria-pressed") == "true"
     assert page.inner_text("#map-class").startswith(f"evidence for {CLASSES[other]} (")
+    assert page.inner_text("#status") == "map from cache"  # native maps come with the upload
 
-    # Full resolution: a finer map of the same class.
+    # Full resolution: a finer map of the same class, computed now; the page says the
+    # model is not shift-stable next to it.
     page.check("#res-full")
     page.wait_for_selector("#heatmap[data-res='full']")
     full = page.get_attribute("#heatmap", "src")
     assert full != second and page.get_attribute("#heatmap", "data-class") == str(other)
+    status = page.inner_text("#status")
+    assert status.startswith("map computed in ") and status.endswith(" s") and status != "map computed in 0.00 s"
+    assert page.locator("#full-note").is_visible() and "not shift-stable" in page.inner_text("#full-note")
 
     # Downloads: the figure as a PNG and the results as JSON, for what is on screen.
     with page.expect_download() as download:
@@ -135,13 +143,20 @@ def test_upload_switch_class_and_resolution(page, running_server, tiny_model, tm
         page.click("#download-json")
     result = json.loads(download.value.path().read_text())
     assert result["resolution"] == "full" and result["predictions"][0]["index"] == ranking[0]
+    assert download.value.suggested_filename == "photo-full-results.json"
+    with page.expect_download() as download:
+        page.click("#download-maps")
+    assert download.value.suggested_filename == "photo-full-results-with-maps.json"  # not the same name
+    assert "maps" in json.loads(download.value.path().read_text())
 
     # Back to the first class at native resolution: the page's cache gives the same image.
     page.check("#res-native")
     page.click(f"#classes button[data-class='{ranking[0]}']")
     page.wait_for_selector(f"#heatmap[data-class='{ranking[0]}'][data-res='native']")
     assert page.get_attribute("#heatmap", "src") == first
+    assert page.inner_text("#status") == "map from cache"
     assert page.locator("#error").is_hidden()
+    assert page.evaluate("() => fetch('/favicon.ico').then(r => r.status)") == 200
 
     page.screenshot(path=str(tmp_path / "page.png"))
     assert Image.open(tmp_path / "page.png").size == (1100, 760)
@@ -321,6 +336,45 @@ def test_phone_layout_keeps_the_classes_next_to_the_map(browser, running_server)
         assert len(sizes) == 3 and min(sizes) >= 12
         assert page.evaluate("() => document.documentElement.scrollWidth") <= 390  # no sideways scrolling
         page.screenshot(path="/tmp/explorer-phone.png")
+    finally:
+        context.close()
+
+
+def in_viewport(page, selector):
+    return page.evaluate("""sel => { const r = document.querySelector(sel).getBoundingClientRect();
+        return r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight; }""", selector)
+
+
+def wait_in_viewport(page, selector):
+    page.wait_for_function("""sel => { const r = document.querySelector(sel).getBoundingClientRect();
+        return r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight; }""", arg=selector, timeout=10_000)
+
+
+def test_phone_brings_the_prediction_and_the_certificate_into_view(browser, running_server):
+    """On a phone the result starts below the upload control, and the certificate's line
+    used to appear far above its control: after an upload the top prediction is on screen,
+    after choosing a sticker size the certificate is."""
+    server = running_server()
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        open_page(page, server)
+        # A tall photo: its map alone fills the screen, so the classes start below the fold.
+        choose_file(page, "tall.png", png_bytes(random_image(2 * IMG_SIZE, IMG_SIZE, seed=8)))
+        page.wait_for_selector("#heatmap[data-class]")
+        assert page.locator("#stage").bounding_box()["height"] > 600
+        wait_in_viewport(page, "#classes li:first-child button")
+        top = page.locator("#classes li:first-child button")
+        assert top.get_attribute("aria-pressed") == "true" and in_viewport(page, "#shown") is not None
+
+        # The user scrolls down to the certify control and picks a size.
+        page.evaluate("() => document.querySelector('#certify-patch').scrollIntoView({block: 'end'})")
+        page.select_option("#certify-patch", "2%")
+        page.wait_for_selector("#certificate[data-certified]")
+        wait_in_viewport(page, "#certificate")
+        assert in_viewport(page, "#certify-patch") or in_viewport(page, "#certificate")
+        page.screenshot(path="/tmp/explorer-phone-certificate.png")
     finally:
         context.close()
 

@@ -1,5 +1,6 @@
-"""Image encoding for the explorer: the sharp photo under the maps, the heatmap overlay's
-colours, and PNG/JPEG bytes and data URLs."""
+"""Image encoding for the explorer: the sharp photo under the maps, the heatmap overlay
+(coloured by :mod:`bagnet.explain._colour`, as every evidence picture), and PNG/JPEG bytes
+and data URLs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from .._extras import require
+from ..data.transforms import centre_box
+from ..explain._colour import SCALE_PERCENTILE, colour_scale, evidence_rgba
 
 __all__ = ["PHOTO_SIDE", "colorize", "png_data_url"]
 
@@ -20,7 +22,7 @@ PHOTO_SIDE = 1280
 
 def _photo(image: Image.Image) -> bytes:
     """The part of ``image`` the model sees, at up to :data:`PHOTO_SIDE` pixels, as JPEG."""
-    box = _centre_box(*image.size)
+    box = centre_box(*image.size)
     # Box-filtered while cropping: a copy of a 40-megapixel crop would take 120 MB.
     factor = max(box[2] - box[0], box[3] - box[1]) // PHOTO_SIDE
     photo = image.reduce(factor, box) if factor >= 2 else image.crop(box)
@@ -28,30 +30,17 @@ def _photo(image: Image.Image) -> bytes:
     return _jpeg(photo)
 
 
-def _centre_box(w: int, h: int) -> tuple[int, int, int, int]:
-    """The centre of a ``w x h`` image whose long side is at most twice its short side."""
-    cw, ch = min(w, 2 * h), min(h, 2 * w)
-    left, top = (w - cw) // 2, (h - ch) // 2
-    return left, top, left + cw, top + ch
+def colorize(m: np.ndarray, percentile: float = SCALE_PERCENTILE, vmax: float | None = None) -> tuple[np.ndarray, float]:
+    """RGBA uint8 overlay of a map on the symmetric red-blue scale, and the scale.
 
-
-def colorize(m: np.ndarray, percentile: float = 99.0, vmax: float | None = None) -> tuple[np.ndarray, float]:
-    """RGBA uint8 overlay of a map on the paper's symmetric red-blue scale, and the scale.
-
-    The scale is ``+-vmax``; by default the ``percentile`` of ``|m|`` (as
-    :func:`bagnet.explain.plot_heatmap` and the authors' figures), so one extreme patch
-    does not wash out the rest. Weak evidence is drawn more transparent, so the photo
-    shows through where the model sees little either way.
+    The scale is ``+-vmax``; by default :func:`~bagnet.explain.colour_scale` of the map
+    (the ``percentile`` of ``|m|``). The colours and the transparency (weak evidence more
+    transparent, so the photo shows through) are :func:`~bagnet.explain._colour.evidence_rgba`'s
+    overlay at full opacity: the page's opacity slider scales it.
     """
-    colormaps = require("matplotlib", "the explorer's heatmaps").colormaps
-
-    if vmax is None:
-        vmax = float(np.percentile(np.abs(m), percentile)) if m.size else 0.0
-    vmax = float(vmax) if vmax > 0 else 1.0
-    t = np.clip(m / vmax, -1.0, 1.0)
-    rgba = colormaps["RdBu_r"]((t + 1.0) / 2.0)
-    rgba[..., 3] = 0.25 + 0.75 * np.abs(t)
-    return (rgba * 255 + 0.5).astype(np.uint8), vmax
+    vmax = colour_scale([m], percentile) if vmax is None else float(vmax)
+    vmax = vmax if vmax > 0 else 1.0
+    return evidence_rgba(m, vmax, overlay=True, uint8=True), vmax
 
 
 def _jpeg(image: Image.Image) -> bytes:

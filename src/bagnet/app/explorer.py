@@ -32,7 +32,7 @@ from torch import nn
 
 from .._text import plural
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from ..data.images import load_image
+from ..data.transforms import Preprocessing
 from ..explain import (
     EvidenceMapper,
     Explanation,
@@ -41,16 +41,16 @@ from ..explain import (
     Prediction,
     UnknownCheck,
     colour_scale,
-    preprocess,
     top_patches,
     unknown_check,
 )
+from ..explain._colour import SCALE_PERCENTILE  # of |evidence|: an image's colour scale
 from ..explain._explain import certificate_record, figure_bytes
-from ..explain._images import ImageLike, image_tensor
+from ..explain._images import ImageLike
 from ..models._base import patch_head
 from ._cache import DEFAULT_CACHE_BYTES, FeatureCache
-from ._figure import explorer_figure
-from ._images import PHOTO_SIDE, _centre_box, _jpeg, _photo, colorize, png_data_url
+from ._figure import explorer_figure, short_name
+from ._images import _jpeg, _photo, colorize, png_data_url
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -65,9 +65,6 @@ RESOLUTIONS = ("native", "full")
 _FULL_ALL_CLASSES = 32
 # Full-resolution maps a many-class image keeps besides the features (the latest viewed).
 _KEEP_FULL_MAPS = 16
-# The colour scale of an image's maps: this percentile of |evidence| over the native maps
-# of its top classes, the same for every class (and resolution) of the image.
-SCALE_PERCENTILE = 99.0
 
 
 class Explorer:
@@ -121,6 +118,8 @@ class Explorer:
         self.receptive_field = int(model.receptive_field)
         self.patch_stride = int(model.patch_stride)
         self.img_size = int(img_size or self.cfg.get("img_size") or 224)
+        # bagnet's one preprocessing, the model's own: what eval scored is what is explored
+        self.preprocessing = Preprocessing.from_cfg(self.cfg, self.img_size)
         if self.img_size < self.receptive_field:
             raise ValueError(f"img_size {self.img_size} is smaller than the receptive field {self.receptive_field}")
         if top_k < 1:
@@ -170,27 +169,10 @@ class Explorer:
         return x, shown
 
     def _prepare(self, image) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """:meth:`prepare` and where the model's input lies in the original image:
-        ``{"size": [W, H], "box": [x0, y0, x1, y1]}`` in original pixels."""
-        if isinstance(image, (str, os.PathLike)):
-            image = load_image(image, shrink_to=2 * self.img_size)
-        if isinstance(image, Image.Image):
-            size = image.size
-            box = _centre_box(*size)
-            if box != (0, 0, *size):
-                image = image.crop(box)
-            factor = min(image.size) // (2 * self.img_size)
-            if factor >= 2:
-                # Box-filter large photos first: a 40-megapixel upload would otherwise pass
-                # through a half-gigabyte float tensor on its way down to a few hundred pixels.
-                image = image.reduce(factor)
-        else:
-            image = image_tensor(image)
-            size = (image.shape[-1], image.shape[-2])
-            box = _centre_box(*size)
-            image = image[:, box[1] : box[3], box[0] : box[2]]
-        x, shown = preprocess(image, self.cfg, img_size=self.img_size)
-        return x, shown, {"size": list(size), "box": list(box)}
+        """:meth:`prepare` and where the model's input lies in the image:
+        ``{"size": [W, H], "box": [x0, y0, x1, y1]}`` in the decoded image's pixels."""
+        prepared = self.preprocessing.prepare(image)
+        return prepared.input, prepared.display, {"size": list(prepared.size), "box": list(prepared.box)}
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -238,14 +220,14 @@ class Explorer:
             if isinstance(image, (bytes, bytearray, memoryview)):
                 image = io.BytesIO(image)
                 image.name = name  # load_image's messages name the file
-            # JPEGs are decoded at a reduced scale that still leaves a sharp photo to show.
-            shrink = max(2 * self.img_size, PHOTO_SIDE // 2)
+            # Decoded as the preprocessing decodes every file (JPEGs at a reduced scale that
+            # still leaves a sharp photo to show), so the input is the one eval scores.
             if isinstance(image, io.IOBase):
-                image = load_image(image, max_pixels=max_pixels, shrink_to=shrink)
+                image = self.preprocessing.load(image, max_pixels=max_pixels)
             elif max_pixels is not None:
                 raise ValueError("max_pixels applies to image files and bytes only")
             elif isinstance(image, (str, os.PathLike)):
-                image = load_image(image, shrink_to=shrink)
+                image = self.preprocessing.load(image)
             photo = _photo(image) if isinstance(image, Image.Image) else None
             x, shown, where = self._prepare(image)
             logits, patch_logits = self._logits_and_patch_logits(x)
@@ -455,10 +437,13 @@ class ExploredImage:
 
     def view(self, cls: int, res: str = "native", vmax: float | None = None) -> dict:
         """What the page shows for one class: overlay PNG (data URL), top patches, colour
-        scale (``+-vmax``; default: this image's :attr:`scale`) and what the map averages."""
+        scale (``+-vmax``; default: this image's :attr:`scale`), what the map averages, and
+        whether the map was ``cached`` (computed before, e.g. native maps with the upload)."""
+        cached = cls in self._maps[res]  # else computed by this call (the page says which)
         rgba, scale = self.heatmap_rgba(cls, res, vmax)
         m = self.evidence(cls, res)
         return {
+            "cached": cached,
             "class": cls,
             "name": self.class_name(cls),
             "res": res,
@@ -508,7 +493,7 @@ class ExploredImage:
         """
         cert = None if certify is None else self.certificate(certify, defense)
         pred = self.prediction(cls)
-        title = f"{self.name}: evidence for {pred.name} (p = {pred.probability:.3f}, logit {pred.logit:.2f})"
+        title = f"{short_name(self.name)}: evidence for {pred.name} (p = {pred.probability:.3f}, logit {pred.logit:.2f})"
         if self.unknown is not None and self.unknown.flag:
             title += f"\n{self.unknown.message}"
         return explorer_figure(np.asarray(self.photo), self.upsampled(cls, res), self.patches(cls, res),
@@ -546,5 +531,4 @@ class ExploredImage:
         return out
 
 
-# The old name; it clashed with the ``bagnet.analysis`` package (the paper's experiments).
-Analysis = ExploredImage
+Analysis = ExploredImage  # the old name; it clashed with ``bagnet.analysis`` (the paper's experiments)

@@ -1,7 +1,7 @@
 """``bagnet serve``: a small web page to explore a BagNet's evidence maps class by class.
 
-Standard library only (:class:`http.server.ThreadingHTTPServer`): one thread per request,
-no shared "current image". Every upload gets an unguessable id; its analysis (logits and
+Standard library only (:class:`http.server.ThreadingHTTPServer`, with the bounds of
+``_connections``): one thread per connection, no shared "current image". Every upload gets an unguessable id; its analysis (logits and
 the evidence maps of every class, computed once) lives in a bounded LRU store under that
 id, so clicking through classes only re-colours cached maps.
 
@@ -12,14 +12,24 @@ Every answer that is not a page, a script, an image or a download is JSON; error
 Any web page the user visits can send requests to a server on localhost, so requests
 whose ``Host`` is not this server's (DNS rebinding) and state-changing requests from
 another origin are refused with 403. Memory is bounded: request bodies by
-``max_upload_bytes``, concurrent requests by ``max_threads``, images by ``max_pixels``
-and by cutting extreme aspect ratios before resizing, and decoding and the model passes
-by the explorer's ``max_concurrent``.
+``max_upload_bytes`` each and ``max_threads * max_upload_bytes`` together, requests being
+worked on at the same time by ``max_threads``, open connections by ``max_connections``,
+images by ``max_pixels`` and by cutting extreme aspect ratios before resizing, and
+decoding and the model passes by the explorer's ``max_concurrent``.
+
+Time is bounded per request, not per read: a request's head must arrive within
+``head_timeout`` seconds and the whole request (head and body) within ``request_timeout``,
+however the client trickles its bytes; else it is answered 408 and its connection closed.
+Slow clients hold only a connection, not one of the ``max_threads`` slots that do the work,
+and when all ``max_connections`` are taken, the connection that has waited longest for
+its request head is closed to make room: clients sending one byte a second cannot lock
+other users out.
 
 Routes::
 
     GET  /                                  the page (static/index.html)
     GET  /static/<file>                     its script and style sheet
+    GET  /favicon.ico                       the page's icon (a PNG drawn in code)
     GET  /api/config                        model, classes, limits, sample names
     GET  /api/samples/<name>.jpg            sample thumbnail
     POST /api/uploads                       body = the image file's bytes -> analysis summary
@@ -30,7 +40,8 @@ Routes::
     GET  /api/uploads/<id>/figure.svg?class=C&res=...[&vmax=V]   the same figure as SVG
                                                                  (both: [&certify=2%[&defense=clip]] adds
                                                                  the certificate line and removed window)
-    GET  /api/uploads/<id>/result.json?res=...[&maps=1]          predictions, top patches (JSON);
+    GET  /api/uploads/<id>/result.json?res=...[&maps=1]          predictions, top patches (JSON, saved as
+                                                                 NAME-RES-results[-with-maps].json);
                                                                  maps=1: with the evidence maps;
                                                                  certify=2%[&defense=clip]: with "certified"
     GET  /api/uploads/<id>/certificate?patch=2%[&defense=mask|clip]  is the defended prediction certified
@@ -42,25 +53,28 @@ without it every class of an image shares that image's scale.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
 import re
 import secrets
 import socket
-import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import PurePath
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
+
 from .._extras import require
 from ..data.images import ImageError
+from ..explain._colour import colormap_stops
+from ._connections import BoundedHandler, BoundedHTTPServer
 from ._hosts import WILDCARDS, HostPolicy, is_loopback, reachable_urls
 from ._requests import HTTPError, _certify, _parse_certify, _parse_class, _parse_res, _parse_vmax
 from .explorer import SCALE_PERCENTILE, ExploredImage, Explorer
@@ -75,11 +89,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_PIXELS = 40_000_000
 _STATIC = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
 _ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
-# A request body over the limit is still read (and thrown away) up to this many extra
-# bytes, so that the browser receives the 413 answer instead of a reset connection.
-_DRAIN_SLACK = 64 * 2**20
-# A client going away mid-request is not the server's problem: no traceback for these.
-_DISCONNECTS = (ConnectionError, TimeoutError)
 
 
 class _Store:
@@ -107,21 +116,7 @@ class _Store:
             return analysis
 
 
-class _ReleaseOnce:
-    """Releases a semaphore the first time it is called, whichever thread calls first."""
-
-    def __init__(self, semaphore: threading.Semaphore):
-        self._semaphore, self._lock, self._done = semaphore, threading.Lock(), False
-
-    def __call__(self) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self._done = True
-        self._semaphore.release()
-
-
-class ExplorerServer(ThreadingHTTPServer):
+class ExplorerServer(BoundedHTTPServer):
     """The HTTP server; ``serve_forever()`` in any thread, ``shutdown()`` from another.
 
     Args:
@@ -130,18 +125,19 @@ class ExplorerServer(ThreadingHTTPServer):
         max_upload_bytes: larger request bodies are refused with 413.
         max_pixels: images with more pixels are refused before decoding.
         max_uploads: analyses kept in memory (least recently used dropped first).
-        max_threads: requests handled at the same time; further connections wait in the
-            listen queue. Bounds the memory of request bodies to
-            ``max_threads * max_upload_bytes``.
+        max_threads: requests worked on (analysed, drawn) at the same time; further
+            complete requests wait for a slot. Request bodies take at most
+            ``max_threads * max_upload_bytes`` together.
         allow_hosts: host names (or addresses) besides the bound address and localhost
             that the page may be reached by, e.g. this machine's name on the network.
+        head_timeout: seconds a connection has from its opening to send a whole request
+            head; then it is answered 408 (closed silently if it sent nothing) and closed.
+        request_timeout: seconds for a whole request, head and body (an upload on a slow
+            link); at least ``head_timeout``.
+        max_connections: connections open at the same time, each with its own thread that
+            receives its request. When all are taken, the one that has waited longest
+            for its request head is closed to make room for a new one.
     """
-
-    daemon_threads = True
-    # Ctrl+C does not wait for clients that hold their connections open.
-    block_on_close = False
-    # Several quick requests from one page (thumbnails) should not be refused.
-    request_queue_size = 64
 
     def __init__(
         self,
@@ -153,49 +149,26 @@ class ExplorerServer(ThreadingHTTPServer):
         max_uploads: int = 32,
         max_threads: int = 16,
         allow_hosts: Iterable[str] = (),
+        head_timeout: float = 10.0,
+        request_timeout: float = 120.0,
+        max_connections: int = 128,
     ):
-        if min(max_upload_bytes, max_pixels, max_uploads, max_threads) < 1:
-            raise ValueError("max_upload_bytes, max_pixels, max_uploads and max_threads must be positive")
+        if min(max_pixels, max_uploads) < 1:
+            raise ValueError("max_pixels and max_uploads must be positive")
         self.explorer = explorer
-        self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
-        self.max_threads = max_threads
         self.store = _Store(max_uploads)
         self._thumbs: dict[str, bytes] = {}
         self._thumbs_lock = threading.Lock()
-        self._handler_slots = threading.BoundedSemaphore(max_threads)
         self.hosts = HostPolicy(address[0], allow_hosts)
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
-
-    def process_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:
-        # Blocks the accept loop while max_threads requests are being handled: further
-        # clients wait in the kernel's listen queue instead of each getting a thread.
-        self._handler_slots.acquire()
-        release = _ReleaseOnce(self._handler_slots)
-        try:
-            threading.Thread(target=self._handle_in_thread, args=(request, client_address, release),
-                             name="bagnet-serve-request", daemon=True).start()
-        except BaseException:  # e.g. Ctrl+C while starting the thread: the slot is not leaked
-            release()
-            raise
-
-    def _handle_in_thread(self, request, client_address, release) -> None:
-        try:
-            self.finish_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
-            release()
-
-    def handle_error(self, request: socket.socket, client_address: tuple[str, int]) -> None:
-        error = sys.exc_info()[1]
-        if isinstance(error, _DISCONNECTS):
-            logger.debug("%s went away: %s", client_address[0], error)
-        else:
-            logger.error("error handling a request from %s", client_address[0], exc_info=error)
+        # matplotlib imported here, once: first imported by two request threads at once (the
+        # page's config and its icon), one of them can find it half initialized.
+        self._colormap = colormap_stops()
+        _favicon_png()
+        require("matplotlib.figure", "the explorer's figures")
+        require("matplotlib.backends.backend_agg", "the explorer's figures")
+        super().__init__(address, _Handler, max_upload_bytes=max_upload_bytes, max_threads=max_threads,
+                         head_timeout=head_timeout, request_timeout=request_timeout, max_connections=max_connections)
 
     @property
     def url(self) -> str:
@@ -212,7 +185,7 @@ class ExplorerServer(ThreadingHTTPServer):
         return {
             # How the "none of these classes" flag is set, or None: no threshold calibrated.
             "unknown": None if not unknown else {"method": unknown.get("method"), "threshold": unknown.get("threshold")},
-            "colormap": _colormap_stops(),
+            "colormap": self._colormap,
             "scale_percentile": SCALE_PERCENTILE,
             "model": ex.model_name,
             "receptive_field": ex.receptive_field,
@@ -259,86 +232,35 @@ def make_server(
     return server
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BoundedHandler):
     server: ExplorerServer
     server_version = "bagnet-serve"
-    timeout = 120  # seconds a silent client may hold its thread
 
-    # -- plumbing --------------------------------------------------------------------
-
-    def log_message(self, format: str, *args) -> None:
-        logger.debug("%s %s", self.address_string(), format % args)
-
-    def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, obj, status: int = 200, headers: dict | None = None) -> None:
-        self._send(status, json.dumps(obj).encode(), "application/json", headers)
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """The standard library's errors (malformed request line or headers, unknown
-        method, over-long URL) as JSON instead of its HTML page."""
-        self.close_connection = True
-        if self.request_version == "HTTP/0.9":  # not parsed far enough: answer with a status line anyway
-            self.request_version = "HTTP/1.0"
-        reason = self.responses.get(code, ("error",))[0]
-        text = message or reason
-        if code == 501:
-            text = f"method {self.command!r} is not supported; this server answers GET, HEAD and POST"
-        try:
-            self.send_response(code, reason)
-            body = json.dumps({"error": text}).encode()
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD" and code >= 200 and code not in (204, 304):
-                self.wfile.write(body)
-        except _DISCONNECTS:
-            pass
+    def _route(self, path: str, method: str):
+        """``(handler function, path groups, whether it takes a body)`` of a request."""
+        allowed = []
+        for route_method, pattern, fn, body in _ROUTES:
+            m = re.fullmatch(pattern, path)
+            if m and route_method == method:
+                return fn, m.groups(), body
+            if m:
+                allowed += ["GET", "HEAD"] if route_method == "GET" else [route_method]
+        if allowed:
+            raise HTTPError(405, f"{path} does not take {self.command}; use {' or '.join(allowed)}",
+                            {"Allow": ", ".join(allowed)})
+        raise HTTPError(404, f"no such page: {path}")
 
     def _dispatch(self) -> None:
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         method = "GET" if self.command == "HEAD" else self.command
-        try:
-            self._check_origin()
-            allowed = []
-            for route_method, pattern, fn in _ROUTES:
-                m = re.fullmatch(pattern, url.path)
-                if m and route_method == method:
-                    fn(self, *m.groups(), query=query)
-                    return
-                if m:
-                    allowed += ["GET", "HEAD"] if route_method == "GET" else [route_method]
-            if allowed:
-                raise HTTPError(405, f"{url.path} does not take {self.command}; use {' or '.join(allowed)}",
-                                {"Allow": ", ".join(allowed)})
-            raise HTTPError(404, f"no such page: {url.path}")
-        except HTTPError as e:
-            self._answer_error(e.status, e.message, e.headers)
-        except _DISCONNECTS as e:
-            # The browser went away (or stalled past the timeout): nothing to answer.
-            logger.debug("%s %s: client gone (%s)", self.command, url.path, e)
-            self.close_connection = True
-        except Exception:  # never a traceback or internals to the client: logged here in full
-            logger.exception("error answering %s %s", self.command, url.path)
-            self._answer_error(500, "internal error (the details are in the server's log)")
 
-    def _answer_error(self, status: int, message: str, headers: dict | None = None) -> None:
-        try:
-            self._json({"error": message}, status, headers)
-        except _DISCONNECTS:
-            self.close_connection = True
+        def resolve():
+            self._check_origin()
+            fn, groups, takes_body = self._route(url.path, method)
+            return (lambda: fn(self, *groups, query=query)), takes_body
+
+        self._receive_and_work(resolve, url.path)
 
     def _check_origin(self) -> None:
         """403 for requests addressed to another site's name (DNS rebinding) and for
@@ -354,39 +276,6 @@ class _Handler(BaseHTTPRequestHandler):
     # Every method reaches the router, so that a known path answers 405 with Allow.
     do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET
 
-    # -- request bodies --------------------------------------------------------------
-
-    def _read_body(self) -> bytes:
-        limit = self.server.max_upload_bytes
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            raise HTTPError(411, "send the image with a Content-Length (chunked uploads are not supported)")
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            raise HTTPError(411, "the upload has no Content-Length") from None
-        if length < 0:
-            raise HTTPError(400, "negative Content-Length")
-        if length > limit:
-            if length <= limit + _DRAIN_SLACK:
-                self._discard(length)
-            else:
-                self.close_connection = True
-            raise HTTPError(413, f"the file is {_mb(length)}, over the upload limit of {_mb(limit)}")
-        if length == 0:
-            raise HTTPError(400, "the upload is empty; choose an image file")
-        body = self.rfile.read(length)
-        if len(body) != length:
-            raise HTTPError(400, "the upload was cut short; try again")
-        return body
-
-    def _discard(self, length: int) -> None:
-        left = length
-        while left > 0:
-            chunk = self.rfile.read(min(left, 2**20))
-            if not chunk:
-                break
-            left -= len(chunk)
-
     # -- routes ----------------------------------------------------------------------
 
     def _static(self, name: str = "index.html", query=None) -> None:
@@ -394,6 +283,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise HTTPError(404, f"no such file: {name}")
         body = resources.files("bagnet.app").joinpath("static", name).read_bytes()
         self._send(200, body, _STATIC[name] + "; charset=utf-8")
+
+    def _favicon(self, query=None) -> None:
+        self._send(200, _favicon_png(), "image/png", {"Cache-Control": "max-age=86400"})
 
     def _config(self, query=None) -> None:
         self._json(self.server.config())
@@ -404,9 +296,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, self.server.thumbnail(name), "image/jpeg", {"Cache-Control": "max-age=3600"})
 
     def _upload(self, query=None) -> None:
-        body = self._read_body()
         name = query.get("name") or "upload"
-        self._explore(body, name, max_pixels=self.server.max_pixels)
+        self._explore(self._body, name, max_pixels=self.server.max_pixels)
 
     def _sample(self, name: str, query=None) -> None:
         if name not in SAMPLE_NAMES:
@@ -415,12 +306,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._explore(sample_image(name), name, note=sample_note(name, self.server.explorer.classes))
 
     def _explore(self, image, name: str, note: str | None = None, **kwargs) -> None:
+        start = time.perf_counter()
         try:
             analysis = self.server.explorer.explore(image, name=name, **kwargs)
         except ImageError as e:
             raise HTTPError(415 if "not an image" in str(e) else 400, str(e)) from None
         key = self.server.store.add(analysis)
-        self._json({"id": key, **analysis.summary(), "sample_note": note}, 201)
+        ms = round(1000 * (time.perf_counter() - start), 1)
+        self._json({"id": key, **analysis.summary(), "sample_note": note, "ms": ms}, 201)
 
     def _view(self, key: str, query=None) -> None:
         analysis = self.server.store.get(key)
@@ -461,36 +354,43 @@ class _Handler(BaseHTTPRequestHandler):
         if patch is not None:
             record["certified"] = _certify(analysis, patch, defense)
         body = json.dumps(record, indent=1).encode()
-        filename = _safe_name(f"{PurePath(analysis.name).stem}-{res}.json")
+        # Each download its own name: what it holds, at which resolution, certified how.
+        kind = "results-with-maps" if maps == "1" else "results"
+        cert = "" if patch is None else f"-certified-{patch.replace('%', 'pct')}-{defense}"
+        filename = _safe_name(f"{PurePath(analysis.name).stem}-{res}-{kind}{cert}.json")
         self._send(200, body, "application/json", {"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
+# (method, path, handler, whether the request has a body to receive first)
 _ROUTES = (
-    ("GET", r"/", _Handler._static),
-    ("GET", r"/static/([A-Za-z0-9_.-]+)", _Handler._static),
-    ("GET", r"/api/config", _Handler._config),
-    ("GET", r"/api/samples/([a-z_]+)\.jpg", _Handler._thumbnail),
-    ("POST", r"/api/uploads", _Handler._upload),
-    ("POST", r"/api/samples/([a-z_]+)", _Handler._sample),
-    ("GET", r"/api/uploads/([^/]+)/view", _Handler._view),
-    ("GET", r"/api/uploads/([^/]+)/figure\.(png|svg)", _Handler._figure),
-    ("GET", r"/api/uploads/([^/]+)/result\.json", _Handler._result),
-    ("GET", r"/api/uploads/([^/]+)/certificate", _Handler._certificate),
+    ("GET", r"/", _Handler._static, False),
+    ("GET", r"/static/([A-Za-z0-9_.-]+)", _Handler._static, False),
+    ("GET", r"/favicon\.ico", _Handler._favicon, False),
+    ("GET", r"/api/config", _Handler._config, False),
+    ("GET", r"/api/samples/([a-z_]+)\.jpg", _Handler._thumbnail, False),
+    ("POST", r"/api/uploads", _Handler._upload, True),
+    ("POST", r"/api/samples/([a-z_]+)", _Handler._sample, False),
+    ("GET", r"/api/uploads/([^/]+)/view", _Handler._view, False),
+    ("GET", r"/api/uploads/([^/]+)/figure\.(png|svg)", _Handler._figure, False),
+    ("GET", r"/api/uploads/([^/]+)/result\.json", _Handler._result, False),
+    ("GET", r"/api/uploads/([^/]+)/certificate", _Handler._certificate, False),
 )
 
 
-def _colormap_stops(n: int = 11) -> list[str]:
-    """The heatmaps' colour map (RdBu_r) as CSS colours from -vmax to +vmax, for the colour bar."""
-    require("matplotlib", "the explorer's heatmaps")
-    from matplotlib import colormaps
-    from matplotlib.colors import to_hex
+@functools.cache
+def _favicon_png() -> bytes:
+    """The page's icon, drawn here: a 4 x 4 bag of patches in the evidence colours."""
+    from PIL import Image
 
-    cmap = colormaps["RdBu_r"]
-    return [to_hex(cmap(i / (n - 1))) for i in range(n)]
+    from ..explain._colour import evidence_rgba
 
-
-def _mb(n: int) -> str:
-    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 1024:.0f} kB"
+    values = np.array([[0.9, -0.3, 0.1, 0.6], [-0.8, 1.0, 0.4, -0.2], [0.2, 0.7, -1.0, 0.95], [0.5, -0.5, 0.85, 0.3]])
+    cells = evidence_rgba(values, 1.0, uint8=True)[..., :3]
+    img = np.kron(cells, np.ones((8, 8, 1), np.uint8))  # 32 x 32, 8 px per patch
+    img[::8], img[:, ::8] = 255, 255  # white seams between the patches
+    buf = io.BytesIO()
+    Image.fromarray(img, "RGB").save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _safe_name(name: str) -> str:

@@ -38,9 +38,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     import signal
+    import sys
     import threading
 
+    from .._text import plural
     from ..app import Explorer, make_server
     from ._common import map_dtype, resolve_device
     from .demo import resolve_demo_model
@@ -69,7 +72,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        print("bagnet serve: stopped")
+        pass
     finally:
         server.server_close()
+    busy = server.stop_working()
+    if busy:
+        # A thread is inside torch (a full-resolution map) or matplotlib: letting the
+        # interpreter shut down under it aborts the process ("terminate called without an
+        # active exception", exit 134). Nothing is left to save, so leave at once instead.
+        print(f"bagnet serve: stopped ({plural(busy, 'request')} in progress abandoned)", flush=True)
+        sys.stderr.flush()
+        os._exit(0)
+    print("bagnet serve: stopped")
     return 0

@@ -142,8 +142,8 @@ async function init() {
     $("#patches").style.display = display;
     $("#labels").style.display = display;
   });
-  $("#certify-patch").addEventListener("change", showCertificate);
-  $("#certify-defense").addEventListener("change", showCertificate);
+  $("#certify-patch").addEventListener("change", () => showCertificate(true));
+  $("#certify-defense").addEventListener("change", () => showCertificate(true));
   document.body.dataset.ready = "true";
 }
 
@@ -177,8 +177,13 @@ async function analyse(url, options, label) {
     const summary = await api(url, options);
     if (mine !== analysing) return; // the user has picked another image meanwhile
     const res = document.querySelector("input[name=res]:checked").value;
-    current = {id: summary.id, summary, label, cls: summary.top_class, res, views: new Map(), certs: new Map()};
+    current = {id: summary.id, summary, label, cls: summary.top_class, res, views: new Map(), certs: new Map(),
+      announced: false};
     render(summary, label);
+    // On a phone the result starts below the upload control: once the photo has its size
+    // (the layout is then final), bring the prediction into view.
+    const state = current;
+    $("#photo").decode().catch(() => {}).then(() => { if (state === current) revealPrediction(); });
     showCertificate();
     await showView();
   } catch (err) {
@@ -310,10 +315,51 @@ async function showView() {
     state.views.set(query, view);
   }
   if (mine !== request || state !== current) return; // a newer click won
-  setStatus(view.ms !== undefined && !view.shown ? "computed in " + (view.ms / 1000).toFixed(2) + " s" : "");
+  setStatus(timing(state, view));
   view.shown = true;
   stopProgress();
   applyView(state, view, query);
+}
+
+function seconds(ms) { return (ms / 1000).toFixed(2) + " s"; }
+
+// Real times only: a map the server had computed before (the native maps come with the
+// upload) or the page had shown before is said to be from cache, not "computed in 0.00 s".
+function timing(state, view) {
+  const parts = [];
+  const first = !state.announced;
+  if (first && state.summary.ms !== undefined) parts.push("image analysed in " + seconds(state.summary.ms));
+  state.announced = true;
+  if (!view.shown && view.cached === false) parts.push("map computed in " + seconds(view.ms));
+  else if (!first || state.res !== "native") parts.push("map from cache");
+  return parts.join("; ");
+}
+
+// Whether an element lies wholly in the window.
+function inView(el) {
+  const r = el.getBoundingClientRect();
+  return r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight;
+}
+
+function scrollToY(y) {
+  const smooth = !window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+  window.scrollTo({top: Math.max(0, y), behavior: smooth ? "smooth" : "auto"});
+}
+
+// After an upload: the top prediction in view, with as much of the result above it as fits.
+function revealPrediction() {
+  const first = document.querySelector("#classes button");
+  if (!first || inView(first)) return;
+  const top = window.scrollY + $("#shown").getBoundingClientRect().top - 8;
+  const needed = window.scrollY + first.getBoundingClientRect().bottom + 8 - window.innerHeight;
+  scrollToY(needed <= top ? top : needed);
+}
+
+// A result shown away from what the user changed (a phone's narrow column): scroll to it.
+function reveal(el) {
+  if (inView(el)) return;
+  const r = el.getBoundingClientRect();
+  scrollToY(window.scrollY + (r.top < 0 ? r.top - 8 : r.bottom + 8 - window.innerHeight));
 }
 
 function applyView(state, view, query) {
@@ -352,12 +398,16 @@ function applyView(state, view, query) {
     (view.beyond_scale > 0 ? "; " + (100 * view.beyond_scale).toFixed(1) + "% of the values lie beyond it and " +
       "take the end colours." : ".");
   const q = config.receptive_field;
+  const s = config.patch_stride;
+  $("#full-note").hidden = state.res !== "full";
+  $("#full-note").textContent = "Full resolution is exact: each pixel shows the evidence of the patch centred on it. " +
+    "A fine lattice with a period of " + s + " px is the model's own: its patch values change when a patch moves " +
+    "by less than its " + s + " px stride, so the model is not shift-stable (see docs/shift_sensitivity.md).";
   $("#mean-note").textContent = "The image logit for " + view.name + ", " + view.logit.toFixed(2) +
     ", is the mean of the model's own patch values (" + q + "×" + q + " px patches every " + config.patch_stride +
     " px inside the image). This map centres a patch on " +
     (state.res === "full" ? "every pixel" : "every " + config.patch_stride + "th pixel") +
     ", zero-padded at the borders; its mean is " + view.map_mean.toFixed(2) + ".";
-  const base = "/api/uploads/" + state.id;
   jsonLinks(state);
 }
 
@@ -379,7 +429,8 @@ function jsonLinks(state) {
 
 // Whether the defended prediction is certified against the chosen sticker size: arithmetic on
 // the patch logits the server kept from the upload's pass, so no progress bar is needed.
-async function showCertificate() {
+// asked: the user changed the control (then its answer is brought into view).
+async function showCertificate(asked = false) {
   const state = current;
   const line = $("#certificate");
   const removed = $("#removed");
@@ -420,6 +471,7 @@ async function showCertificate() {
     " image the model sees; margin " + num(cert.margin) + ")." +
     (cert.removed_box_resized ? " The dashed box is the window the masking removed." : "");
   line.hidden = false;
+  if (asked) reveal(line); // on a phone it may lie off screen, away from its control
   if (cert.removed_box_resized) {
     removed.append(boxRect(cert.removed_box_resized, "the window the masking removed for " + cert.prediction.name));
   }
