@@ -24,7 +24,7 @@ def models(tmp_path_factory):
 
 def _config(tmp_path, folder, models, **experiments):
     cfg = {
-        "data": str(folder), "out": "out", "batch_size": 16, "max_images": 6,
+        "data": str(folder), "out": "out", "batch_size": 16, "max_images": 6, "bootstrap_resamples": 200,
         "bagnets": ["B9=" + str(models / "b9.pt")],
         "references": [{"label": "R18", "model": "resnet18", "weights": str(models / "r18.pt")}],
         "experiments": {"interactions": {"n_patches": 2, "gap": 9},
@@ -53,6 +53,12 @@ def test_all_writes_every_result_and_a_self_contained_report(tmp_path, folder, m
     assert not re.search(r"<img[^>]+src=['\"](?!data:)", html)  # nothing loaded from outside the file
     md = (out / "summary.md").read_text()
     assert "## Spatial sensitivity" in md and "| B9 |" in md
+    # Every table shows its intervals: "value [low, high]", and says how they were computed.
+    assert re.search(r"\| \d+\.\d \[\d+\.\d, \d+\.\d\] \|", md) and "200 resamples (seed 0)" in md
+    assert "heatmap minus other ranking" in md and "gradcam R18" in md and "p (McNemar)" in md
+    spatial = json.loads((out / "spatial_sensitivity.json").read_text())
+    assert [m["label"] for m in spatial["models"]] == ["R18", "B9"]  # both directions by default
+    assert spatial["meta"]["bootstrap"]["resamples"] == 200 and (out / spatial["per_image_file"]).is_file()
     assert json.loads((out / "config.json").read_text())["bagnets"][0]["label"] == "B9"
     stamps = {n: (out / f"{n}.json").stat().st_mtime_ns for n in names}
 
@@ -140,3 +146,31 @@ def test_heatmap_dtype_is_recorded_and_refused_when_unknown(tmp_path, folder, mo
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--dtype 'double-ish' is not one of auto" in err
     assert not (tmp_path / "p" / "misclassified.json").exists()
+
+
+def test_new_bootstrap_settings_recompute_intervals_only(tmp_path, folder, models, caplog):
+    """A finished run asked for other bootstrap settings: interactions and spatial sensitivity
+    get new intervals from their saved per-image results (no masking again), the others from
+    the cached outputs; the command-line flags override the config."""
+    cfg = _config(tmp_path, folder, models)
+    only = "interactions,spatial-sensitivity"
+    assert main(["analyze", "all", "--config", str(cfg), "--only", only]) == 0
+    out = tmp_path / "out"
+    before = json.loads((out / "spatial_sensitivity.json").read_text())
+    slope_ci = json.loads((out / "interactions.json").read_text())["models"][0]["slope_ci"]
+    caplog.set_level("INFO")
+    assert main(["analyze", "all", "--config", str(cfg), "--only", only, "--bootstrap-resamples", "150",
+                 "--bootstrap-seed", "3"]) == 0
+    assert caplog.text.count("intervals recomputed from the saved per-image results") == 2
+    after = json.loads((out / "spatial_sensitivity.json").read_text())
+    assert after["meta"]["bootstrap"]["resamples"] == 150 and after["bootstrap"]["seed"] == 3
+    r_before, r_after = before["models"][0]["curves"]["random"], after["models"][0]["curves"]["random"]
+    assert r_after["prob_drop"] == r_before["prob_drop"] and len(r_after["prob_drop_ci"]) == 3  # 2 images only
+    inter = json.loads((out / "interactions.json").read_text())
+    assert inter["bootstrap"]["resamples"] == 150 and inter["models"][0]["slope_ci"] != slope_ci
+    caplog.clear()
+    assert main(["analyze", "all", "--config", str(cfg), "--only", only, "--bootstrap-resamples", "150",
+                 "--bootstrap-seed", "3"]) == 0
+    assert caplog.text.count("up to date") == 2
+    assert main(["analyze", "accuracy", "--data", str(folder), "--bagnet", f"B9={models / 'b9.pt'}",
+                 "--bootstrap-resamples", "0", "--out", str(tmp_path / "o")]) == 1

@@ -91,7 +91,7 @@ def test_accuracy_is_scored_among_all_outputs_unless_restricted(data, tmp_path):
     assert again.top1 == row.top1
     write_accuracy([row], tmp_path)
     [(caption, header, _)] = tables_for("accuracy", read_json(tmp_path / "accuracy.json"))
-    assert "scored among all 7 outputs" in caption and "top-1 %" in header
+    assert "scored among all 7 outputs" in caption and "top-1 % [95% CI]" in header
     # the per-class errors follow the same convention: an image predicted outside the data is wrong
     ed = error_distribution([clf], [clf], data, cache=LogitCache(tmp_path / "cache"))
     for c in range(3):
@@ -146,3 +146,85 @@ def test_class_errors_handles_empty_classes():
     errs = class_errors(np.array([0, 1]), np.array([0, 0]), 3)
     assert errs[0] == 50.0 and np.isnan(errs[1]) and np.isnan(errs[2])
     assert class_errors(np.array([-1, 0]), np.array([0, 0]), 3)[0] == 50.0  # -1: another output, wrong
+
+
+def _naive_interval(boot, n, stat, strata=None):
+    """Percentile interval of ``stat(rows)`` over the bootstrap's resamples, each built by
+    repeating image i as often as the resample draws it (an independent re-implementation
+    of the vectorized statistics)."""
+    values = []
+    for row in boot.weights(n, strata):
+        values.append(stat(np.repeat(np.arange(n), row.astype(int))))
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    return list(np.quantile(values, [0.025, 0.975]))
+
+
+def test_intervals_are_those_of_resampled_images(data, bag9, bag3, resnet, cache):
+    from bagnet.analysis import interactions
+    from bagnet.analysis._stats import Bootstrap, mcnemar_exact
+    from bagnet.analysis.accuracy import accuracy_comparisons
+
+    boot = Bootstrap(200, seed=4)
+    n = len(data.order)
+    rows = accuracy([bag9, resnet], data, cache=cache, bootstrap=boot)
+    p = predictions(bag9, data, cache=cache)
+    hit = p.logits.argmax(1) == p.targets  # 3 outputs = the 3 classes
+    assert rows[0].top1_ci == pytest.approx(_naive_interval(boot, n, lambda r: 100 * hit[r].mean()))
+    assert rows[0].top1_ci[0] <= rows[0].top1 <= rows[0].top1_ci[1]
+
+    same = classifier("B9 again", bag9.model)
+    comps = accuracy_comparisons([bag9, resnet, same], data, cache=cache, bootstrap=boot)
+    top1 = {(c["a"], c["b"]): c for c in comps if c["metric"] == "top1"}
+    twin = top1[("B9", "B9 again")]
+    assert twin["diff"] == 0 and twin["p"] == 1.0 and twin["p_mcnemar"] == 1.0 and twin["diff_ci"] == [0.0, 0.0]
+    pr = predictions(resnet, data, cache=cache)
+    hit_r = pr.logits.argmax(1) == pr.targets
+    c = top1[("B9", "R18")]
+    assert (c["a_only"], c["b_only"]) == (int((hit & ~hit_r).sum()), int((~hit & hit_r).sum()))
+    assert c["p_mcnemar"] == pytest.approx(mcnemar_exact(hit, hit_r)[0])
+    assert c["diff"] == pytest.approx(100 * (hit.mean() - hit_r.mean()))
+    assert c["diff_ci"] == pytest.approx(_naive_interval(boot, n, lambda r: 100 * (hit[r].mean() - hit_r[r].mean())))
+
+    lc = logit_correlation([bag3, bag9], [resnet], data, cache=cache, bootstrap=boot)
+    a, b = predictions(bag9, data, cache=cache).logits, pr.logits
+    pair = lc.pairs[1]
+    assert pair["bagnet"] == "B9"
+    assert pair["r_all_ci"] == pytest.approx(
+        _naive_interval(boot, n, lambda r: np.corrcoef(a[r].ravel(), b[r].ravel())[0, 1]))
+    per = np.array([np.corrcoef(x, y)[0, 1] for x, y in zip(a, b)])
+    assert pair["r_per_image_ci"] == pytest.approx(_naive_interval(boot, n, lambda r: per[r].mean()))
+    assert pair["r_per_image_median_ci"] == pytest.approx(_naive_interval(boot, n, lambda r: np.median(per[r])))
+    [c_all, c_img] = lc.comparisons  # B9 minus B3 against R18, on the same resamples
+    a3 = predictions(bag3, data, cache=cache).logits
+    assert (c_all["a"], c_all["b"], c_all["metric"]) == ("B9", "B3", "r_all")
+    assert c_all["diff_ci"] == pytest.approx(_naive_interval(
+        boot, n, lambda r: np.corrcoef(a[r].ravel(), b[r].ravel())[0, 1] - np.corrcoef(a3[r].ravel(), b[r].ravel())[0, 1]))
+    assert c_img["metric"] == "r_per_image"
+
+    ed = error_distribution([bag9], [resnet], data, cache=cache, bootstrap=boot)
+    t = p.targets
+
+    def err(pred, r):
+        return [100 * np.mean(pred[r][t[r] == k] != k) for k in range(3)]
+
+    pb, prr = p.logits.argmax(1), pr.logits.argmax(1)
+    assert ed.pairs[0]["r_ci"] == pytest.approx(
+        _naive_interval(boot, n, lambda r: np.corrcoef(err(prr, r), err(pb, r))[0, 1], strata=t), nan_ok=True)
+    low, high = np.array(ed.errors_ci["B9"]).T
+    assert (low <= np.array(ed.errors["B9"]) + 1e-9).all() and (np.array(ed.errors["B9"]) <= high + 1e-9).all()
+
+    res = interactions([bag9, resnet], data, n_patches=2, gap=0, cache=cache, bootstrap=boot)
+    m = res.models[1]
+    x, y = np.asarray(m["sum_single"]), np.asarray(m["joint"])
+    assert m["slope_ci"] == pytest.approx(_naive_interval(boot, n, lambda r: np.polyfit(x[r], y[r], 1)[0]))
+    assert m["intercept_ci"] == pytest.approx(_naive_interval(boot, n, lambda r: np.polyfit(x[r], y[r], 1)[1]))
+    assert m["r_ci"] == pytest.approx(_naive_interval(boot, n, lambda r: np.corrcoef(x[r], y[r])[0, 1]))
+    assert m["relative_deviation_ci"] == pytest.approx(
+        _naive_interval(boot, n, lambda r: np.abs(y[r] - x[r]).mean() / np.abs(x[r]).mean()))
+    [cmp_slope, cmp_rel] = res.comparisons
+    xb, yb = np.asarray(res.models[0]["sum_single"]), np.asarray(res.models[0]["joint"])
+    assert cmp_rel["diff_ci"] == pytest.approx(_naive_interval(
+        boot, n, lambda r: np.abs(yb[r] - xb[r]).mean() / np.abs(xb[r]).mean()
+        - np.abs(y[r] - x[r]).mean() / np.abs(x[r]).mean()))
+    assert cmp_slope["metric"] == "slope" and 0 <= cmp_slope["p"] <= 1

@@ -9,13 +9,24 @@ output column of each class of the data), built by :func:`load_classifier` from 
 once per model and image and kept in a :class:`LogitCache`.
 """
 
-from ._captum import METHODS, UnsupportedModelError, attribution_cells, captum_ready, check_lrp_supported
+from ._captum import (
+    METHODS,
+    UnsupportedModelError,
+    attribution_cells,
+    bagnet_occlusion,
+    captum_ready,
+    check_lrp_supported,
+    gradcam_layer,
+    gradcam_map,
+    traceable_bagnet,
+    upsample_to_pixels,
+)
 from ._classifier import Classifier, load_classifier
 from ._data import EvalData, load_data
 from ._predictions import LogitCache, Predictions, predictions
 from ._specs import ModelSpec, parse_model_spec
-from ._stats import pearson
-from .accuracy import ModelAccuracy, accuracy, write_accuracy
+from ._stats import Bootstrap, mcnemar_exact, paired_bootstrap, pearson
+from .accuracy import AccuracyResult, ModelAccuracy, accuracy, accuracy_comparisons, write_accuracy
 from .error_distribution import ErrorDistribution, error_distribution, write_error_distribution
 from .interactions import InteractionResult, choose_patches, interactions, mask_patches, write_interactions
 from .logit_correlation import LogitCorrelation, logit_correlation, write_logit_correlation
@@ -31,6 +42,8 @@ from .spatial_sensitivity import (
 
 __all__ = [
     "METHODS",
+    "AccuracyResult",
+    "Bootstrap",
     "Classifier",
     "ErrorDistribution",
     "EvalData",
@@ -44,12 +57,16 @@ __all__ = [
     "SpatialSensitivity",
     "UnsupportedModelError",
     "accuracy",
+    "accuracy_comparisons",
     "attribution_cells",
     "bagnet_cells",
+    "bagnet_occlusion",
     "captum_ready",
     "check_lrp_supported",
     "choose_patches",
     "error_distribution",
+    "gradcam_layer",
+    "gradcam_map",
     "interactions",
     "load_classifier",
     "load_data",
@@ -57,11 +74,15 @@ __all__ = [
     "mask_patches",
     "mask_top_cells",
     "masking_scores",
+    "mcnemar_exact",
+    "paired_bootstrap",
     "parse_model_spec",
     "patch_size",
     "pearson",
     "predictions",
     "spatial_sensitivity",
+    "traceable_bagnet",
+    "upsample_to_pixels",
     "write_accuracy",
     "write_error_distribution",
     "write_interactions",

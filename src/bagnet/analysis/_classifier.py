@@ -35,7 +35,8 @@ class Classifier:
     Args:
         label: name in results.
         model: the network (put in eval mode here).
-        mean, std: per-channel normalization the network expects.
+        mean: per-channel mean of the normalization the network expects.
+        std: per-channel standard deviation of that normalization.
         columns: output index of each data-set class; ``None`` means output k is class k.
         fingerprint: identifies model and weights, for caches.
     """

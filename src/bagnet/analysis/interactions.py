@@ -15,12 +15,19 @@ the target-class logit (masked minus original). Additivity means
     The paper's exact patch count and placement are not reproduced; both are options.
     The same patches (seeded by the image's index) are used for every model, so the
     models are compared on identical perturbations.
+
+Uncertainty: every fitted number has a 95% percentile-bootstrap interval over images
+(``slope_ci``, ``intercept_ci``, ``r_ci``, ``mean_abs_deviation_ci``,
+``relative_deviation_ci``: resample images, refit). Since all models see the same images and
+patches, every pair of models is compared with a paired bootstrap (``comparisons``: the
+difference of slope and of relative deviation, its interval and two-sided p-value).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,14 +41,16 @@ from ._classifier import Classifier
 from ._data import EvalData
 from ._output import panel_grid, write_result
 from ._predictions import LogitCache, predictions
-from ._stats import pearson
+from ._stats import Bootstrap, bootstrap_interval, paired_bootstrap, pearson
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
     "InteractionResult",
+    "add_fits",
     "choose_patches",
+    "fit_intervals",
     "interactions",
     "mask_patches",
     "plot_interactions",
@@ -61,6 +70,8 @@ class InteractionResult:
     target: str
     models: list[dict] = field(default_factory=list)
     images: int = 0
+    comparisons: list[dict] = field(default_factory=list)  # a, b, metric, diff, diff_ci, p
+    bootstrap: dict = field(default_factory=dict)
 
 
 def choose_patches(height: int, width: int, n: int, size: int, gap: int = 0, *, seed: Sequence[int] | int = 0) -> np.ndarray:
@@ -117,6 +128,62 @@ def _fit(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     }
 
 
+_FIT_KEYS = ("slope", "intercept", "r", "mean_abs_deviation", "relative_deviation")
+
+
+def _fit_statistics(x: np.ndarray, y: np.ndarray) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """The numbers of :func:`_fit` as functions of resampling weights ``[R, n]`` over images
+    (weighted least squares with integer weights is the fit of the resample)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    ok = (np.isfinite(x) & np.isfinite(y)).astype(np.float64)
+    x, y = np.where(ok > 0, x, 0.0), np.where(ok > 0, y, 0.0)
+    # Centred by the overall means, which keeps the moments accurate.
+    ox, oy = (x * ok).sum() / max(ok.sum(), 1.0), (y * ok).sum() / max(ok.sum(), 1.0)
+    cx, cy = (x - ox) * ok, (y - oy) * ok
+    cols = np.stack([ok, cx, cy, cx * cx, cx * cy, cy * cy, np.abs(y - x) * ok, np.abs(x) * ok], axis=1)
+
+    def moments(w: np.ndarray) -> dict[str, np.ndarray]:
+        s = w @ cols
+        n = s[:, 0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mx, my = s[:, 1] / n, s[:, 2] / n
+            return {"n": n, "mx": mx, "my": my, "vxx": s[:, 3] / n - mx * mx, "vxy": s[:, 4] / n - mx * my,
+                    "vyy": s[:, 5] / n - my * my, "dev": s[:, 6] / n, "scale": s[:, 7] / n}
+
+    def slope(w):
+        m = moments(w)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where((m["n"] >= 2) & (m["vxx"] > 0), m["vxy"] / m["vxx"], np.nan)
+
+    def intercept(w):
+        m = moments(w)
+        return (m["my"] + oy) - slope(w) * (m["mx"] + ox)
+
+    def r(w):
+        m = moments(w)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            den = np.sqrt(m["vxx"] * m["vyy"])
+            return np.where((m["n"] >= 2) & (den > 0), m["vxy"] / den, np.nan)
+
+    def mad(w):
+        return moments(w)["dev"]
+
+    def rel(w):
+        m = moments(w)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(m["scale"] > 0, m["dev"] / m["scale"], np.nan)
+
+    return {"slope": slope, "intercept": intercept, "r": r, "mean_abs_deviation": mad, "relative_deviation": rel}
+
+
+def fit_intervals(x: np.ndarray, y: np.ndarray, boot: Bootstrap, weights: np.ndarray | None = None) -> dict[str, list]:
+    """``KEY_ci`` (percentile bootstrap over images) of every number of the fit of ``y`` on ``x``."""
+    stats = _fit_statistics(x, y)
+    w = boot.weights(len(x)) if weights is None else weights
+    return {f"{k}_ci": bootstrap_interval(stats[k], len(x), boot, weights=w).ci for k in _FIT_KEYS}
+
+
 def interactions(
     models: Sequence[Classifier],
     data: EvalData,
@@ -130,6 +197,7 @@ def interactions(
     seed: int = 0,
     cache: LogitCache | None = None,
     show_progress: bool = True,
+    bootstrap: Bootstrap | None = None,
 ) -> InteractionResult:
     """Single and joint masking effects on the target logit of every model.
 
@@ -145,6 +213,7 @@ def interactions(
         batch_size: images per forward pass (masked variants are batched).
         seed: patch placement (combined with each image's index).
         cache: outputs of the unmasked images are taken from (and added to) here.
+        bootstrap: resamples and seed of the intervals and comparisons.
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
@@ -185,10 +254,28 @@ def interactions(
     result = InteractionResult(patch_size, n_patches, gap, target, images=len(done))
     for m in models:
         s, j = np.asarray(singles[m.label]), np.asarray(joints[m.label])
-        result.models.append({
-            **m.describe(), **_fit(s, j),
-            "indices": done, "sum_single": s.tolist(), "joint": j.tolist(),
-        })
+        result.models.append({**m.describe(), "indices": done, "sum_single": s.tolist(), "joint": j.tolist()})
+    return add_fits(result, bootstrap or Bootstrap())
+
+
+def add_fits(result: InteractionResult, boot: Bootstrap) -> InteractionResult:
+    """Fit, intervals and paired comparisons from the per-image changes of every model
+    (``sum_single``, ``joint``): also how a result read back from JSON gets new intervals."""
+    n = result.images
+    w = boot.weights(n)
+    stats = {}
+    for m in result.models:
+        x, y = np.asarray(m["sum_single"], dtype=np.float64), np.asarray(m["joint"], dtype=np.float64)
+        m.update(_fit(x, y))
+        m.update(fit_intervals(x, y, boot, w))
+        stats[m["label"]] = _fit_statistics(x, y)
+    result.comparisons = []
+    for a, b in itertools.combinations(result.models, 2):
+        for key in ("slope", "relative_deviation"):
+            c = paired_bootstrap(stats[a["label"]][key], stats[b["label"]][key], n, boot, weights=w)
+            result.comparisons.append({"a": a["label"], "b": b["label"], "metric": key, "diff": c.diff,
+                                       "diff_ci": c.ci, "p": c.p})
+    result.bootstrap = boot.describe()
     return result
 
 
@@ -204,7 +291,9 @@ def plot_interactions(result: InteractionResult | dict) -> tuple[Figure, Any]:
         ax.plot([lo, hi], [lo, hi], ":", color="gray", lw=1)
         slope = m["slope"] if m["slope"] is not None else float("nan")
         rv = m["r"] if m["r"] is not None else float("nan")
-        ax.set_title(f"{m['label']}: slope {slope:.2f}, r {rv:.2f}", fontsize=9)
+        ci = m.get("slope_ci") or [None, None]
+        band = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if None not in ci else ""
+        ax.set_title(f"{m['label']}: slope {slope:.2f}{band}, r {rv:.2f}", fontsize=9)
         ax.set_xlabel("sum of single changes")
         ax.set_ylabel("joint change")
     fig.suptitle(
@@ -214,5 +303,6 @@ def plot_interactions(result: InteractionResult | dict) -> tuple[Figure, Any]:
 
 
 def write_interactions(result: InteractionResult, out_dir: str | os.PathLike, meta: dict | None = None) -> dict[str, Path]:
+    """``interactions.json`` and ``interactions.png`` in ``out_dir``."""
     fig, _ = plot_interactions(result)
     return write_result(out_dir, "interactions", "interactions", result.__dict__, fig, meta)

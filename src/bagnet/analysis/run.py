@@ -6,6 +6,7 @@ A config file (JSON, or TOML on Python 3.11+) looks like::
     {
       "data": "../shared/data/imagenette", "split": "val",
       "img_size": 112, "max_images": 1000, "batch_size": 32, "device": "auto",
+      "bootstrap_resamples": 2000, "bootstrap_seed": 0,
       "bagnets": ["BagNet-9=runs/b9/model.pt", "BagNet-33=runs/b33/model.pt"],
       "references": ["ResNet-18=resnet18@runs/r18/model.pt",
                      {"label": "VGG-11", "model": "vgg11_bn", "weights": "runs/vgg/model.pt"}],
@@ -17,7 +18,11 @@ A config file (JSON, or TOML on Python 3.11+) looks like::
 Relative paths are relative to the config file's folder. Experiments not named under
 ``experiments`` run with their defaults; ``false`` skips one. Every step writes its JSON
 atomically and is skipped on the next run when its JSON holds the same step key (same
-models and weight files, data and options), unless ``force``.
+models and weight files, data and options), unless ``force``. Every number gets a 95%
+percentile-bootstrap interval over images (``bootstrap_resamples`` seeded resamples,
+``bootstrap_seed``); a finished step whose only change is the bootstrap gets new intervals
+from its saved per-image results (interactions, spatial sensitivity) or from the cached
+model outputs, without masking images again.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from ._data import EvalData, load_data
 from ._output import read_json
 from ._predictions import LogitCache
 from ._specs import ModelSpec, parse_model_spec
+from ._stats import Bootstrap
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +74,8 @@ class AnalysisConfig:
     seed: int = 0
     class_map: str | None = None
     restrict_to_folder_classes: bool = False
+    bootstrap_resamples: int = 2000
+    bootstrap_seed: int = 0
     title: str = "BagNet analyses"
     experiments: dict[str, dict[str, Any] | bool] = field(default_factory=dict)
 
@@ -162,6 +170,7 @@ def config_from_dict(raw: dict[str, Any], base: str | os.PathLike = ".") -> Anal
     values = {k: v for k, v in raw.items() if k not in ("bagnets", "references", "experiments")}
     cfg = AnalysisConfig(**{**values, "bagnets": specs("bagnets"), "references": specs("references"),
                             "experiments": experiments})
+    Bootstrap(cfg.bootstrap_resamples, cfg.bootstrap_seed)  # refuse bad settings before any model loads
     cfg.data = rel(cfg.data)
     cfg.out = rel(cfg.out)
     cfg.class_map = cfg.class_map if cfg.class_map in (None, "imagenet") else rel(cfg.class_map)
@@ -208,6 +217,8 @@ class Session:
             are matched as every command matches them (:func:`bagnet.data.classes.class_mapping`).
         restrict_to_folder_classes: score predictions among the data set's classes only
             (the ImageNet-subset evaluation); by default among all of a model's outputs.
+        bootstrap_resamples: resamples of the bootstrap intervals and paired comparisons.
+        bootstrap_seed: seed of those resamples.
     """
 
     def __init__(
@@ -227,7 +238,10 @@ class Session:
         seed: int = 0,
         class_map: str | None = None,
         restrict_to_folder_classes: bool = False,
+        bootstrap_resamples: int = 2000,
+        bootstrap_seed: int = 0,
     ):
+        self.bootstrap = Bootstrap(bootstrap_resamples, bootstrap_seed)
         if batch_size < 1 or workers < 0 or (max_images is not None and max_images < 1):
             raise ValueError("batch size and max images must be at least 1, workers 0 or more")
         if threads is not None:
@@ -284,6 +298,7 @@ class Session:
             "preprocessing": self.data.preprocessing.describe(),
             "restrict_to_folder_classes": self.restrict_to_folder_classes,
             "seed": self.seed,
+            "bootstrap": self.bootstrap.describe(),
             "device": str(self.device),
             "models": [m.describe() for m in self.models],
         }
@@ -291,6 +306,7 @@ class Session:
     def step_key(self, experiment: str, options: dict[str, Any]) -> str:
         """Changes whenever the models, weights, data or options of a step change."""
         parts = {
+            "version": RESULT_VERSION,
             "experiment": experiment,
             "options": options,
             "data": self.data.fingerprint(),
@@ -304,6 +320,11 @@ class Session:
 
 # -- the experiment registry ---------------------------------------------------------------
 
+# Part of every step key: raised when the experiments' results change meaning or gain
+# fields, so that results written by an older bagnet are computed again (2: intervals,
+# paired comparisons, Grad-CAM and both directions of spatial sensitivity).
+RESULT_VERSION = 2
+
 
 @dataclass(frozen=True)
 class Experiment:
@@ -315,6 +336,9 @@ class Experiment:
     options: dict[str, Any]  # option -> default
     json_name: str
     help: str
+    # (saved JSON content, out dir, bootstrap) -> result with new intervals, or None when
+    # the saved per-image results do not allow it; None: the step is run again instead.
+    refresh: Callable[..., Any] | None = None
 
     def check_options(self, options: dict[str, Any]) -> None:
         unknown = sorted(set(options) - set(self.options))
@@ -323,38 +347,57 @@ class Experiment:
 
 
 def _accuracy(s: Session, max_images=None):
-    from .accuracy import accuracy
+    from .accuracy import AccuracyResult, accuracy, accuracy_comparisons
 
-    return accuracy(s.models, s.data, max_images=max_images or s.max_images, batch_size=s.batch_size, cache=s.cache,
-                    restricted=s.restrict_to_folder_classes)
+    common = {"max_images": max_images or s.max_images, "batch_size": s.batch_size, "cache": s.cache,
+              "restricted": s.restrict_to_folder_classes, "bootstrap": s.bootstrap}
+    return AccuracyResult(accuracy(s.models, s.data, **common), accuracy_comparisons(s.models, s.data, **common),
+                          s.bootstrap.describe())
 
 
 def _patch_size(s: Session, max_images=None):
     from .patch_size import patch_size
 
     return patch_size(s.models, s.data, max_images=max_images or s.max_images, batch_size=s.batch_size, cache=s.cache,
-                      restricted=s.restrict_to_folder_classes)
+                      restricted=s.restrict_to_folder_classes, bootstrap=s.bootstrap)
 
 
 def _logit_correlation(s: Session, max_images=None):
     from .logit_correlation import logit_correlation
 
     return logit_correlation(s.bagnets, s.references, s.data, max_images=max_images or s.max_images,
-                             batch_size=s.batch_size, cache=s.cache)
+                             batch_size=s.batch_size, cache=s.cache, bootstrap=s.bootstrap)
 
 
 def _error_distribution(s: Session, max_images=None):
     from .error_distribution import error_distribution
 
     return error_distribution(s.bagnets, s.references, s.data, max_images=max_images or s.max_images,
-                              batch_size=s.batch_size, cache=s.cache, restricted=s.restrict_to_folder_classes)
+                              batch_size=s.batch_size, cache=s.cache, restricted=s.restrict_to_folder_classes,
+                              bootstrap=s.bootstrap)
 
 
 def _interactions(s: Session, max_images=None, n_patches=10, patch_size=8, gap=0, target="true"):
     from .interactions import interactions
 
     return interactions(s.models, s.data, n_patches=int(n_patches), patch_size=patch_size, gap=int(gap), target=target,
-                        max_images=max_images or s.max_images, batch_size=s.batch_size, seed=s.seed, cache=s.cache)
+                        max_images=max_images or s.max_images, batch_size=s.batch_size, seed=s.seed, cache=s.cache,
+                        bootstrap=s.bootstrap)
+
+
+def _refresh_interactions(saved: dict[str, Any], out_dir: Path, boot: Bootstrap):
+    from .interactions import InteractionResult, add_fits
+
+    keep = ("label", "model", "kind", "receptive_field", "outputs", "source", "indices", "sum_single", "joint")
+    try:
+        result = InteractionResult(saved["patch_size"], saved["n_patches"], saved["gap"], saved["target"],
+                                   models=[{k: m[k] for k in keep if k in m} for m in saved["models"]],
+                                   images=saved["images"])
+        if any(len(m["sum_single"]) != result.images for m in result.models):
+            return None
+    except (KeyError, TypeError):
+        return None
+    return add_fits(result, boot)
 
 
 def _heatmap_dtype(s: Session, name: str):
@@ -366,13 +409,14 @@ def _heatmap_dtype(s: Session, name: str):
 
 
 def _spatial(s: Session, max_images=None, methods=None, max_k=30, k_step=2, cell=8, heatmap_stride=1,
-             ig_steps=25, lrp_epsilon=1e-2, test_bagnets=False, heatmap_dtype="float32"):
+             ig_steps=25, lrp_epsilon=1e-2, test_bagnets=True, heatmap_dtype="float32", occlusion_window=None,
+             occlusion_stride=None, gradcam_layer=None):
     from ._captum import METHODS
     from .spatial_sensitivity import spatial_sensitivity
 
     tested = [*s.references, *(s.bagnets if test_bagnets else [])]
     if not tested:
-        raise ValueError("spatial-sensitivity tests reference networks: add at least one (or test_bagnets)")
+        raise ValueError("spatial-sensitivity tests reference networks: add at least one (or set test_bagnets)")
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
     ks = sorted({0, *range(int(k_step), int(max_k) + 1, int(k_step)), int(max_k)}) if int(k_step) > 0 else [0, int(max_k)]
@@ -381,7 +425,18 @@ def _spatial(s: Session, max_images=None, methods=None, max_k=30, k_step=2, cell
         heatmap_stride=heatmap_stride, heatmap_dtype=_heatmap_dtype(s, heatmap_dtype),
         max_images=max_images or s.max_images, batch_size=s.batch_size,
         ig_steps=int(ig_steps), lrp_epsilon=float(lrp_epsilon), seed=s.seed, cache=s.cache,
+        references=s.references if test_bagnets else (),
+        occlusion_window=None if occlusion_window is None else int(occlusion_window),
+        occlusion_stride=None if occlusion_stride is None else int(occlusion_stride),
+        gradcam_layer=gradcam_layer, bootstrap=s.bootstrap,
     )
+
+
+def _refresh_spatial(saved: dict[str, Any], out_dir: Path, boot: Bootstrap):
+    from .spatial_sensitivity import add_curves, read_per_image
+
+    result = read_per_image(saved, out_dir)
+    return None if result is None else add_curves(result, boot)
 
 
 def _class_patches(s: Session, classes=None, top=8, heatmap_stride="native", heatmap_dtype="float32"):
@@ -425,11 +480,14 @@ EXPERIMENTS: dict[str, Experiment] = {
                    "error_distribution.json", "per-class errors of BagNets against references"),
         Experiment("interactions", _interactions, _writer("interactions", "write_interactions"),
                    {"max_images": None, "n_patches": 10, "patch_size": 8, "gap": 0, "target": "true"},
-                   "interactions.json", "do masked image parts change the logit independently?"),
+                   "interactions.json", "do masked image parts change the logit independently?",
+                   refresh=_refresh_interactions),
         Experiment("spatial-sensitivity", _spatial, _writer("spatial_sensitivity", "write_spatial_sensitivity"),
                    {"max_images": None, "methods": None, "max_k": 30, "k_step": 2, "cell": 8, "heatmap_stride": 1,
-                    "ig_steps": 25, "lrp_epsilon": 1e-2, "test_bagnets": False, "heatmap_dtype": "float32"},
-                   "spatial_sensitivity.json", "masking cells ranked by heatmaps vs attributions vs random"),
+                    "ig_steps": 25, "lrp_epsilon": 1e-2, "test_bagnets": True, "heatmap_dtype": "float32",
+                    "occlusion_window": None, "occlusion_stride": None, "gradcam_layer": None},
+                   "spatial_sensitivity.json", "masking cells ranked by heatmaps vs attributions vs random",
+                   refresh=_refresh_spatial),
         Experiment("class-patches", _class_patches, _writer("figures", "write_class_patches"),
                    {"classes": None, "top": 8, "heatmap_stride": "native", "heatmap_dtype": "float32"},
                    "class_patches.json", "most class-typical patches of each BagNet over the data"),
@@ -456,17 +514,28 @@ def run_experiment(
     exp.check_options(options)
     step = session.step_key(key, options)
     path = session.out_dir / exp.json_name
+    start = time.perf_counter()
+    result = None
     if not force and path.is_file():
         try:
             old = read_json(path)
         except ValueError:
             old = {}
-        if old.get("meta", {}).get("step_key") == step:
-            logger.info("%s: up to date (%s)", key, path)
-            return old, False
-        logger.info("%s: models, data or options changed since %s; recomputing", key, path)
-    start = time.perf_counter()
-    result = exp.run(session, **options)
+        old_meta = old.get("meta", {})
+        if old_meta.get("step_key") == step:
+            if old_meta.get("bootstrap") == session.bootstrap.describe():
+                logger.info("%s: up to date (%s)", key, path)
+                return old, False
+            if exp.refresh is not None:
+                result = exp.refresh(old, session.out_dir, session.bootstrap)
+                if result is not None:
+                    logger.info("%s: new bootstrap settings; intervals recomputed from the saved per-image results",
+                                key)
+                    start -= float(old_meta.get("seconds") or 0.0)
+        else:
+            logger.info("%s: models, data or options changed since %s; recomputing", key, path)
+    if result is None:
+        result = exp.run(session, **options)
     meta = {**session.describe(), "options": {**exp.options, **options}, "step_key": step,
             "seconds": round(time.perf_counter() - start, 1), "command": shlex.join(["bagnet", *sys.argv[1:]])}
     exp.write(result, session.out_dir, meta)
@@ -487,6 +556,7 @@ def run_all(config: AnalysisConfig, *, force: bool = False, only: Sequence[str] 
         img_size=config.img_size, max_images=config.max_images, batch_size=config.batch_size,
         workers=config.workers, device=config.device, threads=config.threads, seed=config.seed,
         class_map=config.class_map, restrict_to_folder_classes=config.restrict_to_folder_classes,
+        bootstrap_resamples=config.bootstrap_resamples, bootstrap_seed=config.bootstrap_seed,
     )
     from ._output import write_json
 

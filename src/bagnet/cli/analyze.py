@@ -50,6 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--only", default=None, metavar="NAME,...", help="run only these experiments")
     a.add_argument("--device", default=None, help="override the config's device")
     _add_threads(a)
+    _add_bootstrap(a, default=None)
     a.set_defaults(func=run_all)
     r = asub.add_parser("report", help="rebuild report.html and summary.md from the results in --out")
     r.add_argument("--out", required=True, help="folder with the experiments' JSON and PNG files")
@@ -68,6 +69,16 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--out", default="analysis", help="output folder (default: ./analysis)")
     add_device_args(p)
     _add_threads(p)
+    _add_bootstrap(p, default=2000)
+
+
+def _add_bootstrap(p: argparse.ArgumentParser, default: int | None) -> None:
+    g = p.add_argument_group("statistics")
+    what = "default: 2000" if default else "default: the config's bootstrap_resamples, else 2000"
+    g.add_argument("--bootstrap-resamples", type=int, default=default, metavar="N",
+                   help=f"resamples of the 95%% bootstrap intervals over images and of the paired comparisons ({what})")
+    g.add_argument("--bootstrap-seed", type=int, default=0 if default else None, metavar="S",
+                   help="seed of the bootstrap resamples (default: 0" + ("" if default else ", or the config's") + ")")
 
 
 def _add_threads(p: argparse.ArgumentParser) -> None:
@@ -86,14 +97,24 @@ def _interactions_args(p: argparse.ArgumentParser) -> None:
 def _spatial_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("spatial sensitivity")
     g.add_argument("--methods", default=None, metavar="M,...",
-                   help="attribution methods: saliency,integrated_gradients,deeplift,lrp,occlusion (default: all)")
+                   help="attribution methods: saliency,integrated_gradients,deeplift,lrp,occlusion,gradcam "
+                        "(default: all)")
     g.add_argument("--max-k", type=int, default=None, help="mask up to this many cells (default: 30)")
     g.add_argument("--k-step", type=int, default=None, help="step between k values (default: 2)")
     g.add_argument("--cell", type=int, default=None, help="cell side in pixels (default: 8)")
     _heatmap_stride(g, "1")
-    g.add_argument("--ig-steps", type=int, default=None, help="integrated-gradients steps (default: 25)")
+    g.add_argument("--ig-steps", type=int, default=None,
+                   help="integrated-gradients steps, one forward and backward pass each (default: 25)")
     g.add_argument("--lrp-epsilon", type=float, default=None, help="LRP epsilon (default: 0.01)")
-    g.add_argument("--test-bagnets", action="store_true", default=None, help="test the BagNets too")
+    g.add_argument("--occlusion-window", type=int, default=None, metavar="PX",
+                   help="occluded square side (default: the cell, 8); (image / stride)^2 forward passes per image")
+    g.add_argument("--occlusion-stride", type=int, default=None, metavar="PX",
+                   help="step between occluded squares (default: the window)")
+    g.add_argument("--gradcam-layer", default=None, metavar="MODULE",
+                   help="module Grad-CAM reads in every network (default: each network's last convolutional block)")
+    g.add_argument("--test-bagnets", action=argparse.BooleanOptionalAction, default=None,
+                   help="also test the BagNets, ranking their cells by the references' attributions too "
+                        "(default: yes; --no-test-bagnets tests the references only)")
 
 
 def _class_patches_args(p: argparse.ArgumentParser) -> None:
@@ -127,8 +148,8 @@ _EXTRA = {
 
 # CLI destinations that are experiment options (passed on only when given).
 _OPTION_DESTS = ("n_patches", "patch_size", "gap", "target", "methods", "max_k", "k_step", "cell",
-                 "heatmap_stride", "heatmap_dtype", "ig_steps", "lrp_epsilon", "test_bagnets", "classes", "top",
-                 "count")
+                 "heatmap_stride", "heatmap_dtype", "ig_steps", "lrp_epsilon", "test_bagnets", "occlusion_window",
+                 "occlusion_stride", "gradcam_layer", "classes", "top", "count")
 
 
 def _no_experiment(args: argparse.Namespace) -> int:
@@ -164,20 +185,22 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis._specs import parse_model_spec
     from ..analysis.report import tables_for, write_report
     from ..analysis.run import Session, run_experiment
-    from ._common import check_data_args
+    from ._common import check_data_args, data_folder
 
     if not args.bagnet and args.experiment not in ("accuracy",):
         raise ValueError(f"{args.experiment} needs at least one --bagnet")
     if not args.bagnet and not args.reference:
         raise ValueError("name at least one model with --bagnet or --reference")
     check_data_args(args)
+    folder = data_folder(args)
     options = _options(args)  # bad options fail before any model is loaded
     session = Session(
-        args.data, [parse_model_spec(s) for s in args.bagnet], [parse_model_spec(s) for s in args.reference],
-        out_dir=args.out, split=args.split, img_size=args.img_size, max_images=args.max_images,
+        str(folder), [parse_model_spec(s) for s in args.bagnet], [parse_model_spec(s) for s in args.reference],
+        out_dir=args.out, split=".", img_size=args.img_size, max_images=args.max_images,
         batch_size=args.batch_size, workers=args.workers, device=args.device, seed=args.seed,
         class_map=args.class_map, threads=args.threads,
         restrict_to_folder_classes=args.restrict_to_folder_classes,
+        bootstrap_resamples=args.bootstrap_resamples, bootstrap_seed=args.bootstrap_seed,
     )
     result, _ = run_experiment(session, args.experiment, options, force=True)
     _print_tables(tables_for(args.experiment, result))
@@ -200,6 +223,10 @@ def run_all(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, device=args.device)
     if args.threads:
         config = dataclasses.replace(config, threads=args.threads)
+    if args.bootstrap_resamples is not None:
+        config = dataclasses.replace(config, bootstrap_resamples=args.bootstrap_resamples)
+    if args.bootstrap_seed is not None:
+        config = dataclasses.replace(config, bootstrap_seed=args.bootstrap_seed)
     only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
     paths = _run_all(config, force=args.force, only=only)
     print(f"report: {paths['html']}\nsummary: {paths['md']}")
