@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ._io import atomic_path
+from .data.transforms import Preprocessing
 from .models import FusedBagNet, fuse
 from .models._base import patch_head
 from .models.bagnet import BagNet
@@ -35,9 +36,11 @@ from .models.bagnet import BagNet
 __all__ = ["FORMATS", "OPSET", "export_metadata", "export_onnx", "export_program", "save_exported_program"]
 
 FORMATS = ("onnx", "exported-program")
+"""The formats of ``bagnet export --format``."""
 # ONNX opset of the exported files: 18 is the torch exporter's own and runs on
 # onnxruntime >= 1.14; newer runtimes read it too.
 OPSET = 18
+"""The ONNX opset of the exported files."""
 
 
 class _Outputs(nn.Module):
@@ -85,6 +88,9 @@ def export_metadata(model: nn.Module, patch_logits: bool) -> dict[str, Any]:
         "mean": [float(v) for v in cfg.get("mean", ())],
         "std": [float(v) for v in cfg.get("std", ())],
         "img_size": cfg.get("img_size"),
+        "crop_pct": cfg.get("crop_pct"),
+        # how to prepare an image: bagnet.data.transforms.Preprocessing(img_size, crop_pct, mean, std)
+        "preprocessing": Preprocessing.from_cfg(cfg).describe(),
         "classes": list(cfg["classes"]) if cfg.get("classes") else None,
         "class_names": [str(n) for n in names] if names else None,
         "inputs": {"image": "normalized images [batch, channels, height, width], float32"},

@@ -45,12 +45,13 @@ def test_model_card_and_readme_quote_the_recorded_numbers(name, tag):
     entry = shipped_metrics()[f"{name}-{tag}"]
     card = (ROOT / "docs" / "models" / f"{name}-{tag}.md").read_text(encoding="utf-8")
     assert f"{_pct(entry['top1'])} / {_pct(entry['top5'])}" in card, f"{name}-{tag} card"
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    rows = [line for line in readme.splitlines() if line.startswith(f"| {name} ") and "top-1" in line]
-    assert rows, f"README's model table has no row for {name} with its top-1"
-    for row in rows:
-        quoted = re.findall(r"(\d+\.\d+)% top-1", row)
-        assert quoted and all(q == f"{entry['top1']:.2f}" for q in quoted), row
+    for page in ("README.md", "docs/models/index.md"):  # the models table, in the README and on the site
+        text = (ROOT / page).read_text(encoding="utf-8")
+        rows = [line for line in text.splitlines() if line.startswith(f"| {name} ") and "top-1" in line]
+        assert rows, f"{page}: the model table has no row for {name} with its top-1"
+        for row in rows:
+            quoted = re.findall(r"(\d+\.\d+)% top-1", row)
+            assert quoted and all(q == f"{entry['top1']:.2f}" for q in quoted), f"{page}: {row}"
 
 
 def test_record_metrics_refuses_what_would_misstate_a_number(tmp_path, capsys):

@@ -60,22 +60,28 @@ def test_pretrained_through_timm_is_the_shipped_model_with_its_data_config():
     data = timm_data.resolve_data_config(model=theirs)
     # the model file's own preprocessing, not timm's ImageNet defaults
     assert data["input_size"] == (3, 112, 112)
-    assert data["interpolation"] == "bilinear" and data["crop_pct"] == 0.875
+    # bagnet's whole-image preprocessing: the whole (square) image at 112 px, no crop
+    assert data["interpolation"] == "bilinear" and data["crop_pct"] == 1.0 and data["crop_mode"] == "center"
     assert list(data["mean"]) == list(ours.pretrained_cfg["mean"])
     cfg = theirs.pretrained_cfg
     assert list(cfg["label_names"]) == ours.pretrained_cfg["classes"]
     assert cfg["label_descriptions"]["n01440764"] == "tench"
-    # timm's eval transform gives the input our own eval transform gives
+    # timm's eval transform gives the input bagnet's one preprocessing gives, for a square image
     from PIL import Image
 
-    from bagnet.data.folder import eval_transform
+    from bagnet.data.transforms import Preprocessing
 
-    img = Image.fromarray((torch.rand(150, 130, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy())
-    t_theirs = timm_data.create_transform(**data)(img)
-    t_ours = eval_transform(112, ours.pretrained_cfg["mean"], ours.pretrained_cfg["std"])(img)
-    assert t_theirs.shape == t_ours.shape == (3, 112, 112)
-    # PIL's and torchvision's bilinear resampling differ by rounding; the geometry is the same
-    assert (t_theirs - t_ours).abs().mean() < 0.05
+    ours_pre = Preprocessing.from_cfg(ours.pretrained_cfg)
+    for h, w in ((150, 150), (150, 130)):
+        img = Image.fromarray((torch.rand(h, w, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy())
+        t_theirs = timm_data.create_transform(**data)(img)
+        t_ours = ours_pre(img)
+        if h == w:
+            assert t_theirs.shape == t_ours.shape == (3, 112, 112)
+            # PIL's and torch's antialiased bilinear resampling differ by rounding; the geometry is the same
+            assert (t_theirs - t_ours).abs().mean() < 0.05
+        else:  # timm has no whole-image mode: it keeps the central square (documented in timm_data_config)
+            assert t_theirs.shape == (3, 112, 112) and t_ours.shape == (3, 129, 112)
 
 
 def test_untrained_model_with_a_tag_gets_the_tags_data_config():
@@ -93,6 +99,23 @@ def test_pretrained_cfg_overlay_file_loads_a_local_model_file(tmp_path):
     x = torch.randn(1, 3, 48, 48)
     with torch.no_grad():
         torch.testing.assert_close(m.eval()(x), src.eval()(x))
+
+
+def test_local_dir_model_folder_loads_its_weights(tmp_path):
+    """``timm.create_model("local-dir:RUN/model", pretrained=True)``: the folder bagnet writes."""
+    src = randomize_batchnorm(bagnet.create_model("bagnet_tiny", num_classes=3))
+    folder = bagnet.save_pretrained(src, tmp_path / "run" / "model", {"classes": ["a", "b", "c"], "img_size": 48})
+    m = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    assert m.num_classes == 3 and list(m.pretrained_cfg["label_names"]) == ["a", "b", "c"]
+    assert timm_data.resolve_data_config(model=m)["input_size"] == (3, 48, 48)
+    for k, v in src.state_dict().items():
+        assert torch.equal(m.state_dict()[k], v), k
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(m.eval()(x), src.eval()(x), rtol=0, atol=0)
+    # without pretrained: the folder's architecture, untrained
+    untrained = timm.create_model(f"local-dir:{folder}", pretrained=False)
+    assert untrained.num_classes == 3 and not torch.equal(untrained.fc.weight, src.fc.weight)
 
 
 def test_reset_classifier_and_feature_extractor():

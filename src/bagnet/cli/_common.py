@@ -45,7 +45,7 @@ def add_model_args(parser: argparse.ArgumentParser, *, required: bool = False, t
 
 
 def add_data_args(parser: argparse.ArgumentParser, *, required: bool = True, labelled: bool = True,
-                  split: bool = True) -> argparse._ArgumentGroup:
+                  split: bool = True, restrict: bool = True) -> argparse._ArgumentGroup:
     """The data options every command that reads an image folder shares, with one meaning.
 
     ``--data``, ``--split``, ``--class-map`` and ``--restrict-to-folder-classes`` (for
@@ -57,12 +57,14 @@ def add_data_args(parser: argparse.ArgumentParser, *, required: bool = True, lab
     g.add_argument("--data", required=required,
                    help="dataset folder" + (" (with --split sub-folder) of <class>/ folders" if split else ""))
     if split:
-        g.add_argument("--split", default="val", help="sub-folder of --data to use; '.' for --data itself "
-                                                     "(default: val)")
+        g.add_argument("--split", default=None,
+                       help="sub-folder of --data to use, '.' for --data itself; by default val/ where --data has "
+                            "one, else --data itself when it holds class folders")
     if labelled:
         g.add_argument("--class-map", default=None, metavar="imagenet|FILE.tsv",
                        help="map folder names to model outputs ('imagenet': the dataset's classes.tsv); by default "
                             "by class name, or through the dataset's classes.tsv for ImageNet-1k models")
+    if labelled and restrict:
         g.add_argument("--restrict-to-folder-classes", action="store_true",
                        help="choose each prediction among the folder's classes only, ignoring the model's other "
                             "outputs (the ImageNet-subset evaluation); by default predicting any other class is wrong")
@@ -99,7 +101,14 @@ def data_folder(args: argparse.Namespace) -> Path:
     if not root.is_dir():
         raise FileNotFoundError(f"--data {root} does not exist" if not root.exists() else f"--data {root} is not a folder")
     split = getattr(args, "split", ".")
-    folder = root if split in (".", "", None) else root / split
+    if split is None:  # val/ of a data set, or a folder of class folders itself
+        if (root / "val").is_dir():
+            return root / "val"
+        if (root / "train").is_dir():
+            raise FileNotFoundError(f"{root} has train/ but no val/; pass --split train (or another sub-folder) "
+                                    "to use it")
+        return root
+    folder = root if split in (".", "") else root / split
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} does not exist; pass --split NAME for another sub-folder of {root} "
                                 "('.' for the folder itself)")
@@ -140,7 +149,7 @@ def resolve_model(args: argparse.Namespace, **kwargs: Any) -> nn.Module:
     ``NAME@random`` (or ``--weights random``): random weights.
     """
     from ..models import default_model
-    from ..models._spec import load_spec, parse_spec
+    from ..models._spec import Spec, load_spec, parse_spec
 
     file = getattr(args, "weights_file", None)
     if file is not None and args.weights is None and (args.model is None or "@" not in args.model):
@@ -149,7 +158,7 @@ def resolve_model(args: argparse.Namespace, **kwargs: Any) -> nn.Module:
         model, line = default_model()
         logger.info("model: %s", line)
         return model
-    spec = parse_spec(args.model, args.weights) if args.model is not None else parse_spec(args.weights)
+    spec = parse_spec(args.model, args.weights) if args.model is not None else Spec(None, args.weights)
     return load_spec(spec, file=file, **kwargs)
 
 

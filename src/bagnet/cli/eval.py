@@ -19,6 +19,7 @@ import logging
 import shlex
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._text import plural
@@ -43,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_device_args(p)
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results here as JSON")
+    p.add_argument("--predictions", default=None, metavar="OUT.csv",
+                   help="also write every image's prediction here (path, label, prediction, probability, correct)")
     p.add_argument("--fast", default=None, metavar="MODE",
                    help="also run the model in a faster inference mode (fused: exact; bf16: bfloat16) and report "
                         "its speed and how often its top-1 class agrees with float32's")
@@ -76,7 +79,8 @@ def collect_logits(
 
 
 def run(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader, Subset
+    import torch
+    from torch.utils.data import DataLoader
 
     from ..data.classes import class_mapping
     from ..data.folder import ImageFolder, collate_skip, subset_indices
@@ -109,10 +113,13 @@ def run(args: argparse.Namespace) -> int:
     selection = eval_selection(cfg, folder, dataset.samples, args.subset)
     pool = selection.indices if selection.indices is not None else list(range(len(dataset)))
     chosen = [pool[i] for i in subset_indices([dataset.targets[j] for j in pool], args.max_images, args.seed)]
-    subset = Subset(dataset, chosen) if len(chosen) < len(dataset) else dataset
-    loader = DataLoader(subset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_skip,
-                        pin_memory=device.type == "cuda")
-    logits, targets, skipped, seconds = collect_logits(model, loader, device, restrict)
+    # Each item carries its position in `chosen` instead of its label, so every prediction
+    # stays tied to its file, also when unreadable images drop out of a batch.
+    loader = DataLoader(_Positions(dataset, chosen), batch_size=args.batch_size, num_workers=args.workers,
+                        collate_fn=collate_skip, pin_memory=device.type == "cuda")
+    labels = torch.as_tensor([dataset.targets[j] for j in chosen], dtype=torch.long)
+    logits, positions, skipped, seconds = collect_logits(model, loader, device, restrict)
+    targets = labels[positions]
     report = classification_report(logits, targets, classes, None if restrict is not None else index)
     report.update(
         command=shlex.join(["bagnet", "eval", *sys.argv[2:]]) if sys.argv[1:2] == ["eval"] else None,
@@ -136,7 +143,10 @@ def run(args: argparse.Namespace) -> int:
         images_per_s=report["images"] / seconds if seconds > 0 else 0.0,
     )
     if args.fast:
-        report["fast"] = evaluate_fast(model, args.fast, loader, device, restrict, index, logits, targets)
+        report["fast"] = evaluate_fast(model, args.fast, loader, device, restrict, index, logits, labels)
+    if args.predictions:
+        _write_predictions(args.predictions, folder, dataset, [chosen[int(k)] for k in positions], logits, targets,
+                           index if restrict is None else None, model, classes)
     for line in selection.lines:
         print(line)
     print_report(report, classes)
@@ -149,17 +159,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def evaluate_fast(model: nn.Module, mode: str, loader: DataLoader, device: torch.device, restrict: list[int] | None,
-                  index: list[int] | None, logits: torch.Tensor, targets: torch.Tensor) -> dict:
+                  index: list[int] | None, logits: torch.Tensor, labels: torch.Tensor) -> dict:
     """Top-1 accuracy, speed and top-1 agreement with the float32 ``logits`` of ``model`` run
     in the inference mode ``mode`` (see ``bagnet bench``), scored as ``bagnet eval`` scores:
     among the columns ``restrict`` only if given, else among all outputs, class k's being
-    ``index[k]`` (``None``: output k)."""
+    ``index[k]`` (``None``: output k). ``loader`` yields positions into ``labels``."""
     import torch
 
     from ..models import INFERENCE_MODES, prepare_for_inference, top1_agreement
 
     fast = prepare_for_inference(model, **INFERENCE_MODES[mode])
-    fast_logits, fast_targets, _, seconds = collect_logits(fast, loader, device, restrict)
+    fast_logits, positions, _, seconds = collect_logits(fast, loader, device, restrict)
+    fast_targets = labels[positions]
     n = len(fast_targets)
     if n == 0:
         raise ValueError(f"--fast {mode}: no readable images to compare on")
@@ -172,6 +183,46 @@ def evaluate_fast(model: nn.Module, mode: str, loader: DataLoader, device: torch
         "seconds": seconds,
         "images_per_s": n / seconds if seconds > 0 else 0.0,
     }
+
+
+class _Positions:
+    """``dataset[chosen[k]]`` as ``(image, k)``: the label is looked up afterwards, by position."""
+
+    def __init__(self, dataset, chosen: list[int]):
+        self.dataset, self.chosen = dataset, chosen
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    def __getitem__(self, k: int):
+        item = self.dataset[self.chosen[k]]
+        return None if item is None else (item[0], k)
+
+
+def _write_predictions(path, folder, dataset, samples: list[int], logits, targets, index, model, classes) -> None:
+    """One CSV row per scored image: its path, label, the predicted class, its softmax
+    probability (over the outputs scored among) and whether it is right."""
+    import csv
+    import io
+
+    import torch
+
+    from .._io import write_text
+
+    names = list(model.pretrained_cfg.get("classes") or [])
+    probs = logits.softmax(1)
+    top = probs.argmax(1)
+    right = targets if index is None else torch.as_tensor(index)[targets]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "label", "prediction", "probability", "correct"])
+    for j, t, p, pr, r in zip(samples, targets.tolist(), top.tolist(), probs.max(1).values.tolist(),
+                              right.tolist()):
+        predicted = (names[p] if index is not None and p < len(names) else classes[p] if index is None
+                     else str(p))
+        rel = Path(dataset.samples[j][0]).relative_to(folder).as_posix()
+        w.writerow([rel, classes[t], predicted, f"{pr:.6f}", int(p == r)])
+    print(f"predictions: {write_text(path, buf.getvalue())}")
 
 
 def print_report(report: dict, classes: list[str]) -> None:

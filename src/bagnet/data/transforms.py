@@ -137,10 +137,10 @@ class Prepared:
     Attributes:
         input: ``[3, H, W]`` normalized, what the model takes.
         display: ``[3, H, W]`` in [0, 1], the same pixels before normalization.
-        size: ``(width, height)`` of the original image (for a JPEG decoded at a reduced
-            scale: of the file, not of the decode).
-        box: ``(x0, y0, x1, y1)`` of the part of the original image the input shows, in
-            original pixels (the whole image unless its long side was cut).
+        size: ``(width, height)`` of the image as decoded (a large JPEG file is decoded
+            at a reduced scale, see :meth:`Preprocessing.load`).
+        box: ``(x0, y0, x1, y1)`` of the part of that image the input shows, in its pixels
+            (the whole image unless its long side was cut).
         decoded: the decoded PIL image, where the input came from a file or PIL image.
     """
 

@@ -62,18 +62,25 @@ _NOT_META = {"source", "tag", "architecture", "input_size", "min_input_size", "f
              "classifier", "paper_name", "paper_ids", "origin_url"}
 
 
-def timm_data_config(model: nn.Module) -> dict[str, Any]:
+def timm_data_config(model: nn.Module, meta: dict | None = None) -> dict[str, Any]:
     """timm's ``pretrained_cfg`` keys for a BagNet built by :func:`bagnet.create_model`.
 
-    The preprocessing is bagnet's own evaluation transform: resize the short side to
-    ``img_size / 0.875`` (bilinear), centre-crop ``img_size``, normalize with the weights'
-    mean and std.
-    """
-    from ..data.folder import CROP_PCT
+    The preprocessing is the model's own (:class:`bagnet.data.transforms.Preprocessing`):
+    bagnet's models take the whole image with its short side resized to ``img_size``,
+    which timm spells ``crop_pct=1.0``, ``crop_mode="center"``, bilinear. timm always makes
+    a square input, so for an image that is not square timm's pipeline keeps the central
+    square where bagnet keeps the whole image; for square images the two agree.
 
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    Args:
+        model: the model; its ``pretrained_cfg`` gives image size, mean/std and classes.
+        meta: metadata that overrides the model's (what :func:`save_pretrained` writes).
+    """
+    from ..data.transforms import Preprocessing
+
+    cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **(meta or {})}
     in_chans = int(getattr(model, "in_chans", 3))
-    size = int(cfg.get("img_size") or 224)
+    pre = Preprocessing.from_cfg(cfg, None if cfg.get("img_size") else 224)
+    size = pre.img_size
     q = int(model.receptive_field)
     classes = cfg.get("classes")
     names = cfg.get("class_names")
@@ -84,10 +91,10 @@ def timm_data_config(model: nn.Module) -> dict[str, Any]:
         "min_input_size": (in_chans, q, q),
         "fixed_input_size": False,
         "interpolation": "bilinear",
-        "crop_pct": CROP_PCT,
+        "crop_pct": pre.crop_pct if pre.crop_pct is not None else 1.0,
         "crop_mode": "center",
-        "mean": tuple(cfg.get("mean") or ()),
-        "std": tuple(cfg.get("std") or ()),
+        "mean": pre.mean,
+        "std": pre.std,
         "num_classes": int(model.num_classes),
         "label_names": tuple(classes) if classes else None,
         "label_descriptions": dict(zip(classes, names)) if described else None,
@@ -153,7 +160,8 @@ def _config(model: nn.Module, meta: dict | None) -> dict[str, Any]:
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     stored = {k: v for k, v in cfg.items() if k not in _NOT_META and v is not None}
     stored.update(meta or {})
-    timm_cfg = timm_data_config(model) if hasattr(model, "receptive_field") else {}
+    # timm's input size and labels follow the metadata written, as bagnet's loader reads them
+    timm_cfg = timm_data_config(model, meta) if hasattr(model, "receptive_field") else {}
     label_names = timm_cfg.pop("label_names", None)
     label_descriptions = timm_cfg.pop("label_descriptions", None)
     timm_cfg.pop("architecture", None)
@@ -362,6 +370,13 @@ def _model_card(model: nn.Module, repo_id: str) -> str:
         lines.append(f"- input size {cfg['img_size']} px")
     if cfg.get("dataset"):
         lines.append(f"- trained on {cfg['dataset']}")
-    for k, v in (cfg.get("metrics") or {}).items():
-        lines.append(f"- {k}: {v}")
+    metrics = cfg.get("metrics") or {}
+    shown = {k: v for k, v in metrics.items() if k in ("top1", "top5") and isinstance(v, (int, float))}
+    if shown:
+        evaluation = cfg.get("evaluation") or {}
+        where = f" on {evaluation['images']} images of {evaluation['data']}" if evaluation.get("data") else ""
+        lines.append("- " + " / ".join(f"{k.replace('top', 'top-')} {v:.2f}%" for k, v in shown.items()) + where)
+        for key in ("preprocessing", "scoring", "selection", "command"):
+            if evaluation.get(key):
+                lines.append(f"  - {key}: {evaluation[key]}")
     return "\n".join(lines) + "\n"

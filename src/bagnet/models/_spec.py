@@ -55,10 +55,15 @@ class Spec:
         return self.model if self.weights is None else f"{self.model}@{self.weights}"
 
 
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".tar", ".bin", ".safetensors", ".ckpt")
+
+
 def _names_a_location(text: str) -> bool:
+    """A path (existing or not: a missing one should be reported as missing), a URL or a Hub repo."""
     from ._pretrained import HUB_PREFIX
 
-    return text.startswith(HUB_PREFIX) or "://" in text or Path(text).expanduser().exists()
+    return (text.startswith(HUB_PREFIX) or "://" in text or Path(text).expanduser().exists()
+            or "/" in text or os.sep in text or text.lower().endswith(_WEIGHT_SUFFIXES))
 
 
 def parse_spec(text: str, weights: str | None = None) -> Spec:
@@ -77,7 +82,11 @@ def parse_spec(text: str, weights: str | None = None) -> Spec:
     text = str(text).strip()
     if not text:
         raise ValueError("empty model spec; use NAME, NAME@WEIGHTS, NAME@random or a model file")
-    if _names_a_location(text) or (text in registered_tags() and text not in list_models()):
+    head = text.partition("@")[0].strip()
+    named = "@" in text and not Path(text).expanduser().exists() and bool(head) and not (
+        Path(head).expanduser().exists() or head.lower().endswith(_WEIGHT_SUFFIXES)
+        or ("/" in head and not head.startswith("torchvision/")))
+    if not named and (_names_a_location(text) or (text in registered_tags() and text not in list_models())):
         if weights is not None:
             raise ValueError(f"{text} brings its own weights; drop --weights {weights}")
         return Spec(None, text)
@@ -120,7 +129,7 @@ def load_spec(spec: Spec | str, *, file: str | os.PathLike | None = None, num_cl
         try:
             return load_model(spec.weights, file=file, **kwargs)
         except UnnamedWeightsError as e:
-            raise ValueError(f"{e}: write NAME@{spec.weights}") from None
+            raise ValueError(f"{e} with --model NAME (or write NAME@{spec.weights})") from None
     if spec.random:
         if file is not None:
             raise ValueError(f"{spec} asks for random weights; drop the weights file")

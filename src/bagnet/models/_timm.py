@@ -9,8 +9,9 @@ when timm is imported, before or after bagnet, without importing timm itself (it
 longer to import than bagnet).
 
 Weights are chosen as timm chooses them: ``"bagnet33.imagenet"`` or ``pretrained_cfg``
-names a tag, ``pretrained_cfg_overlay=dict(file=PATH)`` a local file, and a
-``hf-hub:ORG/NAME`` model id a Hugging Face model repo.
+names a tag, ``pretrained_cfg_overlay=dict(file=PATH)`` a local file, a
+``hf-hub:ORG/NAME`` model id a Hugging Face model repo and ``local-dir:FOLDER`` a model
+folder (:func:`bagnet.save_pretrained`, or ``RUN/model`` of ``bagnet train``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ def _default_cfgs() -> dict:
                 # only tells timm that weights exist
                 "file": w.file,
                 "input_size": (3, w.img_size, w.img_size),
+                # bagnet's whole-image preprocessing, as timm spells it (see timm_data_config)
+                "crop_pct": 1.0,
+                "crop_mode": "center",
                 "mean": tuple(w.mean),
                 "std": tuple(w.std),
                 "num_classes": w.num_classes,
@@ -103,6 +107,8 @@ def _create(name: str, pretrained: bool, pretrained_cfg, overlay, cache_dir, kwa
     if pretrained:
         if cfg.source == "hf-hub" and cfg.hf_hub_id:
             source = f"hf-hub:{cfg.hf_hub_id}"
+        elif cfg.source == "local-dir" and cfg.file:
+            source = cfg.file  # "local-dir:FOLDER": timm read FOLDER/config.json, bagnet loads the folder
         elif cfg.state_dict is not None:
             raise ValueError(f"{name}: pretrained_cfg with an in-memory state_dict is not supported; save it to a file")
         elif overlay and (overlay.get("file") or overlay.get("url")):
