@@ -10,6 +10,17 @@ pytest.importorskip("ipykernel")
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "docs" / "notebooks"
 
+OFFLINE_CELL = """
+import socket as _socket
+_connect = _socket.socket.connect
+def _offline_connect(sock, address):
+    host = address[0] if isinstance(address, tuple) else address
+    if sock.family in (_socket.AF_INET, _socket.AF_INET6) and not (str(host).startswith("127.") or host in ("::1", "localhost")):
+        raise OSError(f"the notebook runs offline, but it connects to {address}")
+    return _connect(sock, address)
+_socket.socket.connect = _offline_connect
+"""
+
 
 @pytest.mark.slow  # starts a Jupyter kernel and trains for an epoch: 20-60 s on a shared 2-core CPU
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
@@ -20,6 +31,12 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # offline: any connection to another machine fails in the kernel (a cell run before the
+    # notebook's own, not saved), and so does any HTTP client that honours the proxy variables
+    nb.cells.insert(0, nbformat.v4.new_code_cell(OFFLINE_CELL))
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError, with the cell and traceback, if a cell fails

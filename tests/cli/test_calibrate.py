@@ -101,7 +101,7 @@ def test_bad_input_is_one_line(setup, capsys, args, words):
 def test_separate_test_sets_choose_on_one_and_measure_on_the_other(setup, tmp_path, capsys):
     """--test-data/--test-unknown: the threshold is chosen on all of --data (no halves) and
     measured on the test sets only, checked against scores from explain()."""
-    root, known, unknown, weights = setup
+    _root, known, unknown, weights = setup
     test_known = make_image_folder(tmp_path / "tk", per_class=4, splits=("val",), seed=7) / "val"
     out = tmp_path / "m.pt"
     assert main(["calibrate", "--data", str(known), "--unknown", str(unknown), "--test-data", str(test_known),

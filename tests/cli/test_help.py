@@ -59,3 +59,27 @@ def test_plain_removes_restructuredtext_by_hand():
     assert plain("see :class:`~bagnet.train.TrainConfig` and ``--epochs`` or `bagnet models`") == (
         "see TrainConfig and --epochs or 'bagnet models'")
     assert plain(":func:`bagnet.create_model`") == "bagnet.create_model"
+
+
+def test_version_prints_the_package_version(capsys):
+    import bagnet
+    from bagnet.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"bagnet {bagnet.__version__}"
+
+
+def test_the_installed_command_prints_the_version_pyproject_declares():
+    """`bagnet --version`, as installed, agrees with the version the package metadata carries."""
+    import subprocess
+    import sys
+    from importlib.metadata import version
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("bagnet")
+    if not exe.is_file():
+        pytest.skip(f"the bagnet command is not installed beside {sys.executable}")
+    out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip() == f"bagnet {version('bagnet')}"
