@@ -34,7 +34,7 @@ import torch
 from bagnet._io import atomic_path
 
 KEEP = ("mean", "std", "img_size", "crop_pct", "dataset", "command", "classes", "class_names", "unknown", "source",
-        "train_evidence", "train_img_size", "train_split")
+        "train_evidence", "train_img_size", "val_split")
 LIMIT = 10 * 1024 * 1024
 
 

@@ -22,8 +22,24 @@ CALIBRATED=$RUN-imagenette.pt
 [ -f "$RUN/model.pt" ] || { echo "no $RUN/model.pt: run tools/fixres_default_model.sh to the end first" >&2; exit 1; }
 [ -d runs/caltech-split ] || .venv/bin/python tools/split_categories.py "$OOD" runs/caltech-split
 [ -d "$RUN-held-out" ] || .venv/bin/python tools/heldout_folder.py "$DATA/train" "$RUN-held-out" --fraction 0.1 --seed 2
+# The stage-3 run predates bagnet train's own record of its --val-split and of its training
+# size, and its file still carried stage 2's calibration: write what this file is.
+[ -f "$RUN/model-fixed.pt" ] || .venv/bin/python - "$RUN" "$DATA/train" <<'PY'
+import sys, torch
+from bagnet._io import atomic_save
+from bagnet.data.folder import ImageFolder, split_indices
+from bagnet.train.split import record_val_split
+run, train = sys.argv[1:]
+m = torch.load(f"{run}/model.pt", weights_only=True)
+ds = ImageFolder(train)
+record = record_val_split(train, ds.samples, split_indices(ds.targets, 0.1, seed=2)[1], 0.1, 2)
+record["folder"] = train  # relative to the checkout; the digest of the image paths identifies it anywhere
+meta = {k: v for k, v in m["meta"].items() if k not in ("source", "unknown")}
+m["meta"] = {**meta, "val_split": record, "train_img_size": 192}
+atomic_save(m, f"{run}/model-fixed.pt")
+PY
 [ -f "$CALIBRATED" ] || .venv/bin/bagnet calibrate --data "$RUN-held-out" --unknown runs/caltech-split/train \
-    --test-data "$DATA/val" --test-unknown runs/caltech-split/held_out --weights "$RUN/model.pt" --cost 0.05 \
+    --test-data "$DATA/val" --test-unknown runs/caltech-split/held_out --weights "$RUN/model-fixed.pt" --cost 0.05 \
     --workers 1 --out "$CALIBRATED" --json "$RUN-calibrate.json"
 if [ "${PACKAGE:-1}" = 1 ]; then
     .venv/bin/python tools/package_model.py "$CALIBRATED" --name bagnet33_w25-imagenette \
