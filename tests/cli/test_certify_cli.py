@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,7 +53,8 @@ def test_certify_prints_writes_and_agrees_with_the_library(folder_and_model, tmp
                "--attack-search-steps", "1", "--workers", "0", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "12 images at 48 px" in text and "certified images the attack flipped: 0" in text
+    assert "(12 images)" in text and "short side resized to 48 px" in text
+    assert "certified images the attack flipped: 0" in text
     summary = json.loads((out / "summary.json").read_text())
     images = json.loads((out / "per_image.json").read_text())["images"]
     assert (out / "certified_vs_patch.png").read_bytes()[:4] == b"\x89PNG"
@@ -84,14 +86,21 @@ def test_certify_prints_writes_and_agrees_with_the_library(folder_and_model, tmp
         assert by_path[rel]["prediction_name"] == CLASSES[int(cert.prediction[i])]
 
 
-def test_max_images_takes_an_even_subset(folder_and_model, tmp_path, capsys):
+def test_max_images_takes_the_one_stratified_subset(folder_and_model, tmp_path, capsys):
+    """--max-images N is the seeded, class-stratified subset every command takes: the same
+    images as bagnet eval's --max-images N --seed S."""
     root, weights = folder_and_model
-    rc = main(["certify", "--data", str(root), "--weights", str(weights), "--max-images", "5", "--workers", "0",
-               "--out", str(tmp_path)])
+    rc = main(["certify", "--data", str(root), "--weights", str(weights), "--max-images", "5", "--seed", "3",
+               "--workers", "0", "--out", str(tmp_path)])
     assert rc == 0
-    assert "5 images at 48 px, an even subset of 12" in capsys.readouterr().out
+    assert "5 images, a class-stratified subset of 12 (--max-images 5, --seed 3)" in capsys.readouterr().out
     images = json.loads((tmp_path / "per_image.json").read_text())["images"]
     assert len(images) == 5 and {r["label"] for r in images} == set(CLASSES)
+    assert main(["eval", "--data", str(root), "--weights", str(weights), "--max-images", "5", "--seed", "3",
+                 "--workers", "0", "--predictions", str(tmp_path / "p.csv")]) == 0
+    with open(tmp_path / "p.csv") as f:
+        evaluated = {line.split(",")[0] for line in f.read().splitlines()[1:]}
+    assert {r["path"] for r in images} == evaluated
 
 
 def test_attack_runs_on_a_torchvision_model(folder_and_model, tmp_path, capsys):
@@ -118,6 +127,9 @@ def test_attack_runs_on_a_torchvision_model(folder_and_model, tmp_path, capsys):
     (["--defense", "clip", "--clip-range", "1"], "must be LOW,HIGH"),
     (["--defense", "clip", "--clip-range", "2,1"], "low < high"),
     (["--max-images", "0"], "--max-images must be at least 1"),
+    # 48 px on 48 px images: the window is the whole 5 x 5 map, masking would leave nothing
+    (["--patch", "2%,48"], "a 48 px patch covers the whole 5x5 evidence map"),
+    (["--defense", "clip", "--clip-range=0,3", "--tanh-shift", "-2"], "--clip-range replaces the tanh squashing"),
 ])
 def test_bad_input_is_one_line(folder_and_model, tmp_path, capsys, extra, message):
     root, weights = folder_and_model
@@ -213,3 +225,165 @@ def test_no_model_options_mean_the_default_model(tmp_path, capsys, caplog):
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["images"] == len(classes) and summary["model"] == model.model_name
     assert any("model:" in r.getMessage() for r in caplog.records)  # it says which model it used
+
+
+def _clip_trained(root, a, b):
+    """The fixture's model saved as `bagnet train --clip-evidence A,B` saves it."""
+    from bagnet.train.config import describe_clip_evidence
+
+    model = bagnet.load_model(root / "m.pt")
+    return bagnet.save_model_file(root / f"clip{a}.pt", model, {"train_evidence": describe_clip_evidence([a, b]),
+                                                                "config": {"clip_evidence": [a, b]}})
+
+
+def _val_inputs(root, model):
+    ds = ImageFolder(root / "val", transform=eval_transform(48, model.pretrained_cfg["mean"], model.pretrained_cfg["std"]))
+    return ds, torch.stack([ds[i][0] for i in range(len(ds))])
+
+
+@pytest.mark.parametrize("extra,squashing,source", [
+    ([], "tanh(0.5 * x - 1)", "the model's own training squashing"),
+    (["--tanh-scale", "1", "--tanh-shift", "-2"], "tanh(1 * x - 2)", "given"),
+])
+def test_clip_defaults_to_the_models_training_squashing(folder_and_model, tmp_path, capsys, extra, squashing, source):
+    root, _ = folder_and_model
+    weights = _clip_trained(root, 0.5, -1.0)
+    rc = main(["certify", "--data", str(root), "--weights", str(weights), "--patch", "10", "--defense", "clip",
+               "--workers", "0", "--out", str(tmp_path), *extra])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert f"clip squashing: {squashing} ({source}" in text
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["clip_squashing"]["squashing"] == squashing and summary["clip_squashing"]["source"].startswith(source)
+    # the per-image certificates are those of the squashing written out here
+    model = bagnet.load_model(weights).eval()
+    ds, x = _val_inputs(root, model)
+    a, b = (0.5, -1.0) if not extra else (1.0, -2.0)
+    cert = certify(model, x, patch_size=10, defense="clip", tanh_scale=a, tanh_shift=b)
+    by_path = {r["path"]: r["results"][0] for r in json.loads((tmp_path / "per_image.json").read_text())["images"]}
+    for i, (path, _) in enumerate(ds.samples):
+        got = by_path[str(Path(path).relative_to(root / "val"))]
+        assert got["certified"] == bool(cert.certified[i]) and got["margin"] == pytest.approx(float(cert.margin[i]))
+
+
+def test_clip_on_a_plain_model_uses_the_recommended_squashing(folder_and_model, tmp_path, capsys):
+    root, weights = folder_and_model
+    assert main(["certify", "--data", str(root), "--weights", str(weights), "--patch", "10", "--defense", "mask,clip",
+                 "--workers", "0", "--out", str(tmp_path)]) == 0
+    assert "clip squashing: tanh(1 * x - 2) (the squashing docs/ROBUSTNESS.md recommends" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["clip_squashing"]["scale"] == 1.0 and summary["clip_squashing"]["shift"] == -2.0
+
+
+def test_explain_certificates_say_their_squashing_share_and_refuse_a_whole_map(folder_and_model, tmp_path, capsys):
+    root, weights = folder_and_model
+    image = root / "val" / "circle" / "0.png"
+    common = [str(image), "--stride", "native", "--certify-patch"]
+    # clip on a whole-image sticker: a prediction (never certified), its share said plainly
+    assert main(["explain", *common, "48", "--certify-defense", "clip", "--weights", str(_clip_trained(root, 0.5, -1)),
+                 "--out", str(tmp_path / "c")]) == 0
+    entry = json.loads((tmp_path / "c" / "0.json").read_text())["certified"]
+    assert entry["message"] == "not certified: a 48x48 px sticker (100% of the image) could change this prediction"
+    assert entry["squashing"] == "tanh(0.5 * x - 1)" and "training squashing" in entry["squashing_source"]
+    assert "squashing tanh(0.5 * x - 1)" in capsys.readouterr().out
+    assert main(["explain", *common, "20", "--weights", str(weights), "--out", str(tmp_path / "p")]) == 0
+    assert "(17% of the image)" in json.loads((tmp_path / "p" / "0.json").read_text())["certified"]["message"]
+    # mask on a whole-image sticker: nothing is left to predict from; the image fails, nothing is written
+    capsys.readouterr()
+    assert main(["explain", *common, "48", "--weights", str(weights), "--out", str(tmp_path / "m")]) == 1
+    err = capsys.readouterr().err
+    assert f"bagnet explain: error: {image}: a 48 px patch covers the whole 5x5 evidence map" in err
+    assert "nothing is left to decide on" in err and not (tmp_path / "m" / "0.json").exists()
+
+
+# -- PatchCleanser: any classifier ------------------------------------------------------------
+
+
+def _resnet18(tmp_path):
+    torch.manual_seed(0)
+    dnn = torchvision.models.resnet18(num_classes=3)
+    torch.save(dnn.state_dict(), tmp_path / "r18.pt")
+    return tmp_path / "r18.pt"
+
+
+def test_certify_a_torchvision_model_with_the_cleanser(folder_and_model, tmp_path, capsys):
+    root, _ = folder_and_model
+    weights = _resnet18(tmp_path)
+    out = tmp_path / "out"
+    rc = main(["certify", "--data", str(root), "--model", "resnet18", "--weights", str(weights), "--img-size", "32",
+               "--patch", "25%,4", "--defense", "cleanser,none", "--cleanser-masks", "3", "--workers", "0",
+               "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    # 25% of 32 x 32 is a 16 px sticker: stride ceil(17 / 3) = 6, masks of 21 px
+    assert "cleanser 25%: 9 masks (3 x 3) of 21x21 px, stride 6x6 px, against a 16 px sticker, fill mean" in text
+    assert "cleanser 4: 9 masks (3 x 3) of 13x13 px, stride 10x10 px, against a 4 px sticker" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cleanser"]["masks"] == 3 and len(summary["cleanser"]["mask_sets"]) == 2
+    assert summary["cleanser"]["mask_sets"][0]["certification_passes"] == 45
+    rows = {(s["defense"], s["patch"]): s for s in summary["results"]}
+    assert rows[("cleanser", "25%")]["passes"] == 45 and rows[("none", "25%")]["passes"] == 1
+    assert rows[("none", "25%")]["certified"] is None and rows[("cleanser", "25%")]["certified"] is not None
+    # the per-image certificates are the library's
+    dnn = torchvision.models.resnet18(num_classes=3)
+    dnn.load_state_dict(torch.load(weights, weights_only=True))
+    dnn.eval()
+    ds = ImageFolder(root / "val", transform=eval_transform(32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    cert = certify(dnn, x, patch_size="25%", defense="cleanser", masks=3)
+    images = json.loads((out / "per_image.json").read_text())["images"]
+    by_path = {r["path"]: r["results"][0] for r in images}
+    for i, (path, _) in enumerate(ds.samples):
+        got = by_path[str(Path(path).relative_to(root / "val"))]
+        assert got["certified"] == bool(cert.certified[i]) and got["prediction"] == int(cert.prediction[i])
+        assert got["window"] == [21, 21] and got["masks"] == 9
+
+
+def test_attack_a_torchvision_model_defended_by_the_cleanser(folder_and_model, tmp_path, capsys):
+    root, _ = folder_and_model
+    rc = main(["attack", "--data", str(root), "--model", "resnet18", "--weights", str(_resnet18(tmp_path)),
+               "--img-size", "32", "--patch", "25%", "--defense", "cleanser", "--cleanser-masks", "2",
+               "--cleanser-fill", "black", "--attack-steps", "1", "--attack-positions", "2",
+               "--attack-search-steps", "1", "--max-images", "3", "--workers", "0", "--out", str(tmp_path / "a")])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    (row,) = summary["results"]
+    assert row["defense"] == "cleanser" and row["certified"] is None and row["attacked"] <= row["clean"]
+    assert row["passes"] >= 4  # the first round: 2 x 2 masks
+    assert summary["cleanser"] == {"masks": 2, "fill": "black", "mask_sets": [
+        {"patch": "25%", "patch_px": 16, "image_size": [32, 32], "mask_size": [24, 24], "stride": [9, 9], "masks": 4,
+         "certification_passes": 10, "mask_set": "4 masks (2 x 2) of 24x24 px, stride 9x9 px, against a 16 px sticker",
+         "fill": "black"}]}
+
+
+def test_the_cleanser_certifies_a_bagnet_like_any_classifier(folder_and_model, tmp_path, capsys):
+    root, weights = folder_and_model
+    rc = main(["certify", "--data", str(root), "--weights", str(weights), "--patch", "10", "--defense",
+               "mask,cleanser", "--workers", "0", "--out", str(tmp_path)])
+    assert rc == 0
+    images = json.loads((tmp_path / "per_image.json").read_text())["images"]
+    model = bagnet.load_model(weights).eval()
+    ds, x = _val_inputs(root, model)
+    cert = certify(model, x, patch_size=10, defense="cleanser")  # 6 x 6 masks by default
+    assert cert.masks == 36
+    by_path = {r["path"]: r["results"][1] for r in images}
+    for i, (path, _) in enumerate(ds.samples):
+        got = by_path[str(Path(path).relative_to(root / "val"))]
+        assert got["defense"] == "cleanser" and got["certified"] == bool(cert.certified[i])
+        assert got["margin"] == pytest.approx(float(cert.margin[i]), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--cleanser-masks", "3"], "--cleanser-masks and --cleanser-fill are for --defense cleanser"),
+    (["--defense", "cleanser", "--cleanser-masks", "0"], "--cleanser-masks must be at least 1, got 0"),
+    (["--defense", "cleanser", "--cleanser-fill", "grey"], "--cleanser-fill 'grey' must be mean, black or a number"),
+    (["--defense", "cleanser", "--cleanser-masks", "1"], "a 10 px sticker with 1 mask per axis needs a 48x48 px mask, "
+                                                         "the whole 48x48 image"),
+    (["--defense", "cleanser", "--patch", "48"], "the sticker covers the whole image"),
+])
+def test_bad_cleanser_input_is_one_line(folder_and_model, tmp_path, capsys, extra, message):
+    root, weights = folder_and_model
+    rc = main(["certify", "--data", str(root), "--weights", str(weights), "--patch", "10", "--workers", "0",
+               "--out", str(tmp_path), *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and message in err and len(err.splitlines()) == 1, err

@@ -6,7 +6,7 @@ import torch
 
 from bagnet import create_model
 from bagnet.models import BagNet
-from bagnet.robust import affected_locations, patch_pixels
+from bagnet.robust import affected_locations, format_share, patch_pixels
 from bagnet.testing.models import randomize_batchnorm
 
 
@@ -80,3 +80,10 @@ def test_bad_patch_sizes_are_refused(spec):
 def test_models_without_geometry_are_refused():
     with pytest.raises(ValueError, match="not a BagNet"):
         affected_locations(torch.nn.Linear(2, 2), 32, 4)
+
+
+@pytest.mark.parametrize("fraction,text", [(1.0, "100%"), (0.25, "25%"), (0.1, "10%"), (0.0213, "2.1%"),
+                                           (0.02, "2%"), (0.005, "0.5%"), (0.0004, "less than 0.1%"),
+                                           (0.9996, "99%"), (0.0996, "10%")])
+def test_shares_of_the_image_read_as_people_write_them(fraction, text):
+    assert format_share(fraction) == text

@@ -1,13 +1,15 @@
 """``bagnet certify``: certified accuracy against adversarial patches on an image folder.
 
 For every image and every patch size (pixels, or a share of the image area: 1%, 2%, 3%)
-and defence (mask: PatchGuard's robust masking; clip: Clipped BagNet; none: the plain
-model), the defended prediction and whether it is certified: no sticker of that size
-anywhere in the image can change it. Prints clean and certified accuracy (certified counts
-images that are certified and right), with --attack also the accuracy under a PGD sticker
-attack with a position search. Writes OUT/summary.json, OUT/per_image.json and
-OUT/certified_vs_patch.png. Runs under torchrun like the other commands:
-``torchrun --nproc-per-node N -m bagnet certify ...`` shards the images.
+and defence (mask: PatchGuard's robust masking; clip: Clipped BagNet, squashing with the
+model's own training squashing, else tanh(1 * x - 2) as docs/ROBUSTNESS.md recommends;
+none: the plain model; cleanser: PatchCleanser's double masking, for any classifier,
+torchvision models included), the defended prediction and whether it is certified: no
+sticker of that size anywhere in the image can change it. Prints clean and certified accuracy
+(certified counts images that are certified and right), with --attack also the accuracy
+under a PGD sticker attack with a position search. Writes OUT/summary.json,
+OUT/per_image.json and OUT/certified_vs_patch.png. Runs under torchrun like the other
+commands: ``torchrun --nproc-per-node N -m bagnet certify ...`` shards the images.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ logger = logging.getLogger(__name__)
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("certify", help="certified accuracy against adversarial patches", description=__doc__)
     g = add_shared_args(p, "out/certify", "certificate", "mask",
-                        "defences, comma-separated: mask (PatchGuard), clip (Clipped BagNet), none (default: mask)")
+                        "defences, comma-separated: mask (PatchGuard), clip (Clipped BagNet), none (BagNets); "
+                        "cleanser (PatchCleanser, any classifier) (default: mask)")
     g.add_argument("--attack", action="store_true",
                    help="also attack every image with a PGD sticker and report the accuracy under attack")
     add_attack_args(p)
@@ -46,21 +48,16 @@ def add_shared_args(p: argparse.ArgumentParser, out: str, title: str, defense: s
                    help="patch sizes, comma-separated: area shares (1%%,2%%,3%%) or sides in pixels (32) (default: 2%%)")
     g.add_argument("--defense", default=defense, metavar="NAMES", help=defense_help)
     add_clip_args(g)
+    add_cleanser_args(g)
     return g
 
 
 def add_data_args(p: argparse.ArgumentParser, out: str) -> None:
-    """The data options of ``certify`` and ``attack`` (those of ``bagnet eval``, plus a subset)."""
-    p.add_argument("--data", required=True, help="dataset folder (with --split sub-folder) of <class>/ folders")
-    p.add_argument("--split", default="val", help="sub-folder of --data to use; '.' for --data itself")
-    p.add_argument("--class-map", default=None, metavar="imagenet|FILE.tsv",
-                   help="map folder names to model outputs ('imagenet': the dataset's classes.tsv)")
-    p.add_argument("--max-images", type=int, default=None, metavar="N",
-                   help="use N images spread evenly over the folder (every k-th in sorted order, so every class "
-                        "is represented); by default all")
-    p.add_argument("--img-size", type=int, default=None, help="default: the model's training size, else 224")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
+    """The data options of ``certify`` and ``attack``: every command's data group (predictions
+    are scored among all the model's outputs: no ``--restrict-to-folder-classes``), and --out."""
+    from ._common import add_data_args as add_shared_data_args
+
+    add_shared_data_args(p, restrict=False)
     p.add_argument("--out", default=out, help=f"output folder (default: {out})")
 
 
@@ -68,9 +65,22 @@ def add_clip_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--clip-range", default=None, metavar="LOW,HIGH",
                    help="clip defence: clamp each patch logit to [LOW, HIGH] instead of tanh squashing "
                         "(write --clip-range=-1,1 when LOW is negative)")
-    g.add_argument("--tanh-scale", type=float, default=0.05,
-                   help="clip defence: tanh(SCALE * logit + SHIFT) squashing (default: 0.05, Clipped BagNet's)")
-    g.add_argument("--tanh-shift", type=float, default=-1.0, help="clip defence: see --tanh-scale (default: -1)")
+    g.add_argument("--tanh-scale", type=float, default=None,
+                   help="clip defence: tanh(SCALE * logit + SHIFT) squashing (default: the model's own training "
+                        "squashing, bagnet train --clip-evidence, else tanh(1 * x - 2), the one docs/ROBUSTNESS.md "
+                        "recommends for the shipped models; Clipped BagNet's ImageNet setting is 0.05, -1)")
+    g.add_argument("--tanh-shift", type=float, default=None,
+                   help="clip defence: see --tanh-scale (default: decided with it)")
+
+
+def add_cleanser_args(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--cleanser-masks", type=int, default=None, metavar="K",
+                   help="cleanser defence: at most K x K masks, each large enough to hide the sticker wherever it is "
+                        "(default: 6, the paper's; certifying classifies K^2 + K^2 (K^2 - 1) / 2 masked images per "
+                        "image, 666 for K = 6)")
+    g.add_argument("--cleanser-fill", default=None, metavar="mean|black|V",
+                   help="cleanser defence: what masked pixels become: mean (0 in the normalized input, the "
+                        "paper's code; default), black (pixel value 0), or V written into the normalized input")
 
 
 def add_attack_args(p: argparse.ArgumentParser) -> None:
@@ -85,7 +95,6 @@ def add_attack_args(p: argparse.ArgumentParser) -> None:
                    help="PGD steps at every position of the search (default: 4)")
     g.add_argument("--attack-refine", type=int, default=2,
                    help="positions per image attacked for --attack-steps more steps (default: 2)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the random sticker initialisation (default: 0)")
 
 
 def attack_options(args: argparse.Namespace) -> dict:
@@ -109,18 +118,35 @@ def parse_list(text: str, option: str) -> list[str]:
 
 
 def clip_options(args: argparse.Namespace, defenses: list[str]) -> dict:
-    changed = args.clip_range is not None or args.tanh_scale != 0.05 or args.tanh_shift != -1.0
-    if changed and "clip" not in defenses:
+    """The clip defence's keyword arguments of :class:`~bagnet.robust.RobustBagNet`: only
+    what was typed (the library decides the rest, see :func:`~bagnet.robust.clip_squashing`)."""
+    tanh = {k: v for k, v in (("tanh_scale", args.tanh_scale), ("tanh_shift", args.tanh_shift)) if v is not None}
+    if (args.clip_range is not None or tanh) and "clip" not in defenses:
         raise ValueError("--clip-range, --tanh-scale and --tanh-shift are for --defense clip")
     if args.clip_range is None:
-        return {"tanh_scale": args.tanh_scale, "tanh_shift": args.tanh_shift}
-    if args.tanh_scale != 0.05 or args.tanh_shift != -1.0:
+        return tanh
+    if tanh:
         raise ValueError("--clip-range replaces the tanh squashing; drop --tanh-scale/--tanh-shift")
     try:
         lo, hi = (float(v) for v in args.clip_range.split(","))
     except ValueError:
         raise ValueError(f"--clip-range {args.clip_range!r} must be LOW,HIGH, e.g. 0,5") from None
     return {"clip_range": (lo, hi)}
+
+
+def cleanser_options(args: argparse.Namespace, defenses: list[str]) -> dict:
+    """The cleanser defence's keyword arguments of :class:`~bagnet.robust.PatchCleanser`."""
+    masks, fill = getattr(args, "cleanser_masks", None), getattr(args, "cleanser_fill", None)
+    if (masks is not None or fill is not None) and "cleanser" not in defenses:
+        raise ValueError("--cleanser-masks and --cleanser-fill are for --defense cleanser")
+    if masks is not None and masks < 1:
+        raise ValueError(f"--cleanser-masks must be at least 1, got {masks}")
+    if fill is not None and fill not in ("mean", "black"):
+        try:
+            fill = float(fill)
+        except ValueError:
+            raise ValueError(f"--cleanser-fill {fill!r} must be mean, black or a number") from None
+    return {"masks": 6 if masks is None else masks, "fill": "mean" if fill is None else fill}
 
 
 def parse_defenses(text: str) -> list[str]:
@@ -136,34 +162,34 @@ def parse_defenses(text: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     defenses = parse_defenses(args.defense)
     return evaluate(args, defenses, clip_options(args, defenses), certify=True,
-                    attack=attack_options(args) if args.attack else None)
+                    attack=attack_options(args) if args.attack else None,
+                    cleanser=cleanser_options(args, defenses))
 
 
 def evaluate(args: argparse.Namespace, defenses: list[str], defense_options: dict, *, certify: bool,
-             attack: dict | None) -> int:
+             attack: dict | None, cleanser: dict | None = None) -> int:
     """The shared body of ``certify`` and ``attack``: load, shard, evaluate, gather, report."""
     import torch
     from torch.utils.data import DataLoader, Subset
 
-    from ..data.folder import ImageFolder, eval_transform
+    from ..data.classes import class_mapping, scoring_note
+    from ..data.folder import ImageFolder, subset_indices
+    from ..data.transforms import Preprocessing
     from ..models._factory import _torchvision_name
-    from ..robust import patch_pixels, robustness_records
+    from ..robust import RobustBagNet, mask_set, patch_pixels, robustness_records
     from ..train.distributed import ShardSampler, cleanup_distributed, init_distributed
-    from ._common import resolve_device, resolve_model
-    from .eval import output_index
+    from ._common import check_data_args, data_folder, resolve_device, resolve_model
 
     patches = parse_list(args.patch, "--patch")
-    if args.batch_size < 1 or args.workers < 0 or (args.max_images is not None and args.max_images < 1):
-        raise ValueError("--batch-size and --max-images must be at least 1 and --workers 0 or more")
-    data_root = Path(args.data)
-    folder = data_root / args.split
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} does not exist; pass --split NAME for another sub-folder of {data_root}")
-    needs_bagnet = certify or any(d != "none" for d in defenses)
+    check_data_args(args)
+    folder = data_folder(args)
+    cleanser = cleanser if cleanser is not None else {"masks": 6, "fill": "mean"}
+    needs_bagnet = any(d in ("mask", "clip") for d in defenses)
+    advice = "--defense cleanser defends and certifies any classifier, --defense none attacks it undefended"
     if needs_bagnet and getattr(args, "model", None) and not args.weights and _torchvision_name(args.model):
         # Refused before its ImageNet weights are downloaded for nothing.
-        raise ValueError(f"{args.model} is a torchvision classifier, not a BagNet: certificates and the mask/clip "
-                         "defences need patch logits (bagnet attack --defense none attacks any classifier)")
+        raise ValueError(f"{args.model} is a torchvision classifier, not a BagNet: the mask/clip defences need "
+                         f"patch logits ({advice})")
     device = resolve_device(args.device)
     info = init_distributed(device)
     try:
@@ -171,37 +197,50 @@ def evaluate(args: argparse.Namespace, defenses: list[str], defense_options: dic
             device = torch.device("cuda", info.local_rank)
         model = resolve_model(args).to(device).eval()
         if needs_bagnet and not callable(getattr(model, "patch_logits", None)):
-            raise ValueError(f"{type(model).__name__} is not a BagNet: certificates and defences need patch logits "
-                             "(bagnet attack --defense none attacks any classifier)")
+            raise ValueError(f"{type(model).__name__} is not a BagNet: the mask/clip defences need patch logits "
+                             f"({advice})")
         cfg = getattr(model, "pretrained_cfg", None) or {}
-        img_size = args.img_size or cfg.get("img_size") or 224
-        mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
-        for size in patches:
-            patch_pixels(size, img_size)  # a bad size fails before any image is read
-        dataset = ImageFolder(folder, transform=eval_transform(img_size, mean, std))
+        pre = Preprocessing.from_cfg(cfg, args.img_size or (None if cfg.get("img_size") else 224))
+        img_size = pre.img_size
+        squashing = None
+        for size in patches:  # a bad size fails before any image is read
+            patch_pixels(size, img_size)
+            if "mask" in defenses:  # masking needs evidence left once the patch's window is removed
+                RobustBagNet(model, size, "mask").window((img_size, img_size))
+            if "cleanser" in defenses:  # and the cleanser's masks must leave some of the image
+                mask_set((img_size, img_size), size, cleanser["masks"])
+        if "clip" in defenses:  # and so does a model file whose squashing cannot be read
+            clip = RobustBagNet(model, patches[0], "clip", **defense_options)
+            squashing = {"squashing": clip.squashing, "source": clip.squashing_source,
+                         **({"scale": clip.tanh_scale, "shift": clip.tanh_shift} if clip.clip is not None else {})}
+        dataset = ImageFolder(folder, transform=pre)
         classes = list(dataset.classes)
-        index = output_index(model, classes, args.class_map, data_root)
-        chosen = list(range(len(dataset)))
-        if args.max_images is not None and args.max_images < len(dataset):
-            chosen = sorted({math.floor(k * len(dataset) / args.max_images) for k in range(args.max_images)})
+        mapping = class_mapping(cfg.get("classes"), model.num_classes, classes, class_map=args.class_map,
+                                data_root=folder)
+        index = mapping.as_list()
+        chosen = subset_indices(dataset.targets, args.max_images, args.seed)
         subset = Subset(_Indexed(dataset), chosen)
         loader = DataLoader(subset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=_collate,
                             sampler=ShardSampler(len(subset), info))
         to_output = torch.as_tensor(index) if index is not None else None
 
         def batches():
-            for x, y, keys in loader:
-                y = to_output[y] if to_output is not None and len(y) else y
-                yield x.to(device), y.to(device), keys
+            for groups in loader:
+                for x, y, keys in groups:  # one batch per image size (whole images of several shapes)
+                    y = to_output[y] if to_output is not None and len(y) else y
+                    yield x.to(device), y.to(device), keys
 
         records = robustness_records(model, batches(), patches, defenses, certify=certify, attack=attack,
-                                     defense_options=defense_options)
+                                     defense_options=defense_options, cleanser_options=cleanser)
         if info.enabled:
             gathered: list[Any] = [None] * info.world_size
             torch.distributed.all_gather_object(gathered, records)
             records = sorted((r for part in gathered for r in part), key=lambda r: r["key"])
         if info.is_main:
-            _report(args, model, records, dataset, len(chosen), folder, img_size, defense_options, attack, certify)
+            _report(args, model, records, dataset, len(chosen), folder, pre, defense_options, attack, certify,
+                    squashing, f"classes matched {mapping.how}; "
+                               f"{scoring_note(model.num_classes, len(classes), False)}",
+                    cleanser if "cleanser" in defenses else None)
     finally:
         cleanup_distributed(info)
     return 0
@@ -221,17 +260,21 @@ class _Indexed:
         return i, self.dataset[i]
 
 
-def _collate(batch: list):
+def _collate(batch: list) -> list:
+    """The readable samples of a batch as ``[(images, labels, keys), ...]``, one group per
+    image size: whole images of several aspect ratios cannot share a tensor."""
     import torch
 
-    good = [(i, s) for i, s in batch if s is not None]
-    if not good:
-        return torch.empty(0), torch.empty(0, dtype=torch.long), []
-    return (torch.stack([s[0] for _, s in good]), torch.as_tensor([s[1] for _, s in good], dtype=torch.long),
-            [i for i, _ in good])
+    groups: dict[tuple, list] = {}
+    for i, s in batch:
+        if s is not None:
+            groups.setdefault(tuple(s[0].shape), []).append((i, s))
+    return [(torch.stack([s[0] for _, s in g]), torch.as_tensor([s[1] for _, s in g], dtype=torch.long),
+             [i for i, _ in g]) for g in groups.values()]
 
 
-def _report(args, model, records, dataset, chosen: int, folder, img_size, defense_options, attack, certify) -> None:
+def _report(args, model, records, dataset, chosen: int, folder, pre, defense_options, attack, certify,
+            squashing: dict | None, scoring: str, cleanser: dict | None = None) -> None:
     from .._io import atomic_path, write_text
     from ..robust import plot_certified_accuracy, summarize
 
@@ -250,27 +293,42 @@ def _report(args, model, records, dataset, chosen: int, folder, img_size, defens
     summaries = summarize(records)
     skipped = chosen - len(records)
     model_name = getattr(model, "model_name", None) or args.model or type(model).__name__
-    head = (f"{model_name} on {folder} ({plural(len(records), 'image')} at {img_size} px"
-            + (f", an even subset of {len(dataset)} (--max-images)" if chosen < len(dataset) else "") + (f", {skipped} unreadable skipped" if skipped else "") + ")")
+    head = (f"{model_name} on {folder} ({plural(len(records), 'image')}"
+            + (f", a class-stratified subset of {len(dataset)} (--max-images {args.max_images}, --seed {args.seed})"
+               if chosen < len(dataset) else "")
+            + (f", {skipped} unreadable skipped" if skipped else "") + ")")
     trained = (getattr(model, "pretrained_cfg", None) or {}).get("train_evidence")
     if trained and trained != "mean":  # `bagnet train --clip-evidence`: certify with the same squashing
         head += f"; trained on the mean of {trained}"
     print(head)
-    print(f"{'defense':<8} {'patch':<14} {'clean':>8} {'certified':>10}" + (f" {'attacked':>9}" if attack else ""))
+    print(f"preprocessing: {pre.describe()}")
+    print(scoring)
+    if squashing is not None:
+        print(f"clip squashing: {squashing['squashing']} ({squashing['source']})")
+    cleanser_sets = _cleanser_sets(records, cleanser) if cleanser is not None else None
+    for entry in cleanser_sets or []:
+        print(f"cleanser {entry['patch']}: {entry['mask_set']}, fill {entry['fill']}")
+    print(f"{'defense':<8} {'patch':<14} {'clean':>8} {'certified':>10}" + (f" {'attacked':>9}" if attack else "")
+          + f" {'passes':>7}")
     for s in summaries:
         cert = "-" if s.certified is None or s.defense == "none" else f"{s.certified:.2f}%"
-        line = f"{s.defense:<8} {s.patch + f' ({s.patch_px} px)':<14} {s.clean:>7.2f}% {cert:>10}"
+        line = f"{s.defense:<9}{s.patch + f' ({s.patch_px} px)':<14} {s.clean:>7.2f}% {cert:>10}"
         if attack:
             line += f" {s.attacked:>8.2f}%"
-        print(line)
+        print(line + (f" {s.passes:>7.4g}" if s.passes is not None else f" {'-':>7}"))
+    print("passes: model passes per image for the " + ("certificate" if certify else "prediction")
+          + " (the attack's are on top)")
     flipped = sum(s.certified_but_flipped for s in summaries)
     if attack:
         print(f"certified images the attack flipped: {flipped}" + ("" if not flipped else "  (A BUG: please report)"))
     summary = {
-        "model": model_name, "weights": args.weights, "data": str(folder), "img_size": img_size,
-        "images": len(records), "max_images": args.max_images, "class_map": args.class_map,
+        "model": model_name, "weights": args.weights, "data": str(folder), "img_size": pre.img_size,
+        "preprocessing": pre.describe(), "scoring": scoring,
+        "images": len(records), "max_images": args.max_images, "seed": args.seed, "class_map": args.class_map,
         "scored_among": getattr(model, "num_classes", None),
         "defense_options": {k: list(v) if isinstance(v, tuple) else v for k, v in defense_options.items()},
+        "clip_squashing": squashing,
+        "cleanser": None if cleanser is None else {**cleanser, "mask_sets": cleanser_sets},
         "attack": attack, "certify": certify,
         "results": [s.__dict__ for s in summaries],
     }
@@ -284,3 +342,25 @@ def _report(args, model, records, dataset, chosen: int, folder, img_size, defens
             fig.savefig(tmp, format="png", dpi=120)
         written.append(out / "certified_vs_patch.png")
     print("wrote " + ", ".join(str(p) for p in written))
+
+
+def _cleanser_sets(records: list[dict], cleanser: dict) -> list[dict]:
+    """The cleanser's mask set of every patch size and image size of the records, as said
+    and recorded: ``patch``, ``patch_px``, ``image_size``, ``mask_size``, ``stride``,
+    ``masks``, ``certification_passes``, ``mask_set`` (in words), ``fill``."""
+    from ..robust import mask_set
+
+    seen: dict[tuple, dict] = {}
+    for r in records:
+        for o in r["results"]:
+            if o["defense"] != "cleanser":
+                continue
+            size = tuple(o["image_size"])
+            key = (o["patch"], size)
+            if key not in seen:
+                masks = mask_set(size, o["patch"], cleanser["masks"])
+                seen[key] = {"patch": o["patch"], "patch_px": masks.patch_size, "image_size": list(size),
+                             "mask_size": list(masks.mask_size), "stride": list(masks.stride), "masks": len(masks),
+                             "certification_passes": masks.certification_passes, "mask_set": masks.describe(),
+                             "fill": cleanser["fill"]}
+    return list(seen.values())

@@ -112,7 +112,8 @@ def patch_attack(
         positions: sticker places per axis during the search.
         search_steps: PGD steps at every place of the search.
         refine: places per image that get ``steps`` more steps.
-        mean, std: the normalization of ``images`` (default: the model's, else ImageNet's).
+        mean: the normalization's mean of ``images`` (default: the model's, else ImageNet's).
+        std: the normalization's standard deviation (default: the model's, else ImageNet's).
         chunk: image-position pairs per forward pass.
         seed: for the random sticker initialisation.
     """

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["AffectedLocations", "affected_locations", "patch_pixels"]
+__all__ = ["AffectedLocations", "affected_locations", "affected_window", "format_share", "patch_pixels"]
 
 
 def patch_pixels(patch_size: int | float | str, image_size: tuple[int, int] | int) -> int:
@@ -53,7 +53,7 @@ def patch_pixels(patch_size: int | float | str, image_size: tuple[int, int] | in
         fraction = float(patch_size)
     if fraction is not None:
         if not 0 < fraction <= 1:
-            raise ValueError(f"patch size {patch_size!r} is {100 * fraction:g}% of the image area; an area "
+            raise ValueError(f"patch size {patch_size!r} is {_plain(100 * fraction)}% of the image area; an area "
                              "fraction must be more than 0% and at most 100% ('2%' or 0.02)")
         # The small epsilon keeps 1% of a 100 x 100 image at 10 px despite float rounding.
         pixels = math.ceil(math.sqrt(fraction * h * w) - 1e-9)
@@ -62,6 +62,24 @@ def patch_pixels(patch_size: int | float | str, image_size: tuple[int, int] | in
     if not 1 <= pixels <= min(h, w):
         raise ValueError(f"a {pixels} x {pixels} patch does not fit in a {h} x {w} image")
     return pixels
+
+
+def _plain(x: float) -> str:
+    """A number as people write it: ``200``, ``0.5``, ``0.00001``, never ``1e-05``."""
+    return f"{x:.10f}".rstrip("0").rstrip(".") if math.isfinite(x) else str(x)
+
+
+def format_share(fraction: float) -> str:
+    """A share of the image as a sticker's description says it: ``"100%"``, ``"25%"``,
+    ``"2.1%"``, ``"0.5%"`` (whole percent from 10%, one decimal below; never rounded up to
+    100% or down to 0%)."""
+    pct = 100 * float(fraction)
+    if pct >= 10:
+        text = f"{pct:.0f}"
+        return "99%" if text == "100" and pct < 100 else f"{text}%"
+    if pct < 0.1:
+        return "less than 0.1%" if pct > 0 else "0%"
+    return f"{pct:.1f}".removesuffix(".0") + "%"
 
 
 def _touched(length: int, patch: int, q: int, s: int, n: int) -> tuple[tuple[int, int], ...]:
@@ -130,3 +148,33 @@ def affected_locations(model: torch.nn.Module, image_size: tuple[int, int] | int
     grid = model.patch_grid(h, w)
     p = patch_pixels(patch_size, (h, w))
     return AffectedLocations((h, w), p, grid, _touched(h, p, q, s, grid[0]), _touched(w, p, q, s, grid[1]))
+
+
+def affected_window(model: torch.nn.Module, grid: tuple[int, int], patch_size: int) -> tuple[int, int]:
+    """The window a ``patch_size`` px patch can affect on an evidence map of ``grid`` = ``(H', W')``
+    locations, without the image size: the largest :attr:`AffectedLocations.window` over
+    every image size whose map is ``grid`` (all of them give the same window: the pixels
+    beyond the last location's patch add only positions that touch fewer locations).
+
+    Raises:
+        ValueError: the model's geometry does not give ``grid`` for any image size, or the
+            patch is larger than every such image.
+    """
+    q, s = model.receptive_field, model.patch_stride
+    if tuple(model.patch_grid(q + s * (grid[0] - 1), q + s * (grid[1] - 1))) != tuple(grid):
+        raise ValueError(f"{type(model).__name__}'s evidence maps do not follow (side - {q}) // {s} + 1; "
+                         "pass the image size")
+    out = []
+    for n in grid:
+        low = q + s * (n - 1)  # the smallest side giving n locations; low + s - 1 the largest
+        sides = range(max(low, patch_size), low + s)
+        if n < 1 or not sides:
+            raise ValueError(f"a {patch_size} px patch does not fit in an image whose evidence map has {n} locations "
+                             f"along a side (at most {low + s - 1} px)")
+        out.append(max(max(b - a for a, b in _touched(side, patch_size, q, s, n)) for side in sides))
+    return max(1, out[0]), max(1, out[1])
+
+
+def _a(n: int) -> str:
+    """The article of a number said aloud: "an 8 px", "an 11 px", "a 16 px"."""
+    return "an" if n in (11, 18) or str(n).startswith("8") else "a"
