@@ -128,11 +128,19 @@ def test_resume_refuses_other_classes_changed_options_and_an_existing_run(tiny_d
         train(TrainConfig(out=str(out), resume="last", progress=False), explicit={"out", "resume"})
 
 
-def test_weights_with_other_classes_are_refused(tiny_data, tmp_path):
+def test_weights_for_as_many_other_classes_get_a_new_head(tiny_data, tmp_path, caplog):
+    """Same head size, other class names: the head is new all the same (its rows meant other classes)."""
+    torch.manual_seed(0)
     model = bagnet.create_model("bagnet_tiny", num_classes=3)
+    with torch.no_grad():
+        model.fc.weight.fill_(7.0)
     bagnet.save_model_file(tmp_path / "other.pt", model, {"classes": ["cat", "dog", "emu"]})
-    with pytest.raises(ValueError, match="has 3 classes \\(cat, dog, emu, ...\\) but .* has 3 \\(circle"):
-        train(tiny_config(tiny_data, tmp_path / "r", weights=str(tmp_path / "other.pt")))
+    with caplog.at_level("INFO", logger="bagnet.train.loop"):
+        train(tiny_config(tiny_data, tmp_path / "r", weights=str(tmp_path / "other.pt"), epochs=1, lr=1e-6))
+    assert "new head for 3 classes (" in caplog.text and "its 3-class head (cat, dog, emu) is dropped" in caplog.text
+    tuned = bagnet.load_model(tmp_path / "r" / "model.pt")
+    assert tuned.pretrained_cfg["classes"] == ["circle", "square", "stripes"]
+    assert (tuned.fc.weight - 7.0).abs().min() > 1  # a fresh head, not the source's rows after a tiny step
 
 
 def test_fine_tuning_from_a_model_file_with_the_same_classes(run, tiny_data, tmp_path):

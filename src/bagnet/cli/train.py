@@ -1,5 +1,7 @@
 """``bagnet train``: train a BagNet on an image folder, resumably, on one or many processes.
 
+``--weights`` fine-tunes weights that name their model (``--model`` is then optional); on
+other classes than theirs the model gets a new head, and every other weight comes from them.
 Run it under ``torchrun --nproc-per-node N -m bagnet train ...`` for data-parallel
 training; ``--batch-size`` is per process.
 """
@@ -50,6 +52,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                   "train/<class>/ alone or the <class>/ folders themselves")
     p.add_argument("--out", help="run folder: config.json, log.jsonl, TensorBoard events, checkpoints, model.pt")
     add_model_args(p, training=True)
+    _set_help(p, "model", "model to train (see `bagnet models`); may be left out with --weights that name their model")
+    _set_help(p, "weights", "initial weights to fine-tune: a registered tag (imagenette, imagenet), a model file or "
+                            "folder, a run folder or last.pt of `bagnet train` (these name their model), a state dict "
+                            "(with --model) or URL; for other classes than --data's the model gets a new head, and all "
+                            "other weights come from these (docs/training.md, 'Fine-tune on your own data')")
     add_device_args(p)
     g = p.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=90, help="length of the run; on --resume, a new length re-plans the schedule")
@@ -69,7 +76,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--ema-decay", type=float, default=0.9998, help="EMA weight of the old average per update (--ema)")
     g.add_argument("--ema-steps", type=int, default=1, help="optimizer steps between EMA updates")
     g = p.add_argument_group("input")
-    g.add_argument("--img-size", type=int, default=224, help="training crop and evaluation size")
+    g.add_argument("--img-size", type=int, default=224,
+                   help="training crop (random crops resized to this); the model file records it as train_img_size "
+                        "and as img_size, the size the model is evaluated and served at")
     g.add_argument(
         "--crop-scale", type=float, default=0.08,
         help="smallest random crop, as a fraction of the image's area (larger keeps more of the object)",
@@ -88,6 +97,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="train and validate through the clip defence: logits = mean of tanh(A * patch logit + B) "
              "(Clipped BagNet); certify the model with --defense clip --tanh-scale A --tanh-shift B",
     )
+    g.add_argument(
+        "--mask-patches", type=int, default=0, metavar="N",
+        help="PatchCleanser's masked training (Cutout with its masks): N masks per training image at random "
+             "positions, each of the size of the mask set for --mask-sticker with --cleanser-masks per axis at "
+             "--img-size, filled with the mean colour; the paper fine-tunes with 2 (default: 0, off)",
+    )
+    g.add_argument("--mask-sticker", default="2%", metavar="SIZE",
+                   help="the sticker --mask-patches sizes its masks for: pixels or a share of the crop's area")
+    g.add_argument("--cleanser-masks", type=int, default=6, metavar="K",
+                   help="masks per axis of that mask set, as bagnet certify --defense cleanser --cleanser-masks K")
     g.add_argument("--workers", type=int, default=4, help="data-loading processes per training process")
     g = p.add_argument_group("speed")
     g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision (bf16 on CPU)")
@@ -103,6 +122,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars on a terminal, nor progress lines in a log")
     p.set_defaults(func=run)
+
+
+def _set_help(parser: argparse.ArgumentParser, dest: str, text: str) -> None:
+    """Give the shared option ``dest`` training's meaning in ``bagnet train --help``."""
+    for action in parser._actions:
+        if action.dest == dest:
+            action.help = text
+            return
+    raise KeyError(dest)
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:

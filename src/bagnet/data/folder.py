@@ -25,6 +25,7 @@ from .transforms import Preprocessing
 
 __all__ = [
     "ImageFolder",
+    "RandomMasks",
     "collate_skip",
     "eval_transform",
     "read_class_index",
@@ -135,17 +136,63 @@ def collate_skip(batch: list) -> tuple[torch.Tensor | list[torch.Tensor], torch.
     return images, targets, skipped
 
 
+class RandomMasks:
+    """Cutout with PatchCleanser's masks: ``count`` rectangles of ``size`` at uniformly random
+    positions (each whole inside the image; they may overlap), filled with ``fill``.
+
+    Applied to normalized ``[C, H, W]`` tensors, the default fill 0 is the normalization's
+    mean colour, what :class:`bagnet.robust.PatchCleanser` masks with by default. The
+    positions come from torch's global generator, like the random crop's, so a loader's
+    seed (and a resumed run's saved generator state) decides them.
+
+    Args:
+        count: masks per image (PatchCleanser fine-tunes its models with 2).
+        size: ``(rows, cols)`` of every mask in pixels; clamped to the image.
+        fill: the value written into the masked pixels.
+
+    Raises:
+        ValueError: a negative count or a mask side below 1.
+    """
+
+    def __init__(self, count: int, size: tuple[int, int] | int, fill: float = 0.0):
+        mh, mw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        if count < 0 or mh < 1 or mw < 1:
+            raise ValueError(f"RandomMasks needs count >= 0 and mask sides >= 1, got {count} masks of {mh}x{mw}")
+        self.count, self.size, self.fill = int(count), (mh, mw), float(fill)
+
+    def positions(self, height: int, width: int) -> list[tuple[int, int]]:
+        """``count`` random ``(top, left)`` corners for an image of ``height x width``: top in
+        ``[0, height - rows]``, left in ``[0, width - cols]``."""
+        mh, mw = min(self.size[0], height), min(self.size[1], width)
+        tops = torch.randint(0, height - mh + 1, (self.count,)).tolist()
+        lefts = torch.randint(0, width - mw + 1, (self.count,)).tolist()
+        return list(zip(tops, lefts))
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape[-2:]
+        mh, mw = min(self.size[0], h), min(self.size[1], w)
+        out = image.clone()
+        for top, left in self.positions(h, w):
+            out[..., top:top + mh, left:left + mw] = self.fill
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(count={self.count}, size={self.size}, fill={self.fill:g})"
+
+
 def train_transform(
-    img_size: int, mean: Sequence[float], std: Sequence[float], crop_scale: float = 0.08
+    img_size: int, mean: Sequence[float], std: Sequence[float], crop_scale: float = 0.08,
+    masks: RandomMasks | None = None,
 ) -> T.Compose:
     """RandomResizedCrop to ``img_size`` (crops of ``crop_scale`` to all of the image's area),
-    horizontal flip, normalize."""
+    horizontal flip, normalize, then ``masks`` (``bagnet train --mask-patches``) if given."""
     return T.Compose([
         T.RandomResizedCrop(img_size, scale=(crop_scale, 1.0), antialias=True),
         T.RandomHorizontalFlip(),
         T.PILToTensor(),
         T.ConvertImageDtype(torch.float32),
         T.Normalize(mean, std),
+        *([masks] if masks is not None and masks.count else []),
     ])
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+# The text of the clip squashing is the robust package's (which reads it back from model
+# files); it is importable from here too, where the training option is defined.
+from ..robust._squashing import check_clip_evidence
+from ..robust._squashing import describe_clip_evidence as describe_clip_evidence
+from ..robust._squashing import parse_train_evidence as parse_train_evidence
 
 AMP_MODES = ("none", "bf16", "fp16")
 SCHEDULES = ("cosine", "step")
@@ -42,24 +46,6 @@ def parse_clip_evidence(text: str) -> list[float]:
     return values
 
 
-def check_clip_evidence(values: Sequence[float] | None) -> str | None:
-    """The problem with ``values`` as ``--clip-evidence`` (``None``: fine or not set)."""
-    if values is None:
-        return None
-    if len(values) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-        return f"--clip-evidence must be two finite numbers A,B for tanh(A * x + B), got {values!r}"
-    if values[0] <= 0:
-        # A scale of 0 makes every patch the same constant; a negative one reverses the evidence.
-        return f"--clip-evidence scale A must be positive, got {values[0]:g}"
-    return None
-
-
-def describe_clip_evidence(values: Sequence[float]) -> str:
-    """``"clip tanh(1 * x - 2)"``: what a model trained with ``--clip-evidence`` averaged."""
-    a, b = values
-    return f"clip tanh({a:g} * x {'-' if b < 0 else '+'} {abs(b):g})"
-
-
 @dataclass
 class TrainConfig:
     """Everything that defines a training run.
@@ -71,8 +57,9 @@ class TrainConfig:
     data: str = ""
     out: str = ""
     model: str = ""
-    weights: str | None = None  # initial weights: tag, path or URL (classes must match)
-    img_size: int = 224
+    # initial weights: tag, path, run folder or URL; other classes than the data's get a new head
+    weights: str | None = None
+    img_size: int = 224  # the training crop; also the size the model is evaluated at
     crop_scale: float = 0.08  # smallest RandomResizedCrop area, as a fraction of the image
     epochs: int = 90
     batch_size: int = 32  # per process
@@ -101,6 +88,12 @@ class TrainConfig:
     # [A, B]: train (and validate) through the clip defence, logits = mean of tanh(A * x + B)
     # over the patch logits x; None: the plain mean.
     clip_evidence: list[float] | None = None
+    # PatchCleanser's masked training: this many masks per training image (0: none), each of
+    # the size of the mask set for a mask_sticker sticker with cleanser_masks masks per axis
+    # at img_size (see bagnet.robust.mask_set); the paper fine-tunes with 2.
+    mask_patches: int = 0
+    mask_sticker: str = "2%"
+    cleanser_masks: int = 6
     resume: str | None = None
     stop_after: int | None = None  # end this sitting after this epoch (resume later)
     device: str = "auto"
@@ -113,7 +106,8 @@ class TrainConfig:
         checks = [
             (bool(self.data), "--data is required"),
             (bool(self.out), "--out is required"),
-            (bool(self.model), "--model is required"),
+            (bool(self.model or self.weights),
+             "--model is required (or --weights with weights that name their model, to fine-tune them)"),
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be positive, got {self.lr}"),
@@ -138,6 +132,10 @@ class TrainConfig:
         problem = check_clip_evidence(self.clip_evidence)
         if problem:
             raise ValueError(problem)
+        if isinstance(self.mask_patches, bool) or not isinstance(self.mask_patches, int) or self.mask_patches < 0:
+            raise ValueError(f"--mask-patches must be 0 or more, got {self.mask_patches!r}")
+        if self.mask_patches:
+            train_masks(self)  # a sticker or mask count that cannot make a mask set is refused here
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,6 +145,32 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def train_masks(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The masked training of ``cfg`` (``--mask-patches``): ``None`` when off, else what the
+    model file records as ``train_masking``: ``masks`` (per image), ``mask_size``
+    ``[rows, cols]``, ``sticker`` (as given), ``sticker_px``, ``cleanser_masks`` (k per axis)
+    and ``fill``.
+
+    Raises:
+        ValueError: the mask set cannot be built at ``img_size`` (see
+            :func:`bagnet.robust.mask_set`), said with the options' names.
+    """
+    if not cfg.mask_patches:
+        return None
+    from ..robust import mask_set
+
+    if isinstance(cfg.cleanser_masks, bool) or not isinstance(cfg.cleanser_masks, int) or cfg.cleanser_masks < 1:
+        raise ValueError(f"--cleanser-masks must be at least 1, got {cfg.cleanser_masks!r}")
+    try:
+        masks = mask_set(cfg.img_size, cfg.mask_sticker, cfg.cleanser_masks)
+    except ValueError as e:
+        raise ValueError(f"--mask-sticker {cfg.mask_sticker} with --cleanser-masks {cfg.cleanser_masks} at --img-size "
+                         f"{cfg.img_size}: {e}") from None
+    return {"masks": cfg.mask_patches, "mask_size": list(masks.mask_size), "sticker": str(cfg.mask_sticker),
+            "sticker_px": masks.patch_size, "cleanser_masks": cfg.cleanser_masks,
+            "fill": "mean (0 in the normalized input)"}
 
 
 def merge_for_resume(stored: dict[str, Any], given: TrainConfig, explicit: set[str]) -> TrainConfig:

@@ -29,6 +29,17 @@ __all__ = ["EpochStats", "autocast", "evaluate", "iter_logits", "topk_correct", 
 
 @dataclass
 class EpochStats:
+    """What one pass over the data measured (:func:`train_one_epoch`, :func:`evaluate`).
+
+    Attributes:
+        loss: mean loss per image.
+        top1: top-1 accuracy in percent.
+        top5: top-5 accuracy in percent.
+        images: images seen (unreadable ones not counted).
+        skipped: unreadable images skipped.
+        seconds: wall time of the pass.
+    """
+
     loss: float
     top1: float
     top5: float

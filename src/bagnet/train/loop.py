@@ -9,7 +9,7 @@ per epoch), TensorBoard events, ``last.pt`` and ``best.pt`` (resume checkpoints)
 from __future__ import annotations
 
 import copy
-import json
+import dataclasses
 import logging
 import os
 import random
@@ -25,18 +25,33 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, RandomSampler, Subset
 
 from .._device import resolve_device
-from .._io import write_text
 from .._text import plural
-from ..data.folder import ImageFolder, collate_skip, eval_transform, read_class_names, split_indices, train_transform
+from ..data.folder import (
+    ImageFolder,
+    RandomMasks,
+    collate_skip,
+    eval_transform,
+    read_class_names,
+    split_indices,
+    train_transform,
+)
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from ..models import create_model, save_model_file, save_pretrained
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig, describe_clip_evidence, merge_for_resume
-from .distributed import DistInfo, ShardSampler, barrier, cleanup_distributed, init_distributed
-from .engine import EpochStats, evaluate, train_one_epoch
+from ..models import (
+    CheckpointMismatchError,
+    UnnamedWeightsError,
+    create_model,
+    load_model,
+    load_state_dict_strict,
+)
+from ._files import _record, _RunFiles, _save
+from .checkpoint import load_checkpoint, set_rng_state
+from .config import TrainConfig, describe_clip_evidence, merge_for_resume, train_masks
+from .distributed import DistInfo, ShardSampler, cleanup_distributed, init_distributed
+from .engine import evaluate, train_one_epoch
 from .evidence import ClippedEvidence
 from .optim import ModelEma, build_optimizer, build_scheduler
 from .outliers import OutlierExposureLoss, OutlierImages
+from .split import record_val_split
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +61,8 @@ class _Data:
     classes: list[str]
     train: torch.utils.data.Dataset
     val: torch.utils.data.Dataset
+    # with --val-split: which images were held out (see bagnet.train.split), for the model file
+    val_split: dict | None = None
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -67,6 +84,14 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def _train_transform(cfg: TrainConfig, mean: Sequence[float], std: Sequence[float]):
+    """The training augmentation, with ``--mask-patches`` masks after the normalization (their
+    fill 0 is the mean colour, as PatchCleanser masks by default)."""
+    masking = train_masks(cfg)
+    masks = RandomMasks(masking["masks"], tuple(masking["mask_size"])) if masking else None
+    return train_transform(cfg.img_size, mean, std, cfg.crop_scale, masks=masks)
 
 
 def build_data(cfg: TrainConfig, mean: Sequence[float], std: Sequence[float], classes: list[str] | None = None) -> _Data:
@@ -93,7 +118,7 @@ def build_data(cfg: TrainConfig, mean: Sequence[float], std: Sequence[float], cl
         if val_dir.is_dir():
             raise FileNotFoundError(f"{root} has a val/ folder but no train/ folder next to it")
         train_dir = root  # a folder of class folders, no split
-    train_ds = ImageFolder(train_dir, transform=train_transform(cfg.img_size, mean, std, cfg.crop_scale), classes=classes)
+    train_ds = ImageFolder(train_dir, transform=_train_transform(cfg, mean, std), classes=classes)
     classes = list(train_ds.classes)
     with_images = [c for c in classes if c not in train_ds.empty_classes]
     if len(with_images) < 2:
@@ -108,7 +133,8 @@ def build_data(cfg: TrainConfig, mean: Sequence[float], std: Sequence[float], cl
         val_ds.transform = eval_transform(cfg.img_size, mean, std)
         logger.info("--val-split %.3g: %s of %s, %d to train on and %d held out for validation", cfg.val_split,
                     plural(len(train_ds), "image"), train_dir, len(indices_train), len(indices_val))
-        return _Data(classes, Subset(train_ds, indices_train), Subset(val_ds, indices_val))
+        record = record_val_split(train_dir, train_ds.samples, indices_val, cfg.val_split, cfg.seed)
+        return _Data(classes, Subset(train_ds, indices_train), Subset(val_ds, indices_val), record)
     if not val_dir.is_dir():
         raise FileNotFoundError(
             f"{val_dir} does not exist; add a val/ folder with the same classes, "
@@ -122,21 +148,93 @@ def _with_outliers(cfg: TrainConfig, data: _Data, mean, std) -> _Data:
     """Mix ``cfg.outliers`` (``outlier_repeat`` times) into the training set with target -1."""
     if not cfg.outliers:
         return data
-    outliers = OutlierImages(cfg.outliers, transform=train_transform(cfg.img_size, mean, std, cfg.crop_scale))
+    outliers = OutlierImages(cfg.outliers, transform=_train_transform(cfg, mean, std))
     logger.info("--outliers: %d images of none of the classes, %d per epoch", len(outliers),
                 len(outliers) * cfg.outlier_repeat)
-    return _Data(data.classes, ConcatDataset([data.train, *[outliers] * cfg.outlier_repeat]), data.val)
+    return _Data(data.classes, ConcatDataset([data.train, *[outliers] * cfg.outlier_repeat]), data.val, data.val_split)
 
 
-def _check_classes(cfg: TrainConfig, model: nn.Module, classes: list[str]) -> None:
-    own = model.pretrained_cfg.get("classes")
-    if model.num_classes != len(classes) or (own is not None and list(own) != classes):
-        raise ValueError(
-            f"--weights {cfg.weights} has {plural(model.num_classes, 'class')}"
-            + (f" ({', '.join(list(own)[:3])}, ...)" if own else "")
-            + f" but {cfg.data} has {len(classes)} ({', '.join(classes[:3])}, ...); "
-            "train from scratch or use weights trained on these classes"
-        )
+def _initial_model(cfg: TrainConfig) -> nn.Module:
+    """The model ``--weights`` holds, with its own head; without ``--model`` the weights
+    name it (a registered tag, a model file or folder, a run folder, last.pt/best.pt)."""
+    try:
+        if cfg.model:
+            return create_model(cfg.model, pretrained=cfg.weights, **cfg.model_kwargs)
+        return load_model(cfg.weights, **cfg.model_kwargs)
+    except UnnamedWeightsError:
+        raise ValueError(f"--weights {cfg.weights} holds a plain state dict, which does not say which model it "
+                         "belongs to; add --model NAME (see `bagnet models`)") from None
+
+
+def _classifier_name(model: nn.Module) -> str:
+    """The classifier's module name: a BagNet's ``get_classifier()``, else the last linear
+    layer (torchvision's ``fc``, ``classifier.3``, ``heads.head``, ...)."""
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    last = None
+    for name, module in model.named_modules():
+        if head is not None and module is head and name:
+            return name
+        if isinstance(module, nn.Linear):
+            last = name
+    if last is None:
+        raise ValueError(f"{getattr(model, 'model_name', type(model).__name__)} has no linear classifier to replace "
+                         "for new classes; train it from scratch (no --weights)")
+    return last
+
+
+def _fit_head(cfg: TrainConfig, source: nn.Module, classes: list[str]) -> nn.Module:
+    """``source`` if its outputs are ``classes``, else the same network with a new head for
+    them and every other weight from ``source`` (all of them must load)."""
+    own = source.pretrained_cfg.get("classes")
+    if own is not None and list(own) == classes:
+        return source
+    data_name = Path(cfg.data).resolve().name
+    if own is None and source.num_classes == len(classes):
+        # a plain state dict with the right head size: the old behaviour, continue its head
+        logger.warning("--weights %s names no classes; its %s are taken to be those of %s in folder order (%s)",
+                       cfg.weights, plural(source.num_classes, "output"), data_name, ", ".join(classes[:5]))
+        return source
+    model = create_model(source.model_name, **{**source.model_args, "num_classes": len(classes)})
+    prefix = _classifier_name(model) + "."
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith(prefix)}
+    state.update({k: v for k, v in model.state_dict().items() if k.startswith(prefix)})
+    try:
+        load_state_dict_strict(model, state)
+    except CheckpointMismatchError as e:
+        raise ValueError(f"--weights {cfg.weights} does not fit {source.model_name} with a new head: {e}") from None
+    shown = f" ({', '.join(list(own)[:3])}{', ...' if len(own) > 3 else ''})" if own else ""
+    logger.info("new head for %s (%s); all other weights from %s; its %d-class head%s is dropped",
+                plural(len(classes), "class"), data_name, cfg.weights, source.num_classes, shown)
+    return model
+
+
+def _model_meta(cfg: TrainConfig, data: _Data, mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
+    """What the trained model is: its ``pretrained_cfg`` and the meta of model.pt and model/
+    (``metrics`` are added when saved). Built anew, so nothing of the initial weights'
+    metadata survives: their classes, sizes, metrics, nor a threshold calibrated for them
+    (``unknown``, written by ``bagnet calibrate``)."""
+    names = read_class_names(cfg.data, data.classes)
+    meta: dict[str, Any] = {
+        "mean": list(mean),
+        "std": list(std),
+        "classes": list(data.classes),
+        **({"class_names": names} if names else {}),
+        # evaluated and served at the training size unless packaging changes it later
+        "img_size": cfg.img_size,
+        "train_img_size": cfg.img_size,  # the RandomResizedCrop it was trained on
+        "dataset": cfg.data,
+        # how the model was trained, for whoever certifies it
+        "train_evidence": describe_clip_evidence(cfg.clip_evidence) if cfg.clip_evidence else "mean",
+        **({"train_masking": train_masks(cfg)} if cfg.mask_patches else {}),
+        "command": cfg.command,
+        "config": cfg.to_dict(),
+    }
+    if cfg.weights:
+        meta["initial_weights"] = cfg.weights
+    if data.val_split is not None:
+        meta["val_split"] = data.val_split
+    return meta
 
 
 def _loaders(cfg: TrainConfig, data: _Data, info: DistInfo, device: torch.device):
@@ -157,61 +255,6 @@ def _loaders(cfg: TrainConfig, data: _Data, info: DistInfo, device: torch.device
     val_sampler = ShardSampler(len(data.val), info) if info.enabled else None
     val_loader = DataLoader(data.val, sampler=val_sampler, shuffle=False, **common)
     return train_loader, val_loader, sampler, generator
-
-
-class _RunFiles:
-    """The files rank 0 writes into RUN_DIR (no-ops on other ranks)."""
-
-    def __init__(self, out: Path, info: DistInfo, start_epoch: int):
-        self.out, self.enabled = out, info.is_main
-        self.tb = None
-        if not self.enabled:
-            return
-        out.mkdir(parents=True, exist_ok=True)
-        self._truncate_log(start_epoch)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            logger.warning("tensorboard is not installed; metrics go to log.jsonl only (pip install 'bagnet[train]')")
-        else:
-            # purge_step drops events of epochs after the checkpoint a resumed run restarts from.
-            self.tb = SummaryWriter(str(out), purge_step=start_epoch + 1 if start_epoch else None)
-
-    def _truncate_log(self, start_epoch: int) -> None:
-        # Log lines are written before the checkpoint, so a run killed in between has a line
-        # for an epoch it will train again; keep only the epochs the checkpoint holds.
-        path = self.out / "log.jsonl"
-        if not path.exists():
-            return
-        keep = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line)["epoch"] <= start_epoch:
-                    keep.append(line)
-            except (ValueError, KeyError, TypeError):
-                pass  # a line cut short by a kill
-        write_text(path, "".join(x + "\n" for x in keep))
-
-    def write_config(self, cfg: TrainConfig, classes: list[str]) -> None:
-        if self.enabled:
-            write_text(self.out / "config.json", json.dumps({**cfg.to_dict(), "classes": classes}, indent=2) + "\n")
-
-    def log_epoch(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "epoch" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k.replace("_", "/", 1), v, record["epoch"])
-            self.tb.flush()
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
 
 
 def _resume_state(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, dict | None]:
@@ -293,15 +336,27 @@ def _restore_torch_determinism_flags(flags: tuple[bool, bool, bool, bool]) -> No
 
 def _run(cfg: TrainConfig, ckpt: dict | None, device: torch.device, info: DistInfo) -> Path:
     seed_everything(cfg.seed + info.rank, cfg.deterministic)
-    # Initial weights bring their own normalization; from scratch it is ImageNet's.
-    model = create_model(cfg.model, pretrained=cfg.weights, **cfg.model_kwargs) if cfg.weights else None
-    mean, std = (model.pretrained_cfg["mean"], model.pretrained_cfg["std"]) if model else (IMAGENET_MEAN, IMAGENET_STD)
+    # Initial weights bring their own normalization; from scratch it is ImageNet's. A resumed
+    # run has its own in the checkpoint (and needs the initial weights no more).
+    source = _initial_model(cfg) if cfg.weights and ckpt is None else None
+    if ckpt is not None:
+        stored = ckpt.get("meta") or {}
+        mean, std = stored.get("mean", IMAGENET_MEAN), stored.get("std", IMAGENET_STD)
+    elif source is not None:
+        mean, std = source.pretrained_cfg["mean"], source.pretrained_cfg["std"]
+        if not cfg.model:
+            cfg = dataclasses.replace(cfg, model=source.model_name)  # the weights named it
+    else:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
     data = build_data(cfg, list(mean), list(std), classes=ckpt["classes"] if ckpt else None)
     data = _with_outliers(cfg, data, list(mean), list(std))
-    if model is None:
-        model = create_model(cfg.model, num_classes=len(data.classes), **cfg.model_kwargs)
+    if ckpt is not None:
+        model = create_model(ckpt["model_name"], **ckpt["model_args"])  # its weights are loaded below
+    elif source is not None:
+        model = _fit_head(cfg, source, data.classes)
     else:
-        _check_classes(cfg, model, data.classes)
+        model = create_model(cfg.model, num_classes=len(data.classes), **cfg.model_kwargs)
+    model.pretrained_cfg = _model_meta(cfg, data, mean, std)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -335,10 +390,14 @@ def _run(cfg: TrainConfig, ckpt: dict | None, device: torch.device, info: DistIn
 
     files = _RunFiles(Path(cfg.out), info, start_epoch)
     files.write_config(cfg, data.classes)
+    masking = train_masks(cfg)
     logger.info(
-        "training %s on %s of %s (val %d) for %s%s; writing to %s", cfg.model, plural(len(data.train), "image"),
+        "training %s on %s of %s (val %d) for %s%s%s; writing to %s", cfg.model, plural(len(data.train), "image"),
         plural(len(data.classes), "class"), len(data.val), plural(cfg.epochs, "epoch"),
         f", logits = mean of {describe_clip_evidence(cfg.clip_evidence)} (train and val)" if cfg.clip_evidence else "",
+        f", {plural(masking['masks'], 'mask')} of {masking['mask_size'][0]}x{masking['mask_size'][1]} px per training "
+        f"image (PatchCleanser's masks for a {masking['sticker_px']} px sticker, {cfg.cleanser_masks} per axis)"
+        if masking else "",
         cfg.out,
     )
     try:
@@ -377,80 +436,3 @@ def _run(cfg: TrainConfig, ckpt: dict | None, device: torch.device, info: DistIn
     finally:
         files.close()
     return Path(cfg.out) / "model.pt"
-
-
-def _record(epoch: int, lr: float, tr: EpochStats, val: EpochStats, ema_val: EpochStats | None, seconds: float):
-    record = {
-        "epoch": epoch,
-        "lr": lr,
-        "train_loss": tr.loss,
-        "train_top1": tr.top1,
-        "train_top5": tr.top5,
-        "train_img_s": tr.images_per_s,
-        "train_images": tr.images,
-        "val_images": val.images,
-        "val_loss": val.loss,
-        "val_top1": val.top1,
-        "val_top5": val.top5,
-        "skipped": tr.skipped + val.skipped,
-        "time": seconds,
-    }
-    if ema_val is not None:
-        record.update(ema_val_loss=ema_val.loss, ema_val_top1=ema_val.top1, ema_val_top5=ema_val.top5)
-    return record
-
-
-def _gather_rng(generator: torch.Generator, info: DistInfo) -> list[dict]:
-    """Every rank's RNG state (ranks draw different augmentations), for rank 0 to save."""
-    state = rng_state(generator)
-    if not info.enabled:
-        return [state]
-    states = [None] * info.world_size
-    torch.distributed.all_gather_object(states, state)
-    return states
-
-
-def _save(cfg, files, info, epoch, best, is_best, classes, model, ema, optimizer, scheduler, scaler, generator,
-          device) -> None:
-    rngs = _gather_rng(generator, info)
-    if info.is_main:
-        state = {
-            "model_name": cfg.model,
-            "model_args": dict(model.model_args),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "epoch": epoch,
-            "best": best,
-            "classes": classes,
-            # What eval, explain, serve and analyze need to use last.pt/best.pt as a model.
-            "meta": {"mean": list(model.pretrained_cfg["mean"]), "std": list(model.pretrained_cfg["std"]),
-                     "img_size": cfg.img_size, "class_names": read_class_names(cfg.data, classes)},
-            "config": cfg.to_dict(),
-            "rng": rngs,
-        }
-        out = Path(cfg.out)
-        if is_best:
-            save_checkpoint(out / "best.pt", state)
-            shipped = ema.module if ema is not None else model
-            meta = {
-                "classes": classes,
-                "class_names": read_class_names(cfg.data, classes),
-                "img_size": cfg.img_size,
-                "dataset": cfg.data,
-                "metrics": {"top1": best["top1"], "top5": best["top5"], "epoch": epoch,
-                            # the val accuracy of the defended logits, not of the plain mean
-                            **({"logits": describe_clip_evidence(cfg.clip_evidence)} if cfg.clip_evidence else {})},
-                # how the model was trained, for whoever certifies it
-                "train_evidence": describe_clip_evidence(cfg.clip_evidence) if cfg.clip_evidence else "mean",
-                "command": cfg.command,
-                "config": cfg.to_dict(),
-            }
-            save_model_file(out / "model.pt", shipped, meta)
-            save_pretrained(shipped, out / "model", meta)  # the same model without pickle
-        # last.pt is written after best.pt/model.pt: a kill in between resumes this epoch's
-        # predecessor, which rewrites all three.
-        save_checkpoint(out / "last.pt", state)
-    barrier(info)
