@@ -6,7 +6,7 @@ import torchvision
 from torch import nn
 
 from bagnet.analysis import UnsupportedModelError, attribution_cells, captum_ready, check_lrp_supported
-from bagnet.analysis._captum import CAPTUM_TESTED, captum_internals
+from bagnet.analysis._captum_ready import CAPTUM_TESTED, captum_internals
 
 from .conftest import classifier
 
@@ -104,7 +104,7 @@ def test_untraceable_models_fall_back():
 
 def test_captum_internals_we_rely_on_are_still_there():
     """captum exports no addition module, epsilon rule or table of LRP rules; bagnet reaches
-    into captum for them (analysis._captum.captum_internals). When captum moves or changes
+    into captum for them (analysis._captum_ready.captum_internals). When captum moves or changes
     them, this test says which, and pyproject.toml's pin (CAPTUM_TESTED) must be revisited."""
     import captum
     from packaging.specifiers import SpecifierSet

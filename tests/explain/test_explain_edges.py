@@ -111,7 +111,7 @@ def test_the_default_limit_stops_a_huge_map_of_the_default_architecture_at_once(
     image = noise(30, 40)
     # a 4:3 photo at the model's own size is far below the default limit ...
     mapper = EvidenceMapper(m)
-    assert mapper.logits_macs((192, 256)) + mapper.macs((192, 256), 3) < bagnet.explain._explain.DEFAULT_MAX_MACS / 20
+    assert mapper.logits_macs((192, 256)) + mapper.macs((192, 256), 3) < bagnet.explain._cost.DEFAULT_MAX_MACS / 20
     # ... one resized to a short side of 2000 px is refused before any work (5.7e12 MACs)
     assert refused(m, image, img_size=2000, mapper=mapper) == 0
     with pytest.raises(MapCostError, match=r"resized to 2666x2000.*above the limit of 4,000 GMACs"):

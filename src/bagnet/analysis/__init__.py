@@ -9,18 +9,8 @@ output column of each class of the data), built by :func:`load_classifier` from 
 once per model and image and kept in a :class:`LogitCache`.
 """
 
-from ._captum import (
-    METHODS,
-    UnsupportedModelError,
-    attribution_cells,
-    bagnet_occlusion,
-    captum_ready,
-    check_lrp_supported,
-    gradcam_layer,
-    gradcam_map,
-    traceable_bagnet,
-    upsample_to_pixels,
-)
+from ._captum import METHODS, attribution_cells, bagnet_occlusion, gradcam_layer, gradcam_map, upsample_to_pixels
+from ._captum_ready import UnsupportedModelError, captum_ready, check_lrp_supported, traceable_bagnet
 from ._classifier import Classifier, load_classifier
 from ._data import EvalData, load_data
 from ._predictions import LogitCache, Predictions, predictions

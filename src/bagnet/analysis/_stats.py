@@ -128,7 +128,7 @@ class Interval:
     high: np.ndarray | float
 
     @property
-    def ci(self):
+    def ci(self) -> list:
         """``[low, high]``, or ``[[low, high], ...]`` per entry of a vector statistic."""
         return ci_pair(self.low, self.high)
 
@@ -143,11 +143,12 @@ class Comparison:
     p: np.ndarray | float
 
     @property
-    def ci(self):
+    def ci(self) -> list:
+        """``[low, high]`` of the difference, or ``[[low, high], ...]`` per entry."""
         return ci_pair(self.low, self.high)
 
 
-def ci_pair(low, high):
+def ci_pair(low: np.ndarray | float, high: np.ndarray | float) -> list:
     """``[low, high]`` for scalars, ``[[low, high], ...]`` elementwise for arrays (JSON-ready)."""
     lo, hi = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
     if lo.ndim == 0:

@@ -56,7 +56,8 @@ import numpy as np
 import torch
 
 from .._io import atomic_path
-from ._captum import DEEPLIFT_DELTA_WARN, METHODS, UnsupportedModelError, attribution_cells, warn_deeplift
+from ._captum import DEEPLIFT_DELTA_WARN, METHODS, attribution_cells, warn_deeplift
+from ._captum_ready import UnsupportedModelError
 from ._cells import cell_sums, channel_mean
 from ._classifier import Classifier
 from ._data import EvalData

@@ -215,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _max_macs(gmacs: float | None) -> int | None:
     """``--max-gmacs`` in multiply-adds (``None``: no limit)."""
-    from ..explain._explain import DEFAULT_MAX_MACS
+    from ..explain._cost import DEFAULT_MAX_MACS
 
     if gmacs is None:
         return DEFAULT_MAX_MACS

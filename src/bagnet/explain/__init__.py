@@ -5,8 +5,9 @@ Brendel & Bethge, "Approximating CNNs with Bag-of-local-Features models works su
 well on ImageNet", ICLR 2019. https://openreview.net/forum?id=SkfMWhAqYQ
 """
 
+from ._cost import MapCostError
 from ._dataset import ClassPatches, class_patches, plot_class_patches
-from ._explain import Explanation, MapCostError, Prediction, explain
+from ._explain import Explanation, Prediction, explain
 from ._figures import (
     colour_scale,
     image_edges,
