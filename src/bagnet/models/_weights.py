@@ -113,7 +113,7 @@ _PRETRAINED: dict[tuple[str, str], PretrainedCfg] = {
     ),
     # The default model, shipped (docs/models/bagnet33_w25-imagenette.md is its model card).
     ("bagnet33_w25", "imagenette"): _shipped(
-        "bagnet33_w25", "imagenette", "bagnet33_w25-imagenette-86fd8540.pt",
+        "bagnet33_w25", "imagenette", "bagnet33_w25-imagenette-51a3e482.pt",
         dataset="imagenette", img_size=192, num_classes=10,
     ),
     # The earlier default, shipped too: docs/ROBUSTNESS.md's measurements and the slim
