@@ -169,8 +169,8 @@ def test_shipped_imagenette_model_loads_and_matches_its_hash():
 
 def test_the_default_model_is_shipped_and_knows_the_drawn_golf_ball():
     # The README's screenshot and the demo's first sample rest on this: the shipped default
-    # loads offline, sees 192 px (trained at 160 px: served larger, see its model card), and
-    # calls the drawn golf ball a golf ball.
+    # loads offline, sees 192 px (its last training stage was at that size, see its model
+    # card), and calls the drawn golf ball a golf ball.
     from bagnet.app import sample_image
     from bagnet.explain import preprocess
     from bagnet.models import DEFAULT_MODEL
@@ -179,7 +179,7 @@ def test_the_default_model_is_shipped_and_knows_the_drawn_golf_ball():
     cfg = model.pretrained_cfg
     assert DEFAULT_MODEL == ("bagnet33_w25", "imagenette")
     assert model.num_classes == 10 and cfg["img_size"] == 192 and model.receptive_field == 33
-    assert cfg["train_img_size"] == 160
+    assert cfg["train_img_size"] == 192 and cfg["val_split"]["fraction"] == 0.1
     assert cfg["unknown"]["threshold"] is not None
     x, _ = preprocess(sample_image("golf_ball"), cfg)
     with torch.no_grad():

@@ -15,6 +15,7 @@ from bagnet.explain import unknown_check
 from bagnet.testing import make_image_folder
 from bagnet.train import loop as train_loop
 from bagnet.train import train
+from bagnet.train._files import selection_note
 
 from .conftest import tiny_config
 
@@ -149,7 +150,10 @@ def test_a_trained_model_describes_itself_not_its_initial_weights(tiny_data, tmp
         assert meta["img_size"] == meta["train_img_size"] == 36
         assert meta["mean"] == [0.5, 0.5, 0.5] and meta["std"] == [0.25, 0.25, 0.25]  # the weights' normalization
         assert meta["dataset"] == str(tiny_data) and meta["command"] == "bagnet train --new"
-        assert meta["metrics"] == {"top1": best["best"]["top1"], "top5": best["best"]["top5"], "epoch": 1}
+        assert meta["metrics"] == {"top1": best["best"]["top1"], "top5": best["best"]["top5"], "epoch": 1,
+                                   "split": "val/", "selection": selection_note(cfg)}
+        # chosen on val/, and the file says what that means for val/'s accuracy
+        assert "optimistic" in meta["metrics"]["selection"]
         assert meta["initial_weights"] == str(path)
     for source in (out / "model.pt", out / "model", out / "last.pt"):
         model = bagnet.load_model(source)
@@ -194,6 +198,8 @@ def test_the_model_file_records_the_held_out_images(split_run):
     assert record["folder"] == str(data.resolve())
     held = record["held_out"]
     assert len(held) == 6 and set(held) <= set(files)
+    metrics = _meta(out / "model.pt")["metrics"]
+    assert metrics["split"] == "held out of train (--val-split)" and "test accuracy" in metrics["selection"]
     assert sorted(h.split("/")[0] for h in held) == ["circle"] * 2 + ["square"] * 2 + ["stripes"] * 2
     log = json.loads((out / "log.jsonl").read_text().splitlines()[0])
     assert log["val_images"] == 6 and log["train_images"] == 18

@@ -135,7 +135,10 @@ def _save(cfg, files, info, epoch, best, is_best, classes, model, ema, optimizer
             shipped = ema.module if ema is not None else model
             metrics = {"top1": best["top1"], "top5": best["top5"], "epoch": epoch,
                        # the val accuracy of the defended logits, not of the plain mean
-                       **({"logits": describe_clip_evidence(cfg.clip_evidence)} if cfg.clip_evidence else {})}
+                       **({"logits": describe_clip_evidence(cfg.clip_evidence)} if cfg.clip_evidence else {}),
+                       # what these numbers are: the split model.pt was chosen on
+                       "split": "held out of train (--val-split)" if cfg.val_split else "val/",
+                       "selection": selection_note(cfg)}
             meta = {**model.pretrained_cfg, "metrics": metrics}
             # save_model_file and save_pretrained add the shipped model's own pretrained_cfg to
             # the meta: it must be this run's description, never the initial weights'.
@@ -146,3 +149,12 @@ def _save(cfg, files, info, epoch, best, is_best, classes, model, ema, optimizer
         # predecessor, which rewrites all three.
         save_checkpoint(out / "last.pt", state)
     barrier(info)
+
+
+def selection_note(cfg: TrainConfig) -> str:
+    """How ``model.pt`` was chosen, and what that means for the accuracy measured on ``val/``."""
+    if cfg.val_split:
+        return ("the epoch with the best top-1 on the images held out of train (--val-split): val/ was not "
+                "looked at, so bagnet eval on it is a test accuracy")
+    return ("the epoch with the best top-1 on val/: a choice made on the split it is scored on, so that "
+            "accuracy is optimistic; --val-split F chooses on images held out of train instead")

@@ -43,7 +43,7 @@ from ..models import (
     load_model,
     load_state_dict_strict,
 )
-from ._files import _record, _RunFiles, _save
+from ._files import _record, _RunFiles, _save, selection_note
 from .checkpoint import load_checkpoint, set_rng_state
 from .config import TrainConfig, describe_clip_evidence, merge_for_resume, train_masks
 from .distributed import DistInfo, ShardSampler, cleanup_distributed, init_distributed
@@ -400,6 +400,8 @@ def _run(cfg: TrainConfig, ckpt: dict | None, device: torch.device, info: DistIn
         if masking else "",
         cfg.out,
     )
+    if not cfg.val_split and info.is_main and cfg.epochs > 1:
+        logger.warning("model.pt will be %s", selection_note(cfg))
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
