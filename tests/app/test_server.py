@@ -90,11 +90,15 @@ def test_upload_predictions_and_maps_match_the_model(running_server, tiny_model)
     p = (q - 1) // 2
     with torch.no_grad():
         native = tiny_model.patch_logits(F.pad(x[None], (p, p, p, p)))[0].numpy()
+        own = tiny_model.patch_logits(x[None])[0].numpy()  # the model's own patches: what its logit averages
     assert sorted(result["maps"]) == ["0", "1", "2", "3"]
     for entry in result["explained"]:
         c = entry["index"]
         np.testing.assert_allclose(np.array(result["maps"][str(c)]), native[c], atol=2e-3)
-        assert entry["patches"][0]["score"] == pytest.approx(float(native[c].max()), abs=2e-3)
+        # the top patch is the best of the model's own patches, wholly inside the image
+        assert entry["patches"][0]["score"] == pytest.approx(float(own[c].max()), abs=2e-3)
+        x0, y0, x1, y1 = entry["patches"][0]["box"]
+        assert x1 - x0 == y1 - y0 == q and x0 >= 0 and y0 >= 0 and x1 <= IMG_SIZE and y1 <= IMG_SIZE
         assert entry["evidence"]["mean"] == pytest.approx(float(native[c].mean()), abs=2e-3)
 
     # Full resolution: every pixel's centred crop, computed crop by crop.
@@ -103,12 +107,15 @@ def test_upload_predictions_and_maps_match_the_model(running_server, tiny_model)
     assert status == 200
     view = json.loads(body)
     full = naive_full_map(tiny_model, x, cls)
-    i, j = np.unravel_index(np.argmax(full), full.shape)
+    # The outlined patches are the model's own at every resolution (wholly inside the image,
+    # every patch stride): the best one is the largest entry of its own patch logits.
+    i, j = np.unravel_index(np.argmax(own[cls]), own[cls].shape)
     best = view["patches"][0]
-    x0, y0 = int(j) - p, int(i) - p  # the patch centred on the best pixel, clipped to the image
-    assert best["box"] == [max(x0, 0), max(y0, 0), min(x0 + q, IMG_SIZE), min(y0 + q, IMG_SIZE)]
-    assert best["center"] == [int(j), int(i)] and best["class_index"] == cls  # [x, y]
-    assert best["score"] == pytest.approx(float(full.max()), abs=2e-3)
+    s = tiny_model.patch_stride
+    assert best["box"] == [int(j) * s, int(i) * s, int(j) * s + q, int(i) * s + q]  # [x0, y0, x1, y1]
+    assert best["class_index"] == cls and best["score"] == pytest.approx(float(own[cls].max()), abs=2e-3)
+    # the patch centred on that pixel of the full map is that very patch
+    assert full[int(i) * s + p, int(j) * s + p] == pytest.approx(float(own[cls].max()), abs=2e-3)
     heat = decode_data_url(view["heatmap"])
     assert heat.size == (IMG_SIZE, IMG_SIZE) and heat.mode == "RGBA"
     # The colour scale is symmetric about zero: red where the naive map is clearly

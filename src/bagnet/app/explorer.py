@@ -340,9 +340,22 @@ class ExploredImage:
         return self.explorer._mappers[res].geometry(tuple(self.display.shape[-2:]))
 
     def patches(self, cls: int, res: str = "native", k: int | None = None) -> list[Patch]:
-        """The ``k`` most predictive patches of class ``cls`` that share no pixel, best first."""
-        return top_patches(self.evidence(cls, res), self.geometry(res), k=k or self.explorer.top_k,
-                           classes=[cls], non_overlapping=True)
+        """The ``k`` most predictive patches of class ``cls`` that share no pixel, best first:
+        the model's own patches (every patch stride, wholly inside the image), the ones its
+        logit averages, as :func:`bagnet.explain.explain` lists them, whatever ``res`` the
+        map is drawn at."""
+        own = self.own_patch_logits()
+        geometry = MapGeometry(self.explorer.receptive_field, self.explorer.patch_stride, 0,
+                               tuple(self.display.shape[-2:]))
+        return top_patches(own[cls], geometry, k=k or self.explorer.top_k, classes=[cls], non_overlapping=True)
+
+    def own_patch_logits(self) -> torch.Tensor:
+        """The model's own (unpadded) patch logits ``[K, h, w]`` of this image."""
+        with self._lock:  # made on first use for images explored before it was kept
+            if self._patch_logits is None:
+                with self.explorer._slots:
+                    self._patch_logits = self.explorer._logits_and_patch_logits(self._x)[1]
+        return self._patch_logits
 
     def explanation(self, classes: Sequence[int], res: str = "native", *, n: int = 10) -> Explanation:
         """The :class:`~bagnet.explain.Explanation` of ``classes`` (its ``to_dict`` and ``plot``)."""
@@ -393,10 +406,7 @@ class ExploredImage:
             raise ValueError(f"defense must be 'mask' or 'clip', got {defense!r}")
         if not isinstance(patch, str):
             raise ValueError(f"patch must be a string such as '2%' or '16', got {patch!r}")
-        with self._lock:  # made on first use for images explored before it was kept
-            if self._patch_logits is None:
-                with self.explorer._slots:
-                    self._patch_logits = self.explorer._logits_and_patch_logits(self._x)[1]
+        self.own_patch_logits()
         ex = self.explorer
         robust = RobustBagNet(ex.model, patch, defense)
         h, w = self.display.shape[-2:]
