@@ -76,3 +76,29 @@ def test_package_model_keeps_the_weights_and_drops_metrics_and_local_keys(tmp_pa
     torch.save({"format": "bagnet-model/1", "model": "bagnet9_slim", "model_args": {}, "state_dict": {},
                 "meta": {"command": "bagnet train --data /work/x"}}, src)
     assert main([str(src), "--out", str(tmp_path / "c.pt")]) == 1 and "absolute paths" in capsys.readouterr().err
+
+
+def test_package_model_keeps_research_weights_in_float16_from_a_training_checkpoint(tmp_path):
+    """--half: research weights under benchmarks/ in float16; a last.pt gives its EMA weights."""
+    import runpy
+
+    import bagnet
+    from bagnet.testing import make_image_folder
+    from bagnet.train import train
+    from bagnet.train.config import TrainConfig
+
+    main = runpy.run_path(str(ROOT / "tools" / "package_model.py"))["main"]
+    data = make_image_folder(tmp_path / "data", per_class=3, size=32)
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(data), out=str(run), model="bagnet_tiny", img_size=32, epochs=1, batch_size=4,
+                      workers=0, ema=True, ema_decay=0.5, progress=False))
+    out = tmp_path / "w.pt"
+    assert main([str(run / "last.pt"), "--half", "--dataset", "shapes", "--out", str(out)]) == 0
+    saved = torch.load(out, map_location="cpu", weights_only=True)
+    assert all(v.dtype == torch.float16 for v in saved["state_dict"].values() if v.is_floating_point())
+    assert saved["meta"]["crop_pct"] is None and saved["meta"]["img_size"] == 32
+    ema = bagnet.load_model(run / "last.pt")  # the EMA weights, as the run evaluated them
+    loaded = bagnet.load_model(out)
+    for k, v in ema.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(loaded.state_dict()[k], v.half().float())

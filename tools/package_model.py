@@ -19,6 +19,12 @@ size is kept as ``train_img_size``.
 
 Prints the written path; register it in ``src/bagnet/models/_weights.py`` (its file name
 carries the SHA-256 prefix), then record its accuracy with ``tools/record_metrics.py``.
+
+Research weights that are not shipped go under ``benchmarks/models/`` in float16
+(``--half``, at most 25 MB): a training checkpoint (``last.pt``: its EMA weights where the
+run kept an EMA) is accepted too, so a run's last epoch can be kept without a choice::
+
+    python tools/package_model.py runs/bagnet17_w25_ft/last.pt --half --out benchmarks/models/bagnet17_w25-imagenette.pt
 """
 
 from __future__ import annotations
@@ -33,9 +39,10 @@ import torch
 
 from bagnet._io import atomic_path
 
-KEEP = ("mean", "std", "img_size", "crop_pct", "dataset", "command", "classes", "class_names", "unknown", "source",
+KEEP = ("mean", "std", "img_size", "crop_pct", "dataset", "command", "classes", "class_names", "unknown",
         "train_evidence", "train_img_size", "val_split")
-LIMIT = 10 * 1024 * 1024
+LIMIT = 10 * 1024 * 1024  # a file shipped in the package
+HALF_LIMIT = 25 * 1024 * 1024  # research weights under benchmarks/, in float16
 
 
 def _absolute_paths(value, where: str = "meta") -> list[str]:
@@ -57,15 +64,27 @@ def main(argv: list[str] | None = None) -> int:
                    help="input size to serve the model at, if not its training size (meta img_size)")
     p.add_argument("--out-dir", default="src/bagnet/weights", help="where to write (default: src/bagnet/weights)")
     p.add_argument("--out", default=None, help="write exactly this file instead (no hash in the name)")
+    p.add_argument("--half", action="store_true",
+                   help="store floating-point weights in float16 (research weights under benchmarks/, <= 25 MB)")
     args = p.parse_args(argv)
     if not args.name and not args.out:
         p.error("give --name (written to --out-dir as NAME-<sha8>.pt) or --out")
 
     obj = torch.load(args.model_file, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and obj.get("format") == "bagnet-train/1":
+        import bagnet  # the loader picks the EMA weights of a run that kept one
+
+        model = bagnet.load_model(args.model_file)
+        obj = {"format": "bagnet-model/1", "model": model.model_name, "model_args": dict(model.model_args),
+               "state_dict": model.state_dict(), "meta": {**(obj.get("meta") or {}), **model.pretrained_cfg}}
     if not isinstance(obj, dict) or obj.get("format") != "bagnet-model/1":
-        print(f"package_model: error: {args.model_file} is not a bagnet model file", file=sys.stderr)
+        print(f"package_model: error: {args.model_file} is not a bagnet model file or training checkpoint",
+              file=sys.stderr)
         return 1
+    if args.half:
+        obj = {**obj, "state_dict": {k: v.half() if v.is_floating_point() else v for k, v in obj["state_dict"].items()}}
     meta = {k: v for k, v in obj["meta"].items() if k in KEEP}
+    meta.setdefault("crop_pct", None)  # the whole image: say so, rather than leave it to a default
     if args.dataset:
         meta["dataset"] = args.dataset
     if args.img_size is not None:
@@ -83,8 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     buf = io.BytesIO()
     torch.save({**obj, "meta": meta}, buf)
     data = buf.getvalue()
-    if len(data) > LIMIT:
-        print(f"package_model: error: {len(data) / 1e6:.1f} MB is over the 10 MB a shipped file may have", file=sys.stderr)
+    limit = HALF_LIMIT if args.half else LIMIT
+    if len(data) > limit:
+        what = "research weights in float16" if args.half else "a shipped file"
+        print(f"package_model: error: {len(data) / 1e6:.1f} MB is over the {limit // 2**20} MB {what} may have",
+              file=sys.stderr)
         return 1
     sha = hashlib.sha256(data).hexdigest()
     path = Path(args.out) if args.out else Path(args.out_dir) / f"{args.name}-{sha[:8]}.pt"
