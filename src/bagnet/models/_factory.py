@@ -260,6 +260,8 @@ def _finish(model: nn.Module, name: str, kwargs: dict, source: str | None, state
     model.pretrained_cfg = {
         "mean": list(meta.get("mean", IMAGENET_MEAN)),
         "std": list(meta.get("std", IMAGENET_STD)),
+        # the crop of the model's preprocessing (bagnet.data.transforms): None, the whole image
+        "crop_pct": meta.get("crop_pct"),
         **{k: v for k, v in meta.items() if k not in ("mean", "std", "classes")},
         "classes": list(classes) if classes is not None else None,
         "source": source,
