@@ -59,8 +59,9 @@ def running_server(tiny_model):
 
     started = []
 
-    def start(model=None, **kwargs):
-        explorer = Explorer(model if model is not None else tiny_model, img_size=IMG_SIZE, top_k=3)
+    def start(model=None, *, cleanser_model=None, **kwargs):
+        explorer = Explorer(model if model is not None else tiny_model, img_size=IMG_SIZE, top_k=3,
+                            cleanser_model=cleanser_model)
         server = make_server(explorer, "127.0.0.1", 0, **kwargs)
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         thread.start()

@@ -1,9 +1,12 @@
 """Screenshot of the `bagnet serve` page for the README (docs/serve.png).
 
     python -m tests.app.screenshot [--weights FILE] [--sample chelsea] [--class N] [--out docs/serve.png]
+        [--certify 2% [--cleanser-model resnet18@runs/resnet18/model.pt [--hover-mask I]]]
 
 Starts the server in this process on a free port, opens the page in headless chromium,
-picks a sample photo, shows its full-resolution evidence and saves the page.
+picks a sample photo, shows its full-resolution evidence and saves the page. With
+``--certify`` the certificate's line (and, with ``--cleanser-model``, PatchCleanser's panel,
+mask ``--hover-mask`` outlined on the image) is in the picture.
 """
 
 from __future__ import annotations
@@ -31,13 +34,23 @@ def main(argv=None) -> None:
     p.add_argument("--res", choices=("native", "full"), default="full")
     p.add_argument("--out", default="docs/serve.png")
     p.add_argument("--viewport", default="1100x920", help="WIDTHxHEIGHT of the browser window (390x844: a phone)")
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--certify", default=None, help="sticker size chosen in the certify control (1%%, 2%%, 3%%)")
+    p.add_argument("--cleanser-model", default=None, help="PatchCleanser's reference model (a model spec)")
+    p.add_argument("--hover-mask", type=int, default=None, help="PatchCleanser mask cell to point at")
     args = p.parse_args(argv)
 
     from playwright.sync_api import sync_playwright
 
     model = resolve_demo_model(args)
     names = _readable_names(model, Path(args.data)) if args.data else None
-    server = make_server(Explorer(model, class_names=names), "127.0.0.1", 0)
+    reference = None
+    if args.cleanser_model:
+        from bagnet.models._spec import load_spec
+
+        reference = load_spec(args.cleanser_model, num_classes=int(model.num_classes))
+    server = make_server(Explorer(model, class_names=names, img_size=args.img_size, cleanser_model=reference),
+                         "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -56,7 +69,15 @@ def main(argv=None) -> None:
             if args.res == "full":
                 page.check("#res-full")
                 page.wait_for_selector("#heatmap[data-res='full']")
-            page.evaluate("window.scrollTo(0, 0)")
+            if args.certify:
+                page.select_option("#certify-patch", args.certify)
+                page.wait_for_selector("#certificate[data-certified]")
+                if reference is not None:
+                    page.wait_for_selector("#cleanser[data-state='done']", timeout=600_000)
+                    if args.hover_mask is not None:
+                        page.hover(f"#cleanser-grid button[data-mask='{args.hover_mask}']")
+            if args.hover_mask is None:
+                page.evaluate("window.scrollTo(0, 0)")
             png = page.screenshot(full_page=True)
             browser.close()
     finally:

@@ -30,6 +30,16 @@ def _parse_certify(query: dict, name: str) -> tuple[str | None, str]:
     return patch, defense or "mask"
 
 
+def _parse_patch(query: dict, name: str) -> str:
+    """The patch size a request must give under ``name``."""
+    patch = query.get(name)
+    if patch is None:
+        raise HTTPError(400, f"give the patch size to certify against, e.g. {name}=2% (or a side in pixels)")
+    if len(patch) > 16 or not patch.strip():
+        raise HTTPError(400, f"{name} must be a patch size such as 2% or 16 (pixels), got {patch[:40]!r}")
+    return patch
+
+
 def _certify(analysis: ExploredImage, patch: str, defense: str) -> dict:
     try:
         return analysis.certificate(patch, defense)

@@ -15,8 +15,6 @@ Everything an ExploredImage holds is its own, so many can be used from many thre
 
 from __future__ import annotations
 
-import base64
-import copy
 import io
 import itertools
 import os
@@ -25,7 +23,6 @@ import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -45,24 +42,20 @@ from ..explain import (
     unknown_check,
 )
 from ..explain._colour import SCALE_PERCENTILE  # of |evidence|: an image's colour scale
-from ..explain._explain import certificate_record, figure_bytes
 from ..explain._images import ImageLike
 from ..models._base import patch_head
 from ._cache import DEFAULT_CACHE_BYTES, FeatureCache
-from ._figure import explorer_figure, short_name
-from ._images import _jpeg, _photo, colorize, png_data_url
+from ._certify_view import _Certificates
+from ._cleanser import ROLES, CleanserModel, reference_model
+from ._images import _photo
+from ._views import _FULL_ALL_CLASSES, _Views
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+    pass
 
 __all__ = ["DEFAULT_CACHE_BYTES", "RESOLUTIONS", "ExploredImage", "Explorer", "FeatureCache"]
 
 RESOLUTIONS = ("native", "full")
-# Models with at most this many classes get the full-resolution maps of all classes from
-# one pass (the classifier is the cheap last step) and keep them with the image. Larger
-# ones (ImageNet) keep what all classes share instead, the features before the classifier
-# (in the explorer's bounded FeatureCache), and make each class's map from them on demand.
-_FULL_ALL_CLASSES = 32
 # Full-resolution maps a many-class image keeps besides the features (the latest viewed).
 _KEEP_FULL_MAPS = 16
 
@@ -92,6 +85,12 @@ class Explorer:
         dtype: arithmetic of the evidence maps (see :func:`~bagnet.explain.evidence_map`);
             ``torch.bfloat16`` is faster on hardware with bfloat16 units but approximate.
             The predictions always come from the float32 model.
+        cleanser_model: a second classifier (any model, e.g. a torchvision ResNet-18) whose
+            PatchCleanser verdict :meth:`ExploredImage.cleanser` gives next to the BagNet's
+            certificate. It must have the model's classes, matched by name
+            (:func:`bagnet.data.classes.class_mapping`); it sees the same pixels, normalized
+            with its own mean and std (see :mod:`bagnet.app._cleanser`). It is put in eval mode.
+        cleanser_masks: k, PatchCleanser's masks per axis (k x k masks; the paper's 6).
     """
 
     def __init__(
@@ -105,6 +104,8 @@ class Explorer:
         max_concurrent: int = 1,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         dtype: torch.dtype | str | None = None,
+        cleanser_model: nn.Module | None = None,
+        cleanser_masks: int = 6,
     ):
         self.model = model.eval().to(device)
         self.device = torch.device(device)
@@ -136,6 +137,40 @@ class Explorer:
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self.cache = FeatureCache(cache_bytes)
         self._keys = itertools.count()
+        # PatchCleanser verdicts: one computed at a time (each is hundreds of passes; two
+        # would only split the cores), each pass taking the model slot for itself only.
+        self._cleanser_lock = threading.Lock()
+        self._cleansers: dict[str, CleanserModel] = {}
+        if cleanser_model is not None:
+            ids = self.cfg.get("classes")
+            self._cleansers["reference"] = reference_model(
+                cleanser_model, classes=[str(c) for c in ids] if ids and len(ids) == k else self.classes,
+                explorer_name=self.model_name, img_size=self.img_size, crop_pct=self.preprocessing.crop_pct,
+                mean=self.preprocessing.mean, std=self.preprocessing.std, device=self.device, masks=cleanser_masks)
+        # PatchCleanser works for any classifier, the BagNet too (its own certificates are cheaper).
+        self._cleansers["bagnet"] = CleanserModel(self.model, self.model_name, "bagnet", self.preprocessing,
+                                                  same_input=True, classes_matched="the explored model itself",
+                                                  masks=cleanser_masks)
+
+    @property
+    def cleanser_model(self) -> CleanserModel | None:
+        """The reference classifier prepared for PatchCleanser verdicts, or ``None``."""
+        return self._cleansers.get("reference")
+
+    def cleanser_for(self, role: str = "reference") -> CleanserModel:
+        """The classifier whose PatchCleanser verdict ``role`` names: ``"reference"`` (the
+        ``cleanser_model``) or ``"bagnet"`` (the explored model itself).
+
+        Raises:
+            LookupError: no reference model was given.
+            ValueError: an unknown role.
+        """
+        if role not in ROLES:
+            raise ValueError(f"model must be one of {', '.join(ROLES)}, got {role!r}")
+        if role not in self._cleansers:
+            raise LookupError("no PatchCleanser reference model: pass Explorer(..., cleanser_model=...), or start "
+                              "the server with bagnet serve --cleanser-model SPEC (e.g. resnet18@random)")
+        return self._cleansers[role]
 
     def cache_info(self) -> dict:
         """What the feature cache holds: ``{"images", "bytes", "max_bytes", "hits", "misses"}``."""
@@ -237,7 +272,7 @@ class Explorer:
     analyse = explore  # the old name (the command line spells it "analyze"; the app explores)
 
 
-class ExploredImage:
+class ExploredImage(_Certificates, _Views):
     """Predictions and evidence maps of one image (made by :meth:`Explorer.explore`).
 
     Maps use the paper's padded geometry: at full resolution entry ``(y, x)`` is the
@@ -277,6 +312,9 @@ class ExploredImage:
         self._maps: dict[str, dict[int, torch.Tensor]] = {"native": dict(enumerate(native)), "full": {}}
         self._lock = threading.Lock()
         self._certificates: dict[tuple[str, str], dict] = {}  # (patch, defense) -> certificate()
+        self._verdicts: dict[tuple[str, str], dict] = {}  # (patch, role) -> cleanser()
+        self._verdict_gates: dict[tuple[str, str], threading.Lock] = {}
+        self._progress: dict[tuple[str, str], dict] = {}  # verdicts being computed or waited for
         self._key = next(explorer._keys)
         # The cached features go when the image does (e.g. dropped from the server's store).
         weakref.finalize(self, explorer.cache.discard, self._key)
@@ -375,170 +413,6 @@ class ExploredImage:
             source=self.source,
             patch_stride=self.explorer.patch_stride,
         )
-
-    # -- certified robustness to adversarial patches ------------------------------------
-
-    def certificate(self, patch: str, defense: str = "mask") -> dict:
-        """Whether the defended prediction is certified against any ``patch`` sticker.
-
-        Computed by :mod:`bagnet.robust` from the patch logits of the upload's pass (no
-        further pass through the model). ``patch`` is a side in pixels of the model's input
-        (``"16"``, ``"16px"``) or a share of its area (``"2%"``); ``defense`` is ``"mask"``
-        (PatchGuard) or ``"clip"`` (Clipped BagNet). Returns the record ``bagnet explain
-        --certify-patch`` writes (:func:`bagnet.explain._explain.certificate_record`): the
-        defended prediction, ``certified``, ``margin``, a ``message`` and, for ``"mask"``,
-        ``removed_box_resized`` (the window the masking removed, in the model input's
-        pixels, as the patches' ``box``) and ``removed_box`` (in the original image's).
-
-        Each (patch, defense) is computed once per image: the page's line, the JSON and the
-        figure downloads ask for the same one.
-
-        Raises:
-            ValueError: a bad patch size or defence.
-        """
-        from ..robust import RobustBagNet
-
-        key = (patch, defense)
-        with self._lock:
-            if key in self._certificates:
-                return copy.deepcopy(self._certificates[key])
-        if defense not in ("mask", "clip"):
-            raise ValueError(f"defense must be 'mask' or 'clip', got {defense!r}")
-        if not isinstance(patch, str):
-            raise ValueError(f"patch must be a string such as '2%' or '16', got {patch!r}")
-        self.own_patch_logits()
-        ex = self.explorer
-        robust = RobustBagNet(ex.model, patch, defense)
-        h, w = self.display.shape[-2:]
-        geo = robust.geometry((h, w))
-        cert = robust.certify_evidence(self._patch_logits[None], geo.window, geo.patch_size)
-        record = certificate_record(cert, 0, patch=patch, class_names=ex.classes, receptive_field=ex.receptive_field,
-                                    patch_stride=ex.patch_stride, resized_size=[w, h], analysed_box=self.source["box"])
-        with self._lock:
-            self._certificates[key] = record
-        return copy.deepcopy(record)
-
-    # -- what the page and the downloads show -----------------------------------------
-
-    @property
-    def photo(self) -> Image.Image:
-        """The photo shown under the maps: the analysed part of the original image, sharp,
-        at up to :data:`PHOTO_SIDE` pixels (:attr:`image`, the model's input, for images
-        given as tensors or arrays)."""
-        return Image.open(io.BytesIO(self._photo)) if self._photo is not None else self.image
-
-    def upsampled(self, cls: int, res: str = "native") -> np.ndarray:
-        """The map of ``cls`` with one value per pixel of the model's input (native maps:
-        every pixel takes the value of the nearest patch centre)."""
-        m = self.evidence(cls, res).numpy()
-        h, w = self.display.shape[-2:]
-        if res == "native":
-            # Native entry (i, j) is centred on pixel (s*i, s*j).
-            s = self.explorer.patch_stride
-            rows = np.clip((np.arange(h) + s // 2) // s, 0, m.shape[0] - 1)
-            cols = np.clip((np.arange(w) + s // 2) // s, 0, m.shape[1] - 1)
-            m = m[rows[:, None], cols[None, :]]
-        return m
-
-    def heatmap_rgba(self, cls: int, res: str = "native", vmax: float | None = None) -> tuple[np.ndarray, float]:
-        """The map as a translucent RGBA overlay of the model input's size, and its colour
-        scale (this image's :attr:`scale` unless ``vmax`` is given)."""
-        return colorize(self.upsampled(cls, res), vmax=self.scale if vmax is None else vmax)
-
-    def view(self, cls: int, res: str = "native", vmax: float | None = None) -> dict:
-        """What the page shows for one class: overlay PNG (data URL), top patches, colour
-        scale (``+-vmax``; default: this image's :attr:`scale`), what the map averages, and
-        whether the map was ``cached`` (computed before, e.g. native maps with the upload)."""
-        cached = cls in self._maps[res]  # else computed by this call (the page says which)
-        rgba, scale = self.heatmap_rgba(cls, res, vmax)
-        m = self.evidence(cls, res)
-        return {
-            "cached": cached,
-            "class": cls,
-            "name": self.class_name(cls),
-            "res": res,
-            "heatmap": png_data_url(Image.fromarray(rgba, "RGBA")),
-            "patches": [p.to_dict() for p in self.patches(cls, res)],
-            "vmax": scale,
-            "scale": "image" if vmax is None else "fixed",
-            "map_mean": float(m.mean()),
-            "beyond_scale": float((m.abs() > scale).float().mean()),
-            **{k: v for k, v in self.prediction(cls).to_dict().items() if k in ("probability", "logit")},
-        }
-
-    def summary(self, n: int = 10) -> dict:
-        """What the page needs right after an upload."""
-        h, w = self.display.shape[-2:]
-        photo = self._photo or _jpeg(self.image)
-        return {
-            "name": self.name,
-            "width": w,
-            "height": h,
-            "image": "data:image/jpeg;base64," + base64.b64encode(photo).decode("ascii"),
-            "predictions": self.predictions(n),
-            "top_class": self.top_class,
-            "original_size": self.source["size"],
-            "note": self.crop_note(),
-            "unknown": None if self.unknown is None else self.unknown.to_dict(),
-            "scale": self.scale,
-        }
-
-    def crop_note(self) -> str | None:
-        """A sentence saying which part of the image was analysed, if not all of it."""
-        (w, h), (x0, y0, x1, y1) = self.source["size"], self.source["box"]
-        if (x1 - x0, y1 - y0) == (w, h):
-            return None
-        return (f"only the centre {x1 - x0}x{y1 - y0} pixels of this {w}x{h} image were analysed "
-                "(the long side is limited to twice the short side)")
-
-    def figure(self, cls: int, res: str = "native", vmax: float | None = None, *, certify: str | None = None,
-               defense: str = "mask") -> Figure:
-        """The page's view of one class as a figure: the photo with the evidence, the top
-        patches numbered, and a colour bar with the scale (this image's unless ``vmax``).
-        With ``certify`` (a patch size, as for :meth:`certificate`), the certificate's line
-        under the title and, for ``"mask"``, the removed window as a dashed box.
-
-        Raises:
-            ValueError: a bad patch size or defence.
-        """
-        cert = None if certify is None else self.certificate(certify, defense)
-        pred = self.prediction(cls)
-        title = f"{short_name(self.name)}: evidence for {pred.name} (p = {pred.probability:.3f}, logit {pred.logit:.2f})"
-        if self.unknown is not None and self.unknown.flag:
-            title += f"\n{self.unknown.message}"
-        return explorer_figure(np.asarray(self.photo), self.upsampled(cls, res), self.patches(cls, res),
-                               self.scale if vmax is None else vmax, res=res, class_name=pred.name, title=title,
-                               certificate=cert)
-
-    def figure_png(self, cls: int, res: str = "native", vmax: float | None = None, dpi: int = 200, *,
-                   certify: str | None = None, defense: str = "mask") -> bytes:
-        """:meth:`figure` as PNG at ``dpi`` dots per inch."""
-        return figure_bytes(self.figure(cls, res, vmax, certify=certify, defense=defense), "png", dpi, png_level=1)
-
-    def figure_svg(self, cls: int, res: str = "native", vmax: float | None = None, *, certify: str | None = None,
-                   defense: str = "mask") -> bytes:
-        """:meth:`figure` as SVG (the photo and the map embedded as images)."""
-        return figure_bytes(self.figure(cls, res, vmax, certify=certify, defense=defense), "svg")
-
-    def to_dict(self, res: str = "native", n: int = 10, *, maps: bool = False, certify: str | None = None,
-                defense: str = "mask") -> dict:
-        """:meth:`Explanation.to_dict` of the top classes, with the "none of these" check.
-
-        With ``maps``, ``maps`` holds per explained class index the ``[h, w]`` evidence map
-        (rounded to 1e-4) of this resolution; full-resolution maps of models with many
-        classes are given for the ``top_k`` classes only. With ``certify`` (a patch size),
-        ``certified`` holds :meth:`certificate` of it and ``defense``.
-        """
-        cert = None if certify is None else self.certificate(certify, defense)
-        many = res == "full" and self.num_classes > _FULL_ALL_CLASSES
-        classes = self.ranking(self.explorer.top_k if many else n)
-        out = {"image": self.name, "resolution": res, "scale": self.scale,
-               **self.explanation(classes, res, n=n).to_dict()}
-        if maps:
-            out["maps"] = {str(c): np.round(self.evidence(c, res).numpy(), 4).tolist() for c in classes}
-        if cert is not None:
-            out["certified"] = cert
-        return out
 
 
 Analysis = ExploredImage  # the old name; it clashed with ``bagnet.analysis`` (the paper's experiments)

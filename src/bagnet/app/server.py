@@ -46,6 +46,19 @@ Routes::
                                                                  certify=2%[&defense=clip]: with "certified"
     GET  /api/uploads/<id>/certificate?patch=2%[&defense=mask|clip]  is the defended prediction certified
                                                                  against any such sticker; the removed window
+    GET  /api/uploads/<id>/cleanser?patch=2%[&model=reference|bagnet][&wait=0]
+                                            PatchCleanser's verdict for the --cleanser-model (or the BagNet):
+                                            prediction, case, one-mask predictions, agreeing pairs;
+                                            wait=0: 202 {"state", "done", "total"} until it is computed
+                                            (by a request without wait=0), then the verdict
+
+A PatchCleanser verdict costs hundreds of passes (666 for 6 x 6 masks): it is computed by the
+request that asks for it, in its working slot, one verdict at a time, each pass taking the
+explorer's model slot for itself only, so other users' uploads and maps go in between. At
+most ``max_cleanser_requests`` requests compute or queue for a verdict at once (others get
+503 with ``Retry-After``), so they never take all the working slots; a request for a verdict
+already under way waits for it. ``result.json`` with
+``certify=`` includes the reference model's verdict as ``"cleanser"``.
 
 ``vmax`` fixes the colour scale at ``+-vmax`` (the page's "same scale across images");
 without it every class of an image shares that image's scale.
@@ -76,7 +89,7 @@ from ..data.images import ImageError
 from ..explain._colour import colormap_stops
 from ._connections import BoundedHandler, BoundedHTTPServer
 from ._hosts import WILDCARDS, HostPolicy, is_loopback, reachable_urls
-from ._requests import HTTPError, _certify, _parse_certify, _parse_class, _parse_res, _parse_vmax
+from ._requests import HTTPError, _certify, _parse_certify, _parse_class, _parse_patch, _parse_res, _parse_vmax
 from .explorer import SCALE_PERCENTILE, ExploredImage, Explorer
 from .samples import SAMPLE_NAMES, sample_image, sample_note, sample_subject
 
@@ -137,6 +150,9 @@ class ExplorerServer(BoundedHTTPServer):
         max_connections: connections open at the same time, each with its own thread that
             receives its request. When all are taken, the one that has waited longest
             for its request head is closed to make room for a new one.
+        max_cleanser_requests: requests that compute or wait for a PatchCleanser verdict at
+            the same time (default: a quarter of ``max_threads``, at least 1); more are
+            answered 503, so that slow verdicts never hold every working slot.
     """
 
     def __init__(
@@ -152,9 +168,15 @@ class ExplorerServer(BoundedHTTPServer):
         head_timeout: float = 10.0,
         request_timeout: float = 120.0,
         max_connections: int = 128,
+        max_cleanser_requests: int | None = None,
     ):
         if min(max_pixels, max_uploads) < 1:
             raise ValueError("max_pixels and max_uploads must be positive")
+        if max_cleanser_requests is None:
+            max_cleanser_requests = max(1, max_threads // 4)
+        if max_cleanser_requests < 1:
+            raise ValueError(f"max_cleanser_requests must be at least 1, got {max_cleanser_requests}")
+        self._cleanser_requests = threading.BoundedSemaphore(max_cleanser_requests)
         self.explorer = explorer
         self.max_pixels = max_pixels
         self.store = _Store(max_uploads)
@@ -197,7 +219,31 @@ class ExplorerServer(BoundedHTTPServer):
             "sample_info": {n: {"kind": sample_subject(n).kind, "credit": sample_subject(n).credit} for n in SAMPLE_NAMES},
             "top_k": ex.top_k,
             "map_dtype": ex.map_dtype,
+            # The PatchCleanser reference model, or None: the page then shows no PatchCleanser panel.
+            "cleanser": None if ex.cleanser_model is None else ex.cleanser_model.to_dict(),
         }
+
+    def cleanser_verdict(self, analysis: ExploredImage, patch: str, model: str = "reference") -> dict:
+        """:meth:`ExploredImage.cleanser` within the server's bound on verdict requests
+        (503 beyond it). A verdict already computed is answered at once, and one being
+        computed is waited for without counting against the bound (it costs nothing more)."""
+        try:
+            done, progress = analysis.cleanser_state(patch, model)
+            if done is not None:
+                return done
+            if progress["state"] != "not started":  # another request computes it: wait for that one
+                return analysis.cleanser(patch, model)
+            if not self._cleanser_requests.acquire(blocking=False):
+                raise HTTPError(503, "the server is computing other PatchCleanser verdicts; try again in a moment",
+                                {"Retry-After": "5"})
+            try:
+                return analysis.cleanser(patch, model)
+            finally:
+                self._cleanser_requests.release()
+        except LookupError as e:
+            raise HTTPError(404, str(e)) from None
+        except ValueError as e:  # unreadable size, a sticker larger than the image, too few masks
+            raise HTTPError(400, str(e)) from None
 
     def thumbnail(self, name: str) -> bytes:
         with self._thumbs_lock:
@@ -343,6 +389,26 @@ class _Handler(BoundedHandler):
             raise HTTPError(400, "give the patch size to certify against, e.g. patch=2% (or a side in pixels)")
         self._json(_certify(analysis, patch, defense))
 
+    def _cleanser(self, key: str, query=None) -> None:
+        analysis = self.server.store.get(key)
+        patch = _parse_patch(query, "patch")
+        model = query.get("model", "reference")
+        if model not in ("reference", "bagnet"):
+            raise HTTPError(400, f"model must be 'reference' (the --cleanser-model) or 'bagnet', got {model[:40]!r}")
+        wait = query.get("wait", "1")
+        if wait not in ("0", "1"):
+            raise HTTPError(400, f"wait must be 0 or 1, got {wait[:40]!r}")
+        if wait == "0":  # how far the verdict is, for the page's progress line; computes nothing
+            try:
+                done, progress = analysis.cleanser_state(patch, model)
+            except LookupError as e:
+                raise HTTPError(404, str(e)) from None
+            except ValueError as e:
+                raise HTTPError(400, str(e)) from None
+            self._json(done if done is not None else progress, 200 if done is not None else 202)
+            return
+        self._json(self.server.cleanser_verdict(analysis, patch, model))
+
     def _result(self, key: str, query=None) -> None:
         analysis = self.server.store.get(key)
         res = _parse_res(query)
@@ -353,6 +419,8 @@ class _Handler(BoundedHandler):
         record = analysis.to_dict(res, maps=maps == "1")
         if patch is not None:
             record["certified"] = _certify(analysis, patch, defense)
+            if self.server.explorer.cleanser_model is not None:  # the page's PatchCleanser panel
+                record["cleanser"] = self.server.cleanser_verdict(analysis, patch)
         body = json.dumps(record, indent=1).encode()
         # Each download its own name: what it holds, at which resolution, certified how.
         kind = "results-with-maps" if maps == "1" else "results"
@@ -374,6 +442,7 @@ _ROUTES = (
     ("GET", r"/api/uploads/([^/]+)/figure\.(png|svg)", _Handler._figure, False),
     ("GET", r"/api/uploads/([^/]+)/result\.json", _Handler._result, False),
     ("GET", r"/api/uploads/([^/]+)/certificate", _Handler._certificate, False),
+    ("GET", r"/api/uploads/([^/]+)/cleanser", _Handler._cleanser, False),
 )
 
 

@@ -4,6 +4,11 @@ evidence maps class by class, at the model's native stride or at full resolution
 Binds to 127.0.0.1 unless ``--host`` says otherwise. The page has no authentication;
 requests that name another host (DNS rebinding) or come from another site's page are
 refused. Reach it by another name with ``--allow-host NAME``.
+
+``--cleanser-model SPEC`` (``resnet18@runs/resnet18/model.pt``, ``resnet18@random``, a model
+file) adds a second classifier with the same classes: when a sticker size is chosen, the
+page shows its PatchCleanser verdict next to the BagNet's certificate (666 passes per image
+and size for 6 x 6 masks: seconds to a minute on a CPU).
 """
 
 from __future__ import annotations
@@ -32,6 +37,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_device_args(p)
     p.add_argument("--img-size", type=int, default=None, help="short side images are resized to (default: the model's)")
     add_dtype_arg(p)
+    p.add_argument("--cleanser-model", default=None, metavar="SPEC",
+                   help="a second classifier with the same classes (any model: resnet18@runs/resnet18/model.pt, "
+                        "resnet18@random, a model file) whose PatchCleanser verdict the page shows next to the "
+                        "BagNet's certificate")
+    p.add_argument("--cleanser-masks", type=int, default=6, metavar="K",
+                   help="PatchCleanser's masks per axis: K x K masks, K^2 (K^2 + 1) / 2 passes per verdict "
+                        "(default: 6, the paper's; 666 passes)")
     p.set_defaults(func=run)
     p.epilog = ("Without --model/--weights: the authors' ImageNet BagNet-33 if its weights are downloaded, else the "
                 "shipped Imagenette model; --weights imagenet uses (and downloads once) BagNet-33.")
@@ -54,10 +66,29 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must lie in 0..65535, got {args.port}")
     if not 0 <= args.cache_mb <= 2**20:
         raise ValueError(f"--cache-mb must lie in [0, 1048576], got {args.cache_mb}")
+    if not 1 <= args.cleanser_masks <= 32:
+        raise ValueError(f"--cleanser-masks must lie in 1..32, got {args.cleanser_masks}")
     device = resolve_device(args.device)
     dtype = map_dtype(args.dtype, device, "serve")
-    explorer = Explorer(resolve_demo_model(args), device=device, img_size=args.img_size,
-                        cache_bytes=int(args.cache_mb * 2**20), dtype=dtype)
+    model = resolve_demo_model(args)
+    reference = None
+    if args.cleanser_model is not None:
+        from ..models._spec import load_spec, parse_spec
+
+        # NAME@random gets the explored model's number of classes (weights bring their own).
+        try:
+            reference = load_spec(parse_spec(args.cleanser_model), num_classes=int(model.num_classes))
+        except ValueError as e:
+            raise ValueError(f"--cleanser-model {args.cleanser_model}: {e}") from None
+        except OSError as e:
+            raise OSError(f"--cleanser-model {args.cleanser_model}: {e}") from None
+    try:
+        explorer = Explorer(model, device=device, img_size=args.img_size, cache_bytes=int(args.cache_mb * 2**20),
+                            dtype=dtype, cleanser_model=reference, cleanser_masks=args.cleanser_masks)
+    except ValueError as e:
+        if reference is None:
+            raise
+        raise ValueError(f"--cleanser-model {args.cleanser_model}: {e}") from None
     try:
         server = make_server(explorer, args.host, args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
                              allow_hosts=args.allow_host)
@@ -69,6 +100,11 @@ def run(args: argparse.Namespace) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
     print(f"bagnet serve: {explorer.model_name} on {server.url} (Ctrl+C to stop)", flush=True)
+    if explorer.cleanser_model is not None:
+        cm = explorer.cleanser_model
+        print(f"bagnet serve: PatchCleanser verdicts of {cm.name} ({cm.masks}x{cm.masks} masks, {cm.passes()} passes "
+              f"per image and sticker size; classes matched {cm.classes_matched})"
+              + (f"; {cm.note}" if cm.note else ""), flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

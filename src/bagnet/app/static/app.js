@@ -10,6 +10,7 @@ let analysing = 0; // the latest upload or sample; older answers are ignored
 let locked = null; // {vmax, from}: the colour scale kept across images, or null
 let progressTimer = null;
 let certRequest = 0; // the latest certificate request; older answers are ignored
+let cleanserRequest = 0; // the latest PatchCleanser verdict shown; older answers are ignored
 
 function showError(message) {
   const box = $("#error");
@@ -56,7 +57,11 @@ async function api(url, options) {
   }
   const type = response.headers.get("Content-Type") || "";
   const body = type.startsWith("application/json") ? await response.json() : null;
-  if (!response.ok) throw new Error((body && body.error) || "the server answered " + response.status);
+  if (!response.ok) {
+    const err = new Error((body && body.error) || "the server answered " + response.status);
+    err.status = response.status;
+    throw err;
+  }
   return body;
 }
 
@@ -142,7 +147,8 @@ async function init() {
     $("#patches").style.display = display;
     $("#labels").style.display = display;
   });
-  $("#certify-patch").addEventListener("change", () => showCertificate(true));
+  $("#certify-patch").addEventListener("change", () => { showCertificate(true); showCleanser(); });
+  if (config.cleanser) $("#cleanser-model").textContent = config.cleanser.model + " (reference model)";
   $("#certify-defense").addEventListener("change", () => showCertificate(true));
   document.body.dataset.ready = "true";
 }
@@ -162,6 +168,9 @@ function upload(file) {
 // On an error no earlier result stays on screen, where it could pass for this image's.
 function hideResult() {
   current = null;
+  cleanserRequest++; // stops the progress of a verdict being waited for
+  $("#cleanser").hidden = true;
+  $("#cleanser-mask").replaceChildren();
   $("#result").hidden = true;
   document.querySelectorAll("#samples button").forEach((b) => b.removeAttribute("aria-pressed"));
 }
@@ -178,13 +187,14 @@ async function analyse(url, options, label) {
     if (mine !== analysing) return; // the user has picked another image meanwhile
     const res = document.querySelector("input[name=res]:checked").value;
     current = {id: summary.id, summary, label, cls: summary.top_class, res, views: new Map(), certs: new Map(),
-      announced: false};
+      verdicts: new Map(), announced: false};
     render(summary, label);
     // On a phone the result starts below the upload control: once the photo has its size
     // (the layout is then final), bring the prediction into view.
     const state = current;
     $("#photo").decode().catch(() => {}).then(() => { if (state === current) revealPrediction(); });
     showCertificate();
+    showCleanser();
     await showView();
   } catch (err) {
     if (mine === analysing) { hideResult(); showError(err.message); }
@@ -475,6 +485,147 @@ async function showCertificate(asked = false) {
   if (cert.removed_box_resized) {
     removed.append(boxRect(cert.removed_box_resized, "the window the masking removed for " + cert.prediction.name));
   }
+}
+
+// PatchCleanser's verdict for the reference model (bagnet serve --cleanser-model), next to the
+// BagNet's certificate: hundreds of passes through the reference, so the server may take a
+// while (the line counts the masked images it has classified); each (image, size) once.
+async function showCleanser() {
+  const state = current;
+  const panel = $("#cleanser");
+  const line = $("#cleanser-verdict");
+  const mine = ++cleanserRequest;
+  $("#cleanser-mask").replaceChildren();
+  const patch = $("#certify-patch").value;
+  if (!state || !config.cleanser || !patch) {
+    panel.hidden = true;
+    return;
+  }
+  panel.hidden = false;
+  let verdict = state.verdicts.get(patch);
+  if (!verdict) {
+    const url = "/api/uploads/" + state.id + "/cleanser?patch=" + encodeURIComponent(patch);
+    const started = performance.now();
+    let progress = null;
+    const tick = () => {
+      if (mine !== cleanserRequest) return;
+      const secs = " (" + ((performance.now() - started) / 1000).toFixed(0) + " s)";
+      const model = config.cleanser.model;
+      line.textContent = progress && progress.state === "waiting"
+        ? "waiting for another PatchCleanser verdict to finish before " + model + "'s…" + secs
+        : "PatchCleanser: classifying " + (progress ? progress.done + " of " + progress.total : "up to " +
+          config.cleanser.passes) + " masked copies of the image with " + model + "…" + secs;
+    };
+    panel.dataset.state = "computing";
+    delete panel.dataset.certified;
+    line.className = "busy";
+    $("#cleanser-body").hidden = true;
+    tick();
+    const ticker = setInterval(tick, 500);
+    // How far the server is, once a second (wait=0 computes nothing).
+    const poller = setInterval(async () => {
+      if (mine !== cleanserRequest) return;
+      try {
+        const answer = await api(url + "&wait=0");
+        if (answer && answer.state) progress = answer;
+      } catch (err) { /* the verdict request itself reports errors */ }
+    }, 1000);
+    try {
+      for (;;) {
+        try {
+          verdict = await api(url);
+          break;
+        } catch (err) {
+          // Busy with other users' verdicts: try again while this one is still wanted.
+          if (err.status !== 503 || mine !== cleanserRequest) throw err;
+          progress = {state: "waiting"};
+          await new Promise((resolve) => setTimeout(resolve, 3000));
+          if (mine !== cleanserRequest) return;
+        }
+      }
+    } catch (err) {
+      if (mine === cleanserRequest && state === current) {
+        panel.dataset.state = "error";
+        line.className = "error";
+        line.textContent = "no PatchCleanser verdict: " + err.message;
+      }
+      return;
+    } finally {
+      clearInterval(ticker);
+      clearInterval(poller);
+    }
+    state.verdicts.set(patch, verdict);
+  }
+  if (mine !== cleanserRequest || state !== current) return; // a newer choice or image won
+  renderCleanser(state, verdict);
+}
+
+function renderCleanser(state, v) {
+  const panel = $("#cleanser");
+  const line = $("#cleanser-verdict");
+  const label = v.prediction.name;
+  const n = v.masks.count;
+  panel.dataset.state = "done";
+  panel.dataset.certified = String(v.certified);
+  line.className = v.certified ? "yes" : "no";
+  line.textContent = (v.certified ? "✔ " : "✘ ") + v.model + " with PatchCleanser predicts " + label +
+    (v.undefended.index === v.prediction.index ? "" : " (undefended, " + v.model + " says " + v.undefended.name + ")") +
+    ": " + v.message + ".";
+  // One cell per mask, where the mask lies: green where its one-mask prediction is the final one.
+  const grid = $("#cleanser-grid");
+  grid.style.gridTemplateColumns = "repeat(" + v.masks.cols + ", 20px)";
+  grid.replaceChildren();
+  const preds = v.two_mask.predictions;
+  v.one_mask.forEach((cls, i) => {
+    const cell = document.createElement("button");
+    cell.type = "button";
+    cell.dataset.mask = i;
+    cell.dataset.agree = String(cls === v.prediction.index);
+    if (v.recovered_by === i) cell.dataset.recovered = "true";
+    const others = preds[i].filter((c, j) => j !== i && c !== v.prediction.index).length;
+    if (others) cell.textContent = "•";
+    const [x0, y0, x1, y1] = v.masks.boxes_resized[i];
+    cell.title = "mask " + (i + 1) + " (row " + (Math.floor(i / v.masks.cols) + 1) + ", column " + (i % v.masks.cols + 1) +
+      "; x " + x0 + "–" + x1 + ", y " + y0 + "–" + y1 + " px): " + config.classes[cls] +
+      (others ? "; " + others + " of its " + (n - 1) + " two-mask predictions are not " + label + " (•)" : "") +
+      (v.recovered_by === i ? "; the mask that decided (case II)" : "");
+    cell.setAttribute("aria-label", cell.title);
+    const show = () => {
+      const svg = $("#cleanser-mask");
+      svg.setAttribute("viewBox", "0 0 " + state.summary.width + " " + state.summary.height);
+      svg.replaceChildren(boxRect(v.masks.boxes_resized[i], cell.title));
+    };
+    const hide = () => $("#cleanser-mask").replaceChildren();
+    cell.addEventListener("mouseenter", show);
+    cell.addEventListener("focus", show);
+    cell.addEventListener("mouseleave", hide);
+    cell.addEventListener("blur", hide);
+    grid.append(cell);
+  });
+  const agreeing = v.one_mask.filter((c) => c === v.prediction.index).length;
+  const caseText = {
+    1: "Case I, all masks agree: every one of the " + n + " one-mask predictions is " + label + ".",
+    2: "Case II, a disagreeing mask recovered: only " + agreeing + " of the " + n + " one-mask predictions are " +
+      label + ", but mask " + (v.recovered_by + 1) + " (outlined) says " + label + " under every second mask too, " +
+      "so " + label + " wins over the majority.",
+    3: "Case III, majority: the one-mask predictions disagree, and no mask that disagrees with their majority keeps " +
+      "its label under every second mask, so the majority " + label + " (" + agreeing + " of " + n + ") is the prediction.",
+  }[v.case];
+  $("#cleanser-case").textContent = caseText + " Cells: the " + v.masks.rows + " × " + v.masks.cols +
+    " masks where they lie; green: one-mask prediction " + label + ", red: another class; • : a pair with this mask " +
+    "predicts another class. Hover a cell to see its mask on the image.";
+  $("#cleanser-pairs").textContent = "Two-mask check: " + v.two_mask.agree + " of " + v.two_mask.pairs +
+    " pairs of masks (and " + agreeing + " of " + n + " single masks) predict " + label + "; certified only if all do" +
+    (v.certified ? ", and they do." : ".");
+  const [mw, mh] = v.masks.size_resized;
+  const [sw, sh] = v.masks.stride_resized;
+  $("#cleanser-about").textContent = n + " masks of " + mw + "×" + mh + " px (stride " + sw + "×" + sh + " px; filled " +
+    "with the mean colour) against a " + v.patch_px_resized + "×" + v.patch_px_resized + " px sticker; " + v.passes +
+    " passes of " + v.model + (v.ms !== undefined ? " in " + seconds(v.ms) : "") + "." +
+    " Classes matched " + config.cleanser.classes_matched + "." +
+    (config.cleanser.note ? " Note: " + config.cleanser.note + "." : "") +
+    (config.cleanser.same_input ? "" : " " + v.model + " normalizes the same pixels with its own mean and std.");
+  $("#cleanser-body").hidden = false;
 }
 
 // An SVG rectangle for a box [x0, y0, x1, y1] of the model input, with a tooltip.
