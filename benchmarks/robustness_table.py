@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                             "certified_but_flipped": s.get("certified_but_flipped", 0), "order_holds": ok,
                             "passes": s.get("passes"), "seconds_per_image": cost_cpu / max(images, 1),
                             "wall_seconds_per_image": cost_wall / max(images, 1)})
-    lines = [f"{results[0]['images'] if results else 0} Imagenette val images (--max-images {args.max_images}, "
+    lines = [f"{results[0]['images'] if results else 0} val images (--max-images {args.max_images}, "
              f"--seed {args.seed}); attack: {args.attack}", "",
-             "| defence | sticker | clean | certified | attacked | passes / image | CPU s / image (certificate) |",
+             "| defence | sticker | clean | certified | attacked | passes / image | CPU s / image (certificates of all stickers) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
 
     def pct(v):
