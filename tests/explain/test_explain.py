@@ -141,9 +141,13 @@ def test_model_is_left_alone(photo):
 
 
 def _plain(photo, m):
-    # no img_size in this model's cfg: the image keeps its size; ImageNet normalization
+    # no img_size in this model's cfg: the short side goes to 224 px (bagnet's default for a
+    # model that names no size), bilinear with antialiasing; ImageNet normalization
     t = TF.to_dtype(TF.pil_to_tensor(photo), torch.float32, scale=True)
-    return TF.normalize(t, m.pretrained_cfg["mean"], m.pretrained_cfg["std"])[None]
+    h, w = t.shape[-2:]
+    size = (224, int(224 * w / h)) if h <= w else (int(224 * h / w), 224)
+    t = torch.nn.functional.interpolate(t[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+    return TF.normalize(t.clamp(0, 1), m.pretrained_cfg["mean"], m.pretrained_cfg["std"])[None]
 
 
 def test_display_names_win_over_folder_names(photo):

@@ -231,7 +231,8 @@ def test_a_flagged_explanation_says_so_above_its_figure(threshold, flagged, caps
 
     model = randomized("bagnet_tiny", num_classes=4, seed=6)
     # max_softmax lies in (0, 1]: a threshold of 1.5 flags every image, 0 none.
-    model.pretrained_cfg = {**model.pretrained_cfg, "unknown": {"method": "max_softmax", "threshold": threshold}}
+    model.pretrained_cfg = {**model.pretrained_cfg, "img_size": 40,
+                            "unknown": {"method": "max_softmax", "threshold": threshold}}
     image = torch.rand(3, 40, 48, generator=torch.Generator().manual_seed(3))
     fig, _ = explain(model, image, k=1).plot()
     message = "probably none of the 4 classes this model knows"

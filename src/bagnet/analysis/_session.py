@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .._device import resolve_device
+from ..data.transforms import DEFAULT_IMG_SIZE
 from ._classifier import Classifier, build_model, make_classifier
 from ._data import EvalData, load_data
 from ._predictions import LogitCache
@@ -102,7 +103,7 @@ class Session:
         first = next(iter(models.values())).pretrained_cfg if models else {}
         if img_size is None:
             sizes = [m.pretrained_cfg.get("img_size") for m in models.values()]
-            img_size = next((int(s) for s in sizes if s), 224)
+            img_size = next((int(s) for s in sizes if s), DEFAULT_IMG_SIZE)
         self.data.set_img_size(img_size, first.get("crop_pct"))
         logger.info("preprocessing: %s", self.data.preprocessing.describe())
 

@@ -200,7 +200,7 @@ def evaluate(args: argparse.Namespace, defenses: list[str], defense_options: dic
             raise ValueError(f"{type(model).__name__} is not a BagNet: the mask/clip defences need patch logits "
                              f"({advice})")
         cfg = getattr(model, "pretrained_cfg", None) or {}
-        pre = Preprocessing.from_cfg(cfg, args.img_size or (None if cfg.get("img_size") else 224))
+        pre = Preprocessing.from_cfg(cfg, args.img_size)
         img_size = pre.img_size
         squashing = None
         for size in patches:  # a bad size fails before any image is read

@@ -49,7 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="'topN' for the N most probable classes, or classes by index or name, e.g. 0 'golf ball' (default: top3)",
     )
     g.add_argument("--img-size", type=int, default=None,
-                   help="short side the image is resized to before explaining (default: the model's training size)")
+                   metavar="PX",
+                   help="short side images are resized to (default: the size the model names, 192 px for the "
+                        "shipped model; 224 if it names none)")
     g.add_argument("--stride", default="1", help="1 (full resolution, default), 'native' (the model's), or N")
     g.add_argument("-k", "--patches", dest="k", type=int, default=5, help="top patches per class (default: 5)")
     g.add_argument("--patch-source", default="model", choices=("model", "map"),

@@ -35,7 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "many-class models fast (default: 1024; BagNet-33 needs 392 per 224x224 image, 588 per 3:2 photo; 0: none)")
     add_model_args(p)
     add_device_args(p)
-    p.add_argument("--img-size", type=int, default=None, help="short side images are resized to (default: the model's)")
+    p.add_argument("--img-size", type=int, default=None, metavar="PX",
+                   help="short side images are resized to (default: the size the model names, 192 px for the "
+                        "shipped model; 224 if it names none)")
     add_dtype_arg(p)
     p.add_argument("--cleanser-model", default=None, metavar="SPEC",
                    help="a second classifier with the same classes (any model: resnet18@runs/resnet18/model.pt, "

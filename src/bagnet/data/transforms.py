@@ -39,11 +39,13 @@ from PIL import Image
 from .imagenet import IMAGENET_MEAN, IMAGENET_STD
 from .images import load_image, to_rgb
 
-__all__ = ["MAX_ASPECT", "ImageLike", "Prepared", "Preprocessing", "center_crop", "centre_box", "image_tensor",
+__all__ = ["DEFAULT_IMG_SIZE", "MAX_ASPECT", "ImageLike", "Prepared", "Preprocessing", "center_crop", "centre_box", "image_tensor",
            "resize_short_side"]
 
 #: The longest long side, in short sides, an input keeps (the centre is kept).
 MAX_ASPECT = 2
+#: The short side for a model whose ``pretrained_cfg`` names no size (ImageNet's usual 224).
+DEFAULT_IMG_SIZE = 224
 #: JPEG files are never decoded with a short side below this (nor below twice the size the
 #: model needs), so that the explorer's photo and the model's input come from one decode.
 DECODE_MIN_SIDE = 640
@@ -204,8 +206,9 @@ class Preprocessing:
     @classmethod
     def from_cfg(cls, cfg: Mapping, img_size: int | None = None) -> Preprocessing:
         """The preprocessing a model's ``pretrained_cfg`` describes (``img_size``,
-        ``crop_pct``, ``mean``, ``std``); ``img_size`` overrides the model's size."""
-        size = img_size if img_size is not None else cfg.get("img_size")
+        ``crop_pct``, ``mean``, ``std``); ``img_size`` overrides the model's size, and a
+        model that names none is given :data:`DEFAULT_IMG_SIZE`."""
+        size = img_size if img_size is not None else (cfg.get("img_size") or DEFAULT_IMG_SIZE)
         crop = cfg.get("crop_pct")
         return cls(
             img_size=int(size) if size else None,

@@ -79,7 +79,7 @@ def timm_data_config(model: nn.Module, meta: dict | None = None) -> dict[str, An
 
     cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **(meta or {})}
     in_chans = int(getattr(model, "in_chans", 3))
-    pre = Preprocessing.from_cfg(cfg, None if cfg.get("img_size") else 224)
+    pre = Preprocessing.from_cfg(cfg)
     size = pre.img_size
     q = int(model.receptive_field)
     classes = cfg.get("classes")
