@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Keep a running training's progress in git, since processes and runs/ do not always outlive
-# a session: copies RUN's config.json and log.jsonl, and its last.pt when it is small enough
-# to commit (<= 20 MB), to benchmarks/training/NAME/. The training scripts restore a missing
-# runs/NAME/last.pt from there, so --resume continues where the snapshot was taken.
+# a session: copies RUN's config.json, log.jsonl and last.pt to benchmarks/training/NAME/.
+# A last.pt over 20 MB (a reference network with its optimizer and EMA state) is stored as
+# parts of at most 19 MB (last.pt.part-aa, -ab, ...) with its SHA-256, so that every file stays
+# small enough to commit. tools/restore_run.sh (called by the training scripts) puts a missing
+# runs/NAME/last.pt back from there, so --resume continues where the snapshot was taken.
 #   tools/snapshot_run.sh runs/bagnet17_w25 && git add benchmarks/training/bagnet17_w25 && git commit ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,9 +13,17 @@ NAME=$(basename "$RUN")
 DEST=benchmarks/training/$NAME
 mkdir -p "$DEST"
 cp "$RUN/config.json" "$RUN/log.jsonl" "$DEST/"
-if [ -f "$RUN/last.pt" ] && [ "$(stat -c %s "$RUN/last.pt")" -le $((20 * 1024 * 1024)) ]; then
-    cp "$RUN/last.pt" "$DEST/last.pt"
-    echo "$DEST: config, log and last.pt (epoch $(wc -l < "$RUN/log.jsonl"))"
+epochs=$(wc -l < "$RUN/log.jsonl")
+[ -f "$RUN/last.pt" ] || { echo "$DEST: config and log (epoch $epochs); no last.pt yet"; exit 0; }
+# Copy first: the training may rewrite last.pt while it is being split.
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+cp "$RUN/last.pt" "$tmp/last.pt"
+rm -f "$DEST/last.pt" "$DEST"/last.pt.part-* "$DEST/last.pt.sha256"
+if [ "$(stat -c %s "$tmp/last.pt")" -le $((20 * 1024 * 1024)) ]; then
+    cp "$tmp/last.pt" "$DEST/last.pt"
+    echo "$DEST: config, log and last.pt (epoch $epochs)"
 else
-    echo "$DEST: config and log (epoch $(wc -l < "$RUN/log.jsonl")); last.pt is too large to commit"
+    split -b 19M "$tmp/last.pt" "$DEST/last.pt.part-"
+    (cd "$tmp" && sha256sum last.pt) > "$DEST/last.pt.sha256"
+    echo "$DEST: config, log and last.pt in $(ls "$DEST"/last.pt.part-* | wc -l) parts (epoch $epochs)"
 fi

@@ -17,12 +17,7 @@ export OMP_NUM_THREADS=$THREADS OMP_WAIT_POLICY=PASSIVE
 DATA=${DATA:-../shared/data/imagenette}
 S1=runs/$MODEL S2=runs/${MODEL}_ft
 # A run folder lost with its machine resumes from the snapshot tools/snapshot_run.sh committed.
-for run in "$S1" "$S2"; do
-    snap=benchmarks/training/$(basename "$run")
-    if [ ! -f "$run/last.pt" ] && [ -f "$snap/last.pt" ]; then
-        mkdir -p "$run" && cp "$snap/last.pt" "$snap/log.jsonl" "$run/" && echo "restored $run from $snap"
-    fi
-done
+tools/restore_run.sh "$S1" "$S2"
 common=(--data "$DATA" --model "$MODEL" --img-size 160 --batch-size 32 --workers 1 --weight-decay 2e-4
         --label-smoothing 0.1 --amp bf16 --no-progress)
 if ! { [ -f $S1/last.pt ] && .venv/bin/python -c "import sys, torch; sys.exit(torch.load('$S1/last.pt', weights_only=False)['epoch'] < 32)"; }; then

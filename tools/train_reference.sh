@@ -19,6 +19,7 @@ THREADS=${THREADS:-2}
 export OMP_NUM_THREADS=$THREADS OMP_WAIT_POLICY=PASSIVE
 DATA=${DATA:-../shared/data/imagenette}
 OUT=runs/$MODEL
+tools/restore_run.sh "$OUT"   # a run folder lost with its machine resumes from its snapshot
 resume=()
 [ -f $OUT/last.pt ] && resume=(--resume)
 exec .venv/bin/bagnet train --data "$DATA" --model "$MODEL" --img-size 160 --crop-scale 0.25 --epochs "$EPOCHS" \
