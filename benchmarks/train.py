@@ -1,4 +1,4 @@
-"""Training images/s of the slim BagNets next to torchvision's ResNet-18, in one process.
+"""Training images/s of BagNets and reference networks next to ResNet-18, in one process.
 
 Every model trains on the same pre-decoded, augmented batches (Imagenette's train split
 if it is there, else generated images) through ``bagnet.train.train_one_epoch`` (SGD,
@@ -9,6 +9,9 @@ images/s per model and its ratio to ResNet-18 (median of per-round ratios).
 
     .venv/bin/python benchmarks/train.py                                  # 112 px, batch 32
     .venv/bin/python benchmarks/train.py --amp bf16 --threads 1 --rounds 5
+    # which reference network this CPU can train, and whether channels_last pays:
+    .venv/bin/python benchmarks/train.py --img-size 160 --amp bf16 --threads 1 \
+        --models bagnet17_w25,densenet121,vgg11_bn,resnet50 --memory-format both
 """
 
 from __future__ import annotations
@@ -52,8 +55,8 @@ def _batches(args) -> tuple[list, str]:
 
 
 def _model(name: str) -> nn.Module:
-    if name == "resnet18":
-        return torchvision.models.resnet18(num_classes=10)
+    if name in torchvision.models.list_models(module=torchvision.models):
+        return torchvision.models.get_model(name, num_classes=10)
     return bagnet.create_model(name, num_classes=10)
 
 
@@ -66,32 +69,46 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--amp", choices=("none", "bf16"), default="none")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--models", default=",".join(MODELS),
+                   help="comma-separated BagNets or torchvision classifiers timed beside resnet18")
+    p.add_argument("--memory-format", choices=("contiguous", "channels_last", "both"), default="contiguous",
+                   help="'both' times every model in each format (as bagnet train --channels-last does)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     batches, source = _batches(args)
-    names = ("resnet18", *MODELS)
-    models = {n: _model(n) for n in names}
+    formats = ("contiguous", "channels_last") if args.memory_format == "both" else (args.memory_format,)
+    archs = ["resnet18", *(m for m in args.models.split(",") if m and m != "resnet18")]
+    names = [a if len(formats) == 1 else f"{a}:{f[:2]}" for a in archs for f in formats]
+    models = {}
+    for a in archs:
+        for f in formats:
+            m = _model(a)
+            models[a if len(formats) == 1 else f"{a}:{f[:2]}"] = (
+                m.to(memory_format=torch.channels_last) if f == "channels_last" else m)
+    base = names[0]
     opts = {n: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for n, m in models.items()}
     crit = nn.CrossEntropyLoss(label_smoothing=0.1)
     cpu = torch.device("cpu")
     print(f"data: {source}; {args.img_size} px, batch {args.batch_size}, amp {args.amp}, "
           f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}")
     for n in names:  # warm-up: oneDNN builds its kernels for each new shape once
-        train_one_epoch(models[n], crit, opts[n], batches[:1], cpu, amp=args.amp, progress=False)
+        train_one_epoch(models[n], crit, opts[n], batches[:1], cpu, amp=args.amp,
+                        channels_last=n.endswith(":ch"), progress=False)
     rates: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):
         for n in names if r % 2 == 0 else names[::-1]:
             start = time.perf_counter()
-            train_one_epoch(models[n], crit, opts[n], batches, cpu, amp=args.amp, progress=False)
+            train_one_epoch(models[n], crit, opts[n], batches, cpu, amp=args.amp,
+                            channels_last=n.endswith(":ch"), progress=False)
             rates[n].append(len(batches) * args.batch_size / (time.perf_counter() - start))
-    print(f"\n{'model':<15}{'params':>9}{'GMACs':>8}{'img/s':>9}{'vs resnet18':>13}")
+    print(f"\n{'model':<18}{'params':>9}{'GMACs':>8}{'img/s':>9}{'vs ' + base:>16}")
     for n in names:
-        ratio = statistics.median(a / b for a, b in zip(rates[n], rates["resnet18"]))
+        ratio = statistics.median(a / b for a, b in zip(rates[n], rates[base]))
         macs = count_macs(models[n], args.img_size) / 1e9
-        print(f"{n:<15}{count_params(models[n]) / 1e6:>8.2f}M{macs:>8.2f}{statistics.median(rates[n]):>9.1f}"
-              f"{ratio:>12.2f}x")
+        print(f"{n:<18}{count_params(models[n]) / 1e6:>8.2f}M{macs:>8.2f}{statistics.median(rates[n]):>9.1f}"
+              f"{ratio:>15.2f}x")
     print(f"\nload {os.getloadavg()[0]:.1f} at the end (2 cores shared: compare ratios, not absolute img/s)")
 
 

@@ -9,6 +9,8 @@
 # No choice is made on val: the schedule is fixed and the shipped weights are stage 2's last
 # EMA (val/ is evaluated every epoch for the accuracy curve only). Rerun to resume either
 # stage. THREADS (default 2) sets the threads of this run; two runs at once use THREADS=1.
+# AMP (default auto: bf16 where the CPU or GPU has bfloat16 units, else float32) may differ
+# between sittings: a run resumed on another machine trains in the precision fast there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:?set MODEL=bagnet9_w25 or bagnet17_w25}
@@ -19,7 +21,7 @@ S1=runs/$MODEL S2=runs/${MODEL}_ft
 # A run folder lost with its machine resumes from the snapshot tools/snapshot_run.sh committed.
 tools/restore_run.sh "$S1" "$S2"
 common=(--data "$DATA" --model "$MODEL" --img-size 160 --batch-size 32 --workers 1 --weight-decay 2e-4
-        --label-smoothing 0.1 --amp bf16 --no-progress)
+        --label-smoothing 0.1 --amp "${AMP:-auto}" --no-progress)
 if ! { [ -f $S1/last.pt ] && .venv/bin/python -c "import sys, torch; sys.exit(torch.load('$S1/last.pt', weights_only=False)['epoch'] < 32)"; }; then
     resume=(); [ -f $S1/last.pt ] && resume=(--resume)
     .venv/bin/bagnet train "${common[@]}" --crop-scale 0.25 --epochs 32 --lr 0.05 --warmup-epochs 1 --seed 0 \

@@ -24,4 +24,4 @@ resume=()
 [ -f $OUT/last.pt ] && resume=(--resume)
 exec .venv/bin/bagnet train --data "$DATA" --model "$MODEL" --img-size 160 --crop-scale 0.25 --epochs "$EPOCHS" \
     --batch-size 64 --workers 1 --lr 0.1 --warmup-epochs 2 --weight-decay 5e-4 --label-smoothing 0.1 \
-    --ema --ema-decay 0.999 --amp bf16 --seed 0 --no-progress --out $OUT "${resume[@]}"
+    --ema --ema-decay 0.999 --amp "${AMP:-auto}" --seed 0 --no-progress --out $OUT "${resume[@]}"

@@ -109,8 +109,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="masks per axis of that mask set, as bagnet certify --defense cleanser --cleanser-masks K")
     g.add_argument("--workers", type=int, default=4, help="data-loading processes per training process")
     g = p.add_argument_group("speed")
-    g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision (bf16 on CPU)")
-    g.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster on recent GPUs)")
+    g.add_argument("--amp", choices=("none", "bf16", "fp16", "auto"), default="none",
+                   help="mixed precision: bf16 (CPU or GPU), fp16 (GPU, with a grad scaler), or auto: bf16 where "
+                        "the CPU (AMX, AVX-512 BF16) or GPU has fast bfloat16 units, else float32. A resumed "
+                        "run may change it")
+    g.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster on recent GPUs). A resumed run may change it")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="seeds python, numpy, torch, the loader and --val-split")
     g.add_argument("--deterministic", action="store_true", help="reproducible to the bit (slower on GPU)")

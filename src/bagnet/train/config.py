@@ -12,7 +12,7 @@ from ..robust._squashing import check_clip_evidence
 from ..robust._squashing import describe_clip_evidence as describe_clip_evidence
 from ..robust._squashing import parse_train_evidence as parse_train_evidence
 
-AMP_MODES = ("none", "bf16", "fp16")
+AMP_MODES = ("none", "bf16", "fp16", "auto")
 SCHEDULES = ("cosine", "step")
 
 # Options of one sitting: a resumed run takes them from its own command line. ``out`` is
@@ -26,8 +26,11 @@ SITTING = frozenset({"stop_after", "resume", "progress", "command", "out"})
 # option changes what the run computes: typed with another value than the run's, it is
 # refused. That includes ``clip_evidence``: switching the aggregation mid-run would leave a
 # model trained for neither, and its best.pt chosen by another val measure; fine-tune a
-# finished run with it instead (a new --out with --weights RUN/model.pt).
-RESUME_MAY_CHANGE = SITTING | {"data", "epochs", "workers", "device"}
+# finished run with it instead (a new --out with --weights RUN/model.pt). ``amp`` and
+# ``channels_last`` are the machine's: a run resumed on another CPU or GPU may pick the
+# precision and memory format that are fast there (they change rounding, not the recipe;
+# log.jsonl records the precision of every epoch).
+RESUME_MAY_CHANGE = SITTING | {"data", "epochs", "workers", "device", "amp", "channels_last"}
 
 
 def parse_clip_evidence(text: str) -> list[float]:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, RandomSampler, Subset
 
-from .._device import resolve_device
+from .._device import resolve_amp, resolve_device
 from .._text import plural
 from ..data.folder import (
     ImageFolder,
@@ -358,6 +358,11 @@ def _run(cfg: TrainConfig, ckpt: dict | None, device: torch.device, info: DistIn
         model = create_model(cfg.model, num_classes=len(data.classes), **cfg.model_kwargs)
     model.pretrained_cfg = _model_meta(cfg, data, mean, std)
     model = model.to(device)
+    # The precision this machine trains in: config.json keeps what was asked (auto), every
+    # log.jsonl record the precision its epoch ran in.
+    amp, amp_note = resolve_amp(cfg.amp, device)
+    if amp_note and info.is_main:
+        (logger.info if cfg.amp == "auto" else logger.warning)(amp_note)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = ModelEma(model, cfg.ema_decay, device=device) if cfg.ema else None
@@ -374,7 +379,7 @@ def _run(cfg: TrainConfig, ckpt: dict | None, device: torch.device, info: DistIn
     train_loader, val_loader, sampler, generator = _loaders(cfg, data, info, device)
     steps_per_epoch = -(-len(train_loader) // cfg.accum_steps)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
     start_epoch, best = 0, {"top1": -1.0}
     if ckpt is not None:
@@ -411,14 +416,15 @@ def _run(cfg: TrainConfig, ckpt: dict | None, device: torch.device, info: DistIn
             lr = optimizer.param_groups[0]["lr"]
             tr = train_one_epoch(
                 train_model, train_criterion, optimizer, train_loader, device, scheduler=scheduler, scaler=scaler,
-                amp=cfg.amp, accum_steps=cfg.accum_steps, ema=ema, ema_steps=cfg.ema_steps,
+                amp=amp, accum_steps=cfg.accum_steps, ema=ema, ema_steps=cfg.ema_steps,
                 channels_last=cfg.channels_last, info=info, progress=cfg.progress, desc=desc,
             )
-            kw = dict(amp=cfg.amp, channels_last=cfg.channels_last, info=info, progress=cfg.progress)
+            kw = dict(amp=amp, channels_last=cfg.channels_last, info=info, progress=cfg.progress)
             val = evaluate(aggregate(model), criterion, val_loader, device, **kw)
             ema_val = evaluate(aggregate(ema.module), criterion, val_loader, device, desc="val ema", **kw) if ema else None
             chosen = ema_val or val  # the EMA weights are the ones shipped when --ema is on
             record = _record(epoch + 1, lr, tr, val, ema_val, time.perf_counter() - t0)
+            record.update(amp=amp, channels_last=cfg.channels_last)
             is_best = chosen.top1 > best["top1"]
             if is_best:
                 best = {"top1": chosen.top1, "top5": chosen.top5, "epoch": epoch + 1}
