@@ -5,6 +5,8 @@ import torch
 
 import bagnet
 from bagnet.models import FusedBagNet, fuse, prepare_for_inference, top1_agreement
+from bagnet.models import _packed
+from bagnet.models._packed import packable_bfloat16
 from bagnet.models._profile import count_macs
 
 from .test_bagnet import _randomize
@@ -168,13 +170,31 @@ def test_prepacked_oneDNN_path_matches_float64(name):
         _assert_rel_close(fast.patch_logits(x), patch_logits)
         assert fast._packed is not None  # the packed path ran
         _assert_rel_close(copy.deepcopy(fast)(x), logits)  # copies drop the oneDNN weights, then re-pack
-        fast.to(torch.bfloat16)  # new weights: packed again, in bfloat16
+        fast.to(torch.bfloat16)  # new weights: packed again, in bfloat16 where the CPU can
         half = fast(x)
-        assert fast._packed[0][0] == torch.bfloat16 and half.dtype == torch.float32
+        assert half.dtype == torch.float32
         _assert_rel_close(half, logits, rel=0.1)
         unpacked = prepare_for_inference(model, dtype=torch.bfloat16)(x)
-        assert not torch.equal(half, unpacked)  # the fused adds round once, not twice
-        _assert_rel_close(half, unpacked.double(), rel=0.05)
+        if packable_bfloat16():
+            assert fast._packed[0][0] == torch.bfloat16
+            assert not torch.equal(half, unpacked)  # the fused adds round once, not twice
+            _assert_rel_close(half, unpacked.double(), rel=0.05)
+        else:  # oneDNN cannot pack bfloat16 here (an AVX2-only CPU): the unpacked path runs
+            assert fast._packed is None  # .to() dropped the float32 pack; none was made
+            assert torch.equal(half, unpacked)
+
+
+def test_bfloat16_runs_unpacked_on_a_cpu_that_cannot_pack_it(monkeypatch):
+    # AVX2-only CPUs: oneDNN refuses to re-lay bfloat16 weights, so the packed path must not
+    # be tried (it raised "bf16 path needs the cpu support ..." in `bagnet bench`)
+    monkeypatch.setattr(_packed, "packable_bfloat16", lambda: False)
+    model = _randomize(bagnet.create_model("bagnet17_slim", num_classes=7), seed=6).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        packed = prepare_for_inference(model, dtype=torch.bfloat16, prepack=True)
+        out = packed(x)
+        assert packed._packed is None
+        assert torch.equal(out, prepare_for_inference(model, dtype=torch.bfloat16)(x))
 
 
 def test_prepack_falls_back_where_oneDNN_cannot_run_it():

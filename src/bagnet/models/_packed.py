@@ -16,17 +16,25 @@ import logging
 
 import torch
 
-__all__ = ["PackedConv", "packable"]
+__all__ = ["PackedConv", "packable", "packable_bfloat16"]
 
 log = logging.getLogger(__name__)
 
 
+def packable_bfloat16() -> bool:
+    """Whether this CPU can pre-pack bfloat16 weights: oneDNN refuses it without AVX-512
+    (BW, VL, DQ) or AVX-NE-CONVERT, e.g. on AVX2-only CPUs."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(probe is not None and probe())
+
+
 def packable(x: torch.Tensor) -> bool:
-    """Whether ``x`` can run through :class:`PackedConv`: a float32 or bfloat16 CPU tensor,
-    with PyTorch built with oneDNN, outside ``torch.compile`` and ``torch.export``."""
+    """Whether ``x`` can run through :class:`PackedConv`: a float32 CPU tensor, or a
+    bfloat16 one where :func:`packable_bfloat16`, with PyTorch built with oneDNN, outside
+    ``torch.compile`` and ``torch.export``."""
     return (
         x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.bfloat16)
+        and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and packable_bfloat16()))
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
         and not torch.compiler.is_compiling()
