@@ -4,8 +4,7 @@ import pytest
 import torch
 
 import bagnet
-from bagnet.models import FusedBagNet, fuse, prepare_for_inference, top1_agreement
-from bagnet.models import _packed
+from bagnet.models import FusedBagNet, _packed, fuse, prepare_for_inference, top1_agreement
 from bagnet.models._packed import packable_bfloat16
 from bagnet.models._profile import count_macs
 
