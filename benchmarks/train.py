@@ -12,6 +12,8 @@ images/s per model and its ratio to ResNet-18 (median of per-round ratios).
     # which reference network this CPU can train, and whether channels_last pays:
     .venv/bin/python benchmarks/train.py --img-size 160 --amp bf16 --threads 1 \
         --models bagnet17_w25,densenet121,vgg11_bn,resnet50 --memory-format both
+    # is bf16 autocast fast here (AMX / AVX-512 BF16) or emulated (AVX2)?
+    .venv/bin/python benchmarks/train.py --img-size 160 --amp both --threads 1 --models "" --steps 1
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
 import bagnet
+from bagnet._device import fast_bfloat16
 from bagnet.data.folder import ImageFolder, collate_skip, train_transform
 from bagnet.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from bagnet.models._profile import count_macs, count_params
@@ -67,48 +70,60 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=4, help="timed training steps per model and round")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--amp", choices=("none", "bf16"), default="none")
+    p.add_argument("--amp", default="none",
+                   help="none, bf16, or both: every model in float32 and in bf16 autocast (is bf16 fast on this CPU?)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--models", default=",".join(MODELS),
-                   help="comma-separated BagNets or torchvision classifiers timed beside resnet18")
+                   help="comma-separated BagNets or torchvision classifiers timed beside resnet18 (\"\" for resnet18 alone)")
     p.add_argument("--memory-format", choices=("contiguous", "channels_last", "both"), default="contiguous",
                    help="'both' times every model in each format (as bagnet train --channels-last does)")
     args = p.parse_args()
+    amps = {"none": ("none",), "bf16": ("bf16",), "both": ("none", "bf16")}.get(args.amp)
+    if amps is None:
+        p.error(f"--amp must be none, bf16 or both, got {args.amp!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     batches, source = _batches(args)
     formats = ("contiguous", "channels_last") if args.memory_format == "both" else (args.memory_format,)
     archs = ["resnet18", *(m for m in args.models.split(",") if m and m != "resnet18")]
-    names = [a if len(formats) == 1 else f"{a}:{f[:2]}" for a in archs for f in formats]
-    models = {}
+    # one variant per model, memory format and precision: (model, channels_last, amp)
+    variants: dict[str, tuple[nn.Module, bool, str]] = {}
     for a in archs:
         for f in formats:
-            m = _model(a)
-            models[a if len(formats) == 1 else f"{a}:{f[:2]}"] = (
-                m.to(memory_format=torch.channels_last) if f == "channels_last" else m)
+            for amp in amps:
+                label = a + (f":{f[:2]}" if len(formats) > 1 else "") + (f":{amp}" if len(amps) > 1 else "")
+                m = _model(a)
+                variants[label] = (m.to(memory_format=torch.channels_last) if f == "channels_last" else m,
+                                   f == "channels_last", amp)
+    names = list(variants)
     base = names[0]
-    opts = {n: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for n, m in models.items()}
+    opts = {n: torch.optim.SGD(v[0].parameters(), lr=0.01, momentum=0.9) for n, v in variants.items()}
     crit = nn.CrossEntropyLoss(label_smoothing=0.1)
     cpu = torch.device("cpu")
-    print(f"data: {source}; {args.img_size} px, batch {args.batch_size}, amp {args.amp}, "
-          f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}")
+    print(f"data: {source}; {args.img_size} px, batch {args.batch_size}, amp {'/'.join(amps)}, "
+          f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}; bfloat16 units: "
+          f"{fast_bfloat16(cpu) or 'none (bf16 is emulated)'}")
+
+    def step(n: str, data: list) -> None:
+        model, channels_last, amp = variants[n]
+        train_one_epoch(model, crit, opts[n], data, cpu, amp=amp, channels_last=channels_last, progress=False)
+
     for n in names:  # warm-up: oneDNN builds its kernels for each new shape once
-        train_one_epoch(models[n], crit, opts[n], batches[:1], cpu, amp=args.amp,
-                        channels_last=n.endswith(":ch"), progress=False)
+        step(n, batches[:1])
     rates: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):
         for n in names if r % 2 == 0 else names[::-1]:
             start = time.perf_counter()
-            train_one_epoch(models[n], crit, opts[n], batches, cpu, amp=args.amp,
-                            channels_last=n.endswith(":ch"), progress=False)
+            step(n, batches)
             rates[n].append(len(batches) * args.batch_size / (time.perf_counter() - start))
-    print(f"\n{'model':<18}{'params':>9}{'GMACs':>8}{'img/s':>9}{'vs ' + base:>16}")
+    width = max(18, *(len(n) + 2 for n in names))
+    print(f"\n{'model':<{width}}{'params':>9}{'GMACs':>8}{'img/s':>9}{'vs ' + base:>{len(base) + 6}}")
     for n in names:
         ratio = statistics.median(a / b for a, b in zip(rates[n], rates[base]))
-        macs = count_macs(models[n], args.img_size) / 1e9
-        print(f"{n:<18}{count_params(models[n]) / 1e6:>8.2f}M{macs:>8.2f}{statistics.median(rates[n]):>9.1f}"
-              f"{ratio:>15.2f}x")
+        macs = count_macs(variants[n][0], args.img_size) / 1e9
+        print(f"{n:<{width}}{count_params(variants[n][0]) / 1e6:>8.2f}M{macs:>8.2f}{statistics.median(rates[n]):>9.1f}"
+              f"{ratio:>{len(base) + 5}.2f}x")
     print(f"\nload {os.getloadavg()[0]:.1f} at the end (2 cores shared: compare ratios, not absolute img/s)")
 
 

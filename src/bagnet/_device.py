@@ -100,8 +100,8 @@ def resolve_amp(amp: str, device: torch.device | str = "cpu") -> tuple[str, str 
 
     ``"auto"`` is ``"bf16"`` where :func:`fast_bfloat16` finds bfloat16 units, else ``"none"``
     (float32). An explicit ``"bf16"`` on a CPU without them is kept, with a warning line: there
-    autocast emulates bfloat16, and a ResNet-18 training step ran about 20 times slower than
-    in float32 (an AVX2-only AMD EPYC, 2 threads).
+    autocast emulates bfloat16, and a ResNet-18 training step ran about 13 times slower than
+    in float32 (an AVX2-only AMD EPYC; ``benchmarks/train.py --amp both``).
     """
     device = torch.device(device)
     why = fast_bfloat16(device)
@@ -111,6 +111,6 @@ def resolve_amp(amp: str, device: torch.device | str = "cpu") -> tuple[str, str 
         return "none", f"--amp auto: float32 ({device.type.upper()} has no fast bfloat16)"
     if amp == "bf16" and device.type == "cpu" and not why:
         return "bf16", ("--amp bf16 on a CPU without AMX or AVX-512 BF16: bfloat16 is emulated and training "
-                        "runs many times slower than float32 (about 20x for ResNet-18 on an AVX2 CPU); "
+                        "runs many times slower than float32 (about 13x for ResNet-18 on an AVX2 CPU); "
                         "--amp auto chooses for the machine")
     return amp, None

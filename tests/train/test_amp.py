@@ -1,7 +1,7 @@
 """`--amp auto` picks the precision the machine is fast in; a resumed run may change it.
 
 bfloat16 autocast on a CPU without AMX or AVX-512 BF16 is emulated: a ResNet-18 training
-step ran about 20 times slower than float32 on an AVX2-only CPU. `auto` must therefore
+step ran about 13 times slower than float32 on an AVX2-only CPU. `auto` must therefore
 follow the machine's bfloat16 units, an explicit `bf16` where they are missing must warn,
 and a run started on one machine must be able to resume on another in its fast precision.
 """
