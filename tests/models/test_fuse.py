@@ -204,3 +204,19 @@ def test_prepack_falls_back_where_oneDNN_cannot_run_it():
     with torch.no_grad():
         _assert_rel_close(half(x), logits, rel=0.02)
     assert half._packed is None
+
+
+def test_bfloat16_on_a_cpu_without_units_warns_that_it_is_slower(monkeypatch, caplog):
+    import bagnet.models._fuse as fuse_mod
+
+    model = bagnet.create_model("bagnet_tiny", num_classes=3).eval()
+    monkeypatch.setattr(fuse_mod, "fast_bfloat16", lambda device="cpu": None)
+    with caplog.at_level("WARNING", logger="bagnet"):
+        prepare_for_inference(model, dtype=torch.bfloat16)
+    assert "bfloat16 on this CPU is emulated" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(fuse_mod, "fast_bfloat16", lambda device="cpu": "this CPU has AMX bfloat16 tiles")
+    with caplog.at_level("WARNING", logger="bagnet"):
+        prepare_for_inference(model, dtype=torch.bfloat16)
+        prepare_for_inference(model)
+    assert "emulated" not in caplog.text

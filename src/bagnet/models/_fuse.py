@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._device import fast_bfloat16
 from ._base import BagNetBase, check_images, patch_head
 from ._packed import PackedConv, packable
 
@@ -336,6 +337,7 @@ def prepare_for_inference(
             channels-last, the layout oneDNN's CPU convolutions run fastest on.
         dtype: parameter dtype. ``torch.bfloat16`` is roughly twice as fast on CPUs with
             AVX-512 BF16 or AMX but not exact; check the drift with :func:`top1_agreement`.
+            On CPUs without them it is emulated and slower than float32 (a warning says so).
         micro_batch: for a fused BagNet, images per pass through the network on the CPU
             (``None``: the whole batch at once); see :class:`FusedBagNet`. Other models
             ignore it (ResNet-50 runs fastest on whole batches).
@@ -359,6 +361,10 @@ def prepare_for_inference(
     else:
         prepared = _fold_traced(model)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    if dtype == torch.bfloat16 and device.type == "cpu" and not fast_bfloat16(device):
+        log.warning("bfloat16 on this CPU is emulated (no AMX or AVX-512 BF16): it runs slower than float32, "
+                    "not faster")
     prepared = prepared.to(dtype=dtype, memory_format=memory_format)
     if isinstance(prepared, FusedBagNet):
         prepared.memory_format = memory_format
