@@ -4,6 +4,7 @@ every step runs and writes its JSON, so a GPU session spends its minutes on the 
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow  # trains, evaluates, benchmarks and certifies tiny models: ~1 min on 2 cores
 def test_gpu_script_dry_run_writes_every_result(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the interpreter running the tests, whichever venv it lives in (gpu.sh's default is ./.venv)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
     out, data = tmp_path / "out", tmp_path / "data"
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--device", "cpu", "--tiny", "--data",
                            str(data), "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
