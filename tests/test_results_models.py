@@ -34,3 +34,27 @@ def test_each_model_loads_with_its_preprocessing_and_its_recorded_accuracy(name)
     assert (round(report["top1"], 2), round(report["top5"], 2)) == (entry["top1"], entry["top5"])
     assert report["preprocessing"] == Preprocessing.from_cfg(cfg).describe()
     assert report["images"] == 3925  # all of Imagenette val
+
+
+def test_record_results_model_refuses_what_would_misstate_a_number(tmp_path, capsys):
+    import runpy
+
+    main = runpy.run_path(str(ROOT / "tools" / "record_results_model.py"))["main"]
+    model = bagnet.create_model("bagnet_tiny", num_classes=3)
+    weights = str(bagnet.save_model_file(tmp_path / "m.pt", model, {"img_size": 64, "classes": ["a", "b", "c"]}))
+    good = {"model": "bagnet_tiny", "weights": weights, "img_size": 64, "images": 30, "skipped": 0,
+            "folder_images": 30, "max_images": None, "top1": 50.0, "top5": 100.0, "preprocessing": "p"}
+
+    def run(report):
+        path = tmp_path / "r.json"
+        path.write_text(json.dumps(report))
+        return main(["tiny", "--path", weights, "--eval-json", str(path), "--results", str(tmp_path / "results")])
+
+    assert run({**good, "model": "bagnet9"}) == 1 and "not bagnet_tiny" in capsys.readouterr().err
+    assert run({**good, "weights": "other.pt"}) == 1 and "not " + weights in capsys.readouterr().err
+    assert run({**good, "img_size": 32}) == 1 and "served at 64 px" in capsys.readouterr().err
+    assert run({**good, "max_images": 10, "images": 10}) == 1 and "subset" in capsys.readouterr().err
+    assert run({**good, "images": 20}) == 1 and "subset" in capsys.readouterr().err  # 20 of 30, no --max-images
+    assert not (tmp_path / "results" / "models.json").exists()
+    assert run(good) == 0
+    assert json.loads((tmp_path / "results" / "models.json").read_text())["tiny"]["top1"] == 50.0

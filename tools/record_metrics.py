@@ -48,21 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = pretrained_cfg(model, tag) if model else None
     if cfg is None or cfg.file is None:
         return _error(f"{args.name} is not a shipped model (NAME-TAG of a file in src/bagnet/weights)")
+    from bagnet.cli.eval import read_report
+
     try:
-        report = json.loads(Path(args.eval_json).read_text())
-        top1, top5, images = float(report["top1"]), float(report["top5"]), int(report["images"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return _error(f"{args.eval_json} is not a bagnet eval --json report ({e})")
-    if report.get("model") != model:
-        return _error(f"{args.eval_json} evaluated {report.get('model')!r}, not {model}")
-    if "preprocessing" not in report:
-        return _error(f"{args.eval_json} predates the one preprocessing (no 'preprocessing' field); evaluate again")
-    if report.get("img_size") != cfg.img_size:
-        return _error(f"{args.eval_json} was measured at {report.get('img_size')} px; {args.name} is served at "
-                      f"{cfg.img_size} px")
-    if report.get("max_images") is not None or report.get("folder_images", images) != images + report.get("skipped", 0):
-        return _error(f"{args.eval_json} scored a subset ({images} of {report.get('folder_images')} images); "
-                      "a shipped model's metrics are measured on the whole split")
+        report = read_report(args.eval_json, model=model, img_size=cfg.img_size)
+    except ValueError as e:
+        return _error(str(e))
+    top1, top5, images = float(report["top1"]), float(report["top5"]), int(report["images"])
     path = Path(args.metrics_file)
     table = json.loads(path.read_text()) if path.is_file() else {}
     table[args.name] = {

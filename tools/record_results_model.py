@@ -9,7 +9,8 @@
 is a registered tag or a committed file that ``bagnet.load_model(path)`` loads with its
 classes, mean/std, image size and crop; ``top1``/``top5`` are what ``bagnet eval`` printed for
 it on Imagenette val, whose report is copied to ``docs/results/evals/NAME.eval.json``.
-Refuses a report of another model or file, of a subset, or without the preprocessing.
+Refuses a report of another model or file, of a subset, at another size than the file is
+served at, or without the preprocessing (`bagnet.cli.eval.read_report`, as record_metrics.py).
 """
 
 from __future__ import annotations
@@ -39,19 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import bagnet
+    from bagnet._io import write_text
 
     model = bagnet.load_model(args.path)
+    from bagnet.cli.eval import read_report
+
     try:
-        report = json.loads(Path(args.eval_json).read_text())
-        top1, top5 = float(report["top1"]), float(report["top5"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return _error(f"{args.eval_json} is not a bagnet eval --json report ({e})")
-    if report.get("model") != model.model_name:
-        return _error(f"{args.eval_json} evaluated {report.get('model')!r}, but {args.path} holds {model.model_name}")
-    if str(report.get("weights")) != str(args.path):
-        return _error(f"{args.eval_json} evaluated --weights {report.get('weights')}, not {args.path}")
-    if "preprocessing" not in report or report.get("max_images") is not None:
-        return _error(f"{args.eval_json} is on a subset or predates the one preprocessing; evaluate all of val again")
+        report = read_report(args.eval_json, model=model.model_name, img_size=model.pretrained_cfg.get("img_size"),
+                             weights=args.path)
+    except ValueError as e:
+        return _error(str(e))
+    top1, top5 = float(report["top1"]), float(report["top5"])
     results = Path(args.results)
     (results / "evals").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(args.eval_json, results / "evals" / f"{args.name}.eval.json")
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     table = json.loads(path.read_text()) if path.is_file() else {}
     table[args.name] = {"path": args.path, "model": model.model_name, "top1": round(top1, 2), "top5": round(top5, 2),
                         "eval": f"evals/{args.name}.eval.json", **({"note": args.note} if args.note else {})}
-    path.write_text(json.dumps(dict(sorted(table.items())), indent=2) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(dict(sorted(table.items())), indent=2) + "\n")
     print(f"{path}: {args.name} = {args.path}, top-1 {top1:.2f}%")
     return 0
 

@@ -225,6 +225,36 @@ def _write_predictions(path, folder, dataset, samples: list[int], logits, target
     print(f"predictions: {write_text(path, buf.getvalue())}")
 
 
+def read_report(path: str | Path, *, model: str, img_size: int | None = None, weights: str | None = None) -> dict:
+    """A ``bagnet eval --json`` report that can stand for ``model``'s accuracy: all of a split,
+    with its preprocessing, at ``img_size`` and of ``weights`` where given.
+
+    The tools that record a number (``tools/record_metrics.py``, ``tools/record_results_model.py``)
+    read reports through this one check.
+
+    Raises:
+        ValueError: naming what the report is not.
+    """
+    try:
+        report = json.loads(Path(path).read_text())
+        images = int(report["images"])
+        float(report["top1"]), float(report["top5"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a bagnet eval --json report ({e})") from None
+    if report.get("model") != model:
+        raise ValueError(f"{path} evaluated {report.get('model')!r}, not {model}")
+    if weights is not None and str(report.get("weights")) != str(weights):
+        raise ValueError(f"{path} evaluated --weights {report.get('weights')}, not {weights}")
+    if "preprocessing" not in report:
+        raise ValueError(f"{path} predates the one preprocessing (no 'preprocessing' field); evaluate again")
+    if img_size is not None and report.get("img_size") != img_size:
+        raise ValueError(f"{path} was measured at {report.get('img_size')} px; the model is served at {img_size} px")
+    if report.get("max_images") is not None or report.get("folder_images", images) != images + report.get("skipped", 0):
+        raise ValueError(f"{path} scored a subset ({images} of {report.get('folder_images')} images); "
+                         "a model's recorded accuracy is measured on the whole split")
+    return report
+
+
 def print_report(report: dict, classes: list[str]) -> None:
     subset = (f", a class-stratified subset of {report['folder_images']} (--max-images {report['max_images']}, "
               f"--seed {report['seed']})" if report.get("max_images") and report["images"] + report["skipped"]
