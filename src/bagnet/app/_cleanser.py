@@ -224,7 +224,7 @@ def cleanser_verdict(cm: CleanserModel, x: torch.Tensor, *, patch: str, class_na
     with torch.inference_mode():
         plain = int(counted(batch)[0].argmax())
     pairs = defence.prediction_maps(batch)[0].cpu()
-    label, case = decide(pairs)
+    label, case, recovered = decide(pairs)
     first = pairs.diagonal()
     n = len(ms)
     upper = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
@@ -233,10 +233,6 @@ def cleanser_verdict(cm: CleanserModel, x: torch.Tensor, *, patch: str, class_na
     two_total = n * (n - 1) // 2
     one_agree = int((first == label).sum())
     certified = bool(agree.all())
-    recovered = None
-    if case == 2:
-        majority = int(torch.bincount(first).argmax())
-        recovered = next(i for i in range(n) if int(first[i]) != majority and bool((pairs[i] == first[i]).all()))
     (mh, mw), (sh, sw) = ms.mask_size, ms.stride
     boxes = [[left, top, left + mw, top + mh] for top, left in ms.corners]
     p = ms.patch_size

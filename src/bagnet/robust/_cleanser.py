@@ -218,21 +218,22 @@ def _majority(labels: torch.Tensor) -> int:
     return int(torch.bincount(labels).argmax())
 
 
-def decide(prediction_map: torch.Tensor) -> tuple[int, int]:
+def decide(prediction_map: torch.Tensor) -> tuple[int, int, int | None]:
     """Algorithm 1 of the paper on one image's two-mask predictions ``[masks, masks]``
     (``[a, b]``: the image under masks a and b; the diagonal is the first round).
 
     Returns:
-        ``(prediction, case)``, case 1, 2 or 3 as in :class:`CleanserDecision`.
+        ``(prediction, case, recovered_by)``: case 1, 2 or 3 as in :class:`CleanserDecision`,
+        and for case 2 the disagreeing mask whose second round all agreed (else ``None``).
     """
     first = prediction_map.diagonal()
     if bool((first == first[0]).all()):
-        return int(first[0]), 1
+        return int(first[0]), 1, None
     majority = _majority(first)
     for r0 in (first != majority).nonzero()[:, 0].tolist():
         if bool((prediction_map[r0] == first[r0]).all()):
-            return int(first[r0]), 2
-    return majority, 3
+            return int(first[r0]), 2, r0
+    return majority, 3, None
 
 
 def _fill_value(model: nn.Module, fill: str | float, channels: int, mean, std, device, dtype) -> torch.Tensor:
@@ -495,7 +496,7 @@ class PatchCleanser(nn.Module):
                     full = torch.empty(m, m, dtype=torch.long)
                     full[a, b] = top[k]
                     full[b, a] = top[k]
-                    label, _ = decide(full)
+                    label, _, _ = decide(full)
                     scores = logits[k].to(torch.float64, copy=True)
                     own = scores[:, label].clone()
                     scores[:, label] = -math.inf
