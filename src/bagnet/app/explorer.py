@@ -21,7 +21,7 @@ import os
 import threading
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 import torch
 from PIL import Image
@@ -49,9 +49,6 @@ from ._certify_view import _Certificates
 from ._cleanser import ROLES, CleanserModel, reference_model
 from ._images import _photo
 from ._views import _FULL_ALL_CLASSES, _Views
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["DEFAULT_CACHE_BYTES", "RESOLUTIONS", "ExploredImage", "Explorer", "FeatureCache"]
 

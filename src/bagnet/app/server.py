@@ -66,6 +66,7 @@ without it every class of an image shares that image's scale.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -87,6 +88,7 @@ import numpy as np
 from .._extras import require
 from ..data.images import ImageError
 from ..explain._colour import colormap_stops
+from ._cleanser import ROLES
 from ._connections import BoundedHandler, BoundedHTTPServer
 from ._hosts import WILDCARDS, HostPolicy, is_loopback, reachable_urls
 from ._requests import HTTPError, _certify, _parse_certify, _parse_class, _parse_patch, _parse_res, _parse_vmax
@@ -227,7 +229,7 @@ class ExplorerServer(BoundedHTTPServer):
         """:meth:`ExploredImage.cleanser` within the server's bound on verdict requests
         (503 beyond it). A verdict already computed is answered at once, and one being
         computed is waited for without counting against the bound (it costs nothing more)."""
-        try:
+        with _cleanser_errors():
             done, progress = analysis.cleanser_state(patch, model)
             if done is not None:
                 return done
@@ -240,10 +242,6 @@ class ExplorerServer(BoundedHTTPServer):
                 return analysis.cleanser(patch, model)
             finally:
                 self._cleanser_requests.release()
-        except LookupError as e:
-            raise HTTPError(404, str(e)) from None
-        except ValueError as e:  # unreadable size, a sticker larger than the image, too few masks
-            raise HTTPError(400, str(e)) from None
 
     def thumbnail(self, name: str) -> bytes:
         with self._thumbs_lock:
@@ -393,18 +391,14 @@ class _Handler(BoundedHandler):
         analysis = self.server.store.get(key)
         patch = _parse_patch(query, "patch")
         model = query.get("model", "reference")
-        if model not in ("reference", "bagnet"):
+        if model not in ROLES:
             raise HTTPError(400, f"model must be 'reference' (the --cleanser-model) or 'bagnet', got {model[:40]!r}")
         wait = query.get("wait", "1")
         if wait not in ("0", "1"):
             raise HTTPError(400, f"wait must be 0 or 1, got {wait[:40]!r}")
         if wait == "0":  # how far the verdict is, for the page's progress line; computes nothing
-            try:
+            with _cleanser_errors():
                 done, progress = analysis.cleanser_state(patch, model)
-            except LookupError as e:
-                raise HTTPError(404, str(e)) from None
-            except ValueError as e:
-                raise HTTPError(400, str(e)) from None
             self._json(done if done is not None else progress, 200 if done is not None else 202)
             return
         self._json(self.server.cleanser_verdict(analysis, patch, model))
@@ -430,6 +424,18 @@ class _Handler(BoundedHandler):
 
 
 # (method, path, handler, whether the request has a body to receive first)
+@contextlib.contextmanager
+def _cleanser_errors():
+    """A PatchCleanser request's errors as HTTP answers: no reference model is 404; an
+    unreadable size, a sticker larger than the image or too few masks is 400."""
+    try:
+        yield
+    except LookupError as e:
+        raise HTTPError(404, str(e)) from None
+    except ValueError as e:
+        raise HTTPError(400, str(e)) from None
+
+
 _ROUTES = (
     ("GET", r"/", _Handler._static, False),
     ("GET", r"/static/([A-Za-z0-9_.-]+)", _Handler._static, False),
