@@ -29,7 +29,7 @@ from torch import nn
 
 from .._text import plural
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from ..data.transforms import DEFAULT_IMG_SIZE, Preprocessing
+from ..data.transforms import Preprocessing
 from ..explain import (
     EvidenceMapper,
     Explanation,
@@ -115,9 +115,9 @@ class Explorer:
         self.model_name = getattr(model, "model_name", type(model).__name__)
         self.receptive_field = int(model.receptive_field)
         self.patch_stride = int(model.patch_stride)
-        self.img_size = int(img_size or self.cfg.get("img_size") or DEFAULT_IMG_SIZE)
         # bagnet's one preprocessing, the model's own: what eval scored is what is explored
-        self.preprocessing = Preprocessing.from_cfg(self.cfg, self.img_size)
+        self.preprocessing = Preprocessing.from_cfg(self.cfg, img_size or None)
+        self.img_size = int(self.preprocessing.img_size)
         if self.img_size < self.receptive_field:
             raise ValueError(f"img_size {self.img_size} is smaller than the receptive field {self.receptive_field}")
         if top_k < 1:

@@ -20,7 +20,7 @@ from torch import nn
 
 from .._text import plural
 from ..data.images import ImageError, is_image_file
-from ..data.transforms import DEFAULT_IMG_SIZE
+from ..data.transforms import Preprocessing
 from ._explain import class_names, model_config
 from ._figures import new_figure
 from ._images import preprocess
@@ -154,7 +154,7 @@ def class_patches(
         if f.is_file() and is_image_file(f)
     ]
     cfg = model_config(model)
-    size = img_size or cfg.get("img_size") or DEFAULT_IMG_SIZE
+    size = Preprocessing.from_cfg(cfg, img_size or None).img_size  # the model's size, as every command uses
     mapper = mapper or EvidenceMapper(model, stride=stride, pad_value=None)
     geometry = mapper.geometry((size, size))
     heaps: dict[bool, list] = {True: [], False: []}
