@@ -3,7 +3,7 @@
 # the BagNets' resolution (160 px random-resized crops, served on the whole image at 192 px).
 #
 #   MODEL=resnet18 tools/train_reference.sh      # 50 epochs
-#   MODEL=densenet121 EPOCHS=40 tools/train_reference.sh
+#   MODEL=regnet_x_800mf tools/train_reference.sh   # the second reference (benchmarks/README.md says why)
 #
 # One fixed recipe for every reference: SGD (momentum 0.9), batch 64, lr 0.1 after 2 warmup
 # epochs, cosine to 0, weight decay 5e-4 on conv/linear weights, label smoothing 0.1,
