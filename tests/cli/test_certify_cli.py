@@ -121,6 +121,9 @@ def test_attack_runs_on_a_torchvision_model(folder_and_model, tmp_path, capsys):
     (["--patch", "200%"], "patch size '200%' is 200% of the image area"),
     (["--attack", "--attack-positions", "0"], "--attack-positions must be at least 1, got 0"),
     (["--attack", "--attack-step-size", "0"], "--attack-step-size must be more than 0"),
+    # attack options without --attack would be silently ignored
+    (["--attack-steps", "3"], "--attack-steps sets the attack, which only runs with --attack"),
+    (["--attack-refine", "1", "--attack-positions", "3"], "--attack-positions, --attack-refine set the attack"),
     (["--patch", "60"], "does not fit"),
     (["--defense", "smooth"], "unknown --defense 'smooth'"),
     (["--clip-range", "1"], "are for --defense clip"),

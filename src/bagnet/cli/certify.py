@@ -83,31 +83,42 @@ def add_cleanser_args(g: argparse._ArgumentGroup) -> None:
                         "paper's code; default), black (pixel value 0), or V written into the normalized input")
 
 
+# option, keyword of patch_attack, type, default, lowest value (None: more than 0), help
+ATTACK_OPTIONS = (
+    ("--attack-steps", "steps", int, 20, 0, "PGD steps at each of the most promising positions"),
+    ("--attack-step-size", "step_size", float, 0.1, None, "PGD step in pixel units of the [0, 1] image range"),
+    ("--attack-positions", "positions", int, 7, 1, "sticker positions per axis in the position search"),
+    ("--attack-search-steps", "search_steps", int, 4, 1, "PGD steps at every position of the search"),
+    ("--attack-refine", "refine", int, 2, 0, "positions per image attacked for --attack-steps more steps"),
+)
+
+
 def add_attack_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("attack")
-    g.add_argument("--attack-steps", type=int, default=20,
-                   help="PGD steps at each of the most promising positions (default: 20)")
-    g.add_argument("--attack-step-size", type=float, default=0.1,
-                   help="PGD step in pixel units of the [0, 1] image range (default: 0.1)")
-    g.add_argument("--attack-positions", type=int, default=7,
-                   help="sticker positions per axis in the position search (default: 7)")
-    g.add_argument("--attack-search-steps", type=int, default=4,
-                   help="PGD steps at every position of the search (default: 4)")
-    g.add_argument("--attack-refine", type=int, default=2,
-                   help="positions per image attacked for --attack-steps more steps (default: 2)")
+    for option, key, kind, default, _low, text in ATTACK_OPTIONS:
+        g.add_argument(option, dest=f"attack_{key}", type=kind, default=None, help=f"{text} (default: {default})")
 
 
 def attack_options(args: argparse.Namespace) -> dict:
     """The attack's keyword arguments; a value out of range is refused naming its option."""
-    limits = (("--attack-steps", args.attack_steps, 0), ("--attack-search-steps", args.attack_search_steps, 1),
-              ("--attack-positions", args.attack_positions, 1), ("--attack-refine", args.attack_refine, 0))
-    for option, value, low in limits:
-        if value < low:
+    options = {}
+    for option, key, _kind, default, low, _text in ATTACK_OPTIONS:
+        value = getattr(args, f"attack_{key}")
+        value = default if value is None else value
+        if low is None and not value > 0:
+            raise ValueError(f"{option} must be more than 0, got {value}")
+        if low is not None and value < low:
             raise ValueError(f"{option} must be at least {low}, got {value}")
-    if not args.attack_step_size > 0:
-        raise ValueError(f"--attack-step-size must be more than 0, got {args.attack_step_size}")
-    return dict(steps=args.attack_steps, step_size=args.attack_step_size, positions=args.attack_positions,
-                search_steps=args.attack_search_steps, refine=args.attack_refine, seed=args.seed)
+        options[key] = value
+    return dict(options, seed=args.seed)
+
+
+def unused_attack_options(args: argparse.Namespace) -> None:
+    """Refuse attack options given without ``--attack``: they would be silently ignored."""
+    given = [option for option, key, *_ in ATTACK_OPTIONS if getattr(args, f"attack_{key}", None) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} the attack, which only runs with "
+                         f"--attack")
 
 
 def parse_list(text: str, option: str) -> list[str]:
@@ -161,6 +172,8 @@ def parse_defenses(text: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     defenses = parse_defenses(args.defense)
+    if not args.attack:
+        unused_attack_options(args)
     return evaluate(args, defenses, clip_options(args, defenses), certify=True,
                     attack=attack_options(args) if args.attack else None,
                     cleanser=cleanser_options(args, defenses))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +149,37 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# Options that only act under another setting: option -> (does it act?, what makes it act).
+# Given while it does not act, such an option would be silently ignored, so it is refused.
+DEPENDENT_OPTIONS: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
+    "ema_decay": (lambda c: c.ema, "--ema"),
+    "ema_steps": (lambda c: c.ema, "--ema"),
+    "min_lr": (lambda c: c.schedule == "cosine", "--schedule cosine"),
+    "step_size": (lambda c: c.schedule == "step", "--schedule step"),
+    "gamma": (lambda c: c.schedule == "step", "--schedule step"),
+    "mask_sticker": (lambda c: bool(c.mask_patches), "--mask-patches N"),
+    "cleanser_masks": (lambda c: bool(c.mask_patches), "--mask-patches N"),
+}
+
+
+def set_options(cfg: TrainConfig, explicit: set[str] | frozenset[str]) -> set[str]:
+    """The options the user set: those typed (``explicit``, from the command line), or for
+    a configuration built in Python (nothing typed), the fields that differ from their default."""
+    if explicit:
+        return set(explicit)
+    defaults = TrainConfig(data="", out="", model="").to_dict()
+    return {k for k, v in cfg.to_dict().items() if k in DEPENDENT_OPTIONS and v != defaults[k]}
+
+
+def check_dependent_options(cfg: TrainConfig, given: set[str]) -> None:
+    """Refuse an option in ``given`` that ``cfg`` would ignore (see :data:`DEPENDENT_OPTIONS`)."""
+    for key in sorted(given & DEPENDENT_OPTIONS.keys()):
+        acts, switch = DEPENDENT_OPTIONS[key]
+        if not acts(cfg):
+            option = "--" + key.replace("_", "-")
+            raise ValueError(f"{option} {getattr(cfg, key)} only acts with {switch}; add {switch} or drop {option}")
 
 
 def train_masks(cfg: TrainConfig) -> dict[str, Any] | None:

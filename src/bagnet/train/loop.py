@@ -45,7 +45,14 @@ from ..models import (
 )
 from ._files import _record, _RunFiles, _save, selection_note
 from .checkpoint import load_checkpoint, set_rng_state
-from .config import TrainConfig, describe_clip_evidence, merge_for_resume, train_masks
+from .config import (
+    TrainConfig,
+    check_dependent_options,
+    describe_clip_evidence,
+    merge_for_resume,
+    set_options,
+    train_masks,
+)
 from .distributed import DistInfo, ShardSampler, cleanup_distributed, init_distributed
 from .engine import evaluate, train_one_epoch
 from .evidence import ClippedEvidence
@@ -259,13 +266,16 @@ def _loaders(cfg: TrainConfig, data: _Data, info: DistInfo, device: torch.device
 
 def _resume_state(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, dict | None]:
     out = Path(cfg.out)
+    given = set_options(cfg, explicit)
     if not cfg.resume:
         if (out / "last.pt").exists():
             raise ValueError(f"{out} already holds a run; add --resume to continue it, or choose another --out")
+        check_dependent_options(cfg, given)
         return cfg.validate(), None
     path = out / "last.pt" if cfg.resume == "last" else Path(cfg.resume)
     ckpt = load_checkpoint(path)
     cfg = merge_for_resume(ckpt["config"], cfg, explicit)
+    check_dependent_options(cfg, given)  # against the run's switches: --ema may come from the stored run
     if ckpt["epoch"] >= cfg.epochs:
         raise ValueError(f"{path} already finished epoch {ckpt['epoch']} of --epochs {cfg.epochs}; raise --epochs to train on")
     logger.info("resuming %s from epoch %d", path, ckpt["epoch"])
