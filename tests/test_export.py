@@ -115,6 +115,13 @@ def test_cli_export_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "BagNet" in err
     assert not out.exists()
+    # an ONNX opset given for a format that has none would be silently ignored
+    tiny = save_model_file(tmp_path / "tiny.pt", bagnet.create_model("bagnet_tiny", num_classes=3))
+    assert main(["export", "--weights", str(tiny), "--format", "exported-program", "--opset", "17",
+                 "--out", str(tmp_path / "t.pt2")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--opset is the ONNX opset; --format exported-program has none" in err
+    assert not (tmp_path / "t.pt2").exists()
     with pytest.raises(TypeError, match="BagNet"):
         export_program(torch.nn.Conv2d(3, 3, 1))
     with pytest.raises(ValueError, match="no classifier"):

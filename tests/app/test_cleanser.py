@@ -212,8 +212,12 @@ def test_serve_refuses_a_cleanser_model_with_other_classes(tiny_model_file, tmp_
     assert "lack rocket" in err
     assert main(["serve", "--weights", str(tiny_model_file), "--cleanser-model", "resnet18@nothing-such"]) == 1
     assert capsys.readouterr().err.startswith("bagnet serve: error: --cleanser-model resnet18@nothing-such: ")
-    assert main(["serve", "--weights", str(tiny_model_file), "--cleanser-masks", "0"]) == 1
+    assert main(["serve", "--weights", str(tiny_model_file), "--cleanser-model", str(path), "--cleanser-masks",
+                 "0"]) == 1
     assert "--cleanser-masks must lie in 1..32" in capsys.readouterr().err
+    # without a cleanser model there is no PatchCleanser for the masks to set
+    assert main(["serve", "--weights", str(tiny_model_file), "--cleanser-masks", "3"]) == 1
+    assert "--cleanser-masks sets the masks of --cleanser-model's PatchCleanser" in capsys.readouterr().err
 
 
 def test_serve_command_loads_a_random_resnet_with_the_models_classes(tiny_model_file):

@@ -166,6 +166,15 @@ def test_a_torchvision_model_is_refused_before_its_weights_are_downloaded(folder
     assert rc == 1 and "resnet18 is a torchvision classifier, not a BagNet" in err and len(err.splitlines()) == 1
 
 
+def test_explain_refuses_a_defence_without_a_sticker_size(folder_and_model, tmp_path, capsys):
+    root, weights = folder_and_model
+    rc = main(["explain", str(root / "val" / "circle" / "0.png"), "--weights", str(weights), "--certify-defense",
+               "clip", "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "--certify-defense chooses the defence of --certify-patch" in err
+    assert not (tmp_path / "e").exists()
+
+
 def test_explain_says_whether_the_prediction_is_certified(folder_and_model, tmp_path, capsys):
     root, weights = folder_and_model
     image = root / "val" / "circle" / "0.png"

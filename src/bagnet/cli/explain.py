@@ -66,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--certify-patch", default=None, metavar="SIZE",
                    help="also say whether the prediction is certified against any sticker of this size (pixels, or "
                         "a share of the image area such as 2%%), with the window the masking removed (JSON 'certified')")
-    g.add_argument("--certify-defense", default="mask", choices=("mask", "clip"),
+    g.add_argument("--certify-defense", default=None, choices=("mask", "clip"),
                    help="the defence --certify-patch certifies: mask (PatchGuard) or clip (Clipped BagNet, squashing "
                         "with the model's own training squashing, else tanh(1 * x - 2) as docs/ROBUSTNESS.md "
                         "recommends; the JSON says which) (default: mask)")
@@ -153,6 +153,9 @@ def run(args: argparse.Namespace) -> int:
     q = model.receptive_field
     if args.img_size is not None and args.img_size < q:
         raise ValueError(f"--img-size {args.img_size} is smaller than the model's {q}x{q} px patches")
+    if args.certify_defense is not None and args.certify_patch is None:
+        raise ValueError("--certify-defense chooses the defence of --certify-patch SIZE; add --certify-patch")
+    args.certify_defense = args.certify_defense or "mask"
     if args.certify_patch is not None and not callable(getattr(model, "patch_logits", None)):
         raise ValueError("--certify-patch needs a BagNet")
     if args.certify_patch is not None:  # an unreadable size fails once, not once per image

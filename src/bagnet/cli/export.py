@@ -26,20 +26,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default) or exported-program (.pt2)")
     g.add_argument("--out", required=True, help="output file")
     g.add_argument("--patch-logits", action="store_true", help="also output the class evidence of every patch")
-    g.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    g.add_argument("--opset", type=int, default=None, help=f"ONNX opset (--format onnx; default {OPSET})")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export_onnx, save_exported_program
+    from ..export import OPSET, export_onnx, save_exported_program
     from ..models import BagNet, FusedBagNet
 
+    if args.opset is not None and args.format != "onnx":
+        raise ValueError(f"--opset is the ONNX opset; --format {args.format} has none")
     model = resolve_model(args)
     if not isinstance(model, BagNet | FusedBagNet):
         name = getattr(model, "model_name", type(model).__name__)
         raise ValueError(f"bagnet export takes BagNets; {name} is not one")
     if args.format == "onnx":
-        path = export_onnx(model, args.out, patch_logits=args.patch_logits, opset=args.opset)
+        path = export_onnx(model, args.out, patch_logits=args.patch_logits,
+                           opset=OPSET if args.opset is None else args.opset)
     else:
         path = save_exported_program(model, args.out, patch_logits=args.patch_logits)
     outputs = "logits and patch logits" if args.patch_logits else "logits"

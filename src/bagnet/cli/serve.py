@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a second classifier with the same classes (any model: resnet18@runs/resnet18/model.pt, "
                         "resnet18@random, a model file) whose PatchCleanser verdict the page shows next to the "
                         "BagNet's certificate")
-    p.add_argument("--cleanser-masks", type=int, default=6, metavar="K",
+    p.add_argument("--cleanser-masks", type=int, default=None, metavar="K",
                    help="PatchCleanser's masks per axis: K x K masks, K^2 (K^2 + 1) / 2 passes per verdict "
                         "(default: 6, the paper's; 666 passes)")
     p.set_defaults(func=run)
@@ -68,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must lie in 0..65535, got {args.port}")
     if not 0 <= args.cache_mb <= 2**20:
         raise ValueError(f"--cache-mb must lie in [0, 1048576], got {args.cache_mb}")
+    if args.cleanser_masks is not None and args.cleanser_model is None:
+        raise ValueError("--cleanser-masks sets the masks of --cleanser-model's PatchCleanser; add --cleanser-model SPEC")
+    args.cleanser_masks = 6 if args.cleanser_masks is None else args.cleanser_masks
     if not 1 <= args.cleanser_masks <= 32:
         raise ValueError(f"--cleanser-masks must lie in 1..32, got {args.cleanser_masks}")
     device = resolve_device(args.device)
