@@ -99,13 +99,23 @@ def test_single_experiment_prints_a_table(tmp_path, folder, models, capsys):
          "whole number"),
         (["analyze", "all", "--config", "{bad_config}"], "unknown experiment"),
         (["analyze", "all", "--config", "{bad_json}"], "not valid JSON"),
+        # an attribution method's option without that method would be silently ignored
+        (["analyze", "spatial-sensitivity", "--data", "{folder}", "--bagnet", "bagnet_tiny@random", "--reference",
+          "resnet18@random", "--methods", "saliency", "--ig-steps", "5"],
+         "spatial-sensitivity: ig_steps would be ignored: it only acts when methods include integrated_gradients"),
+        (["analyze", "all", "--config", "{ignored_option}"],
+         "gradcam_layer would be ignored: it only acts when methods include gradcam"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, folder, argv, message, capsys):
     (tmp_path / "bad.json").write_text(json.dumps({"data": str(folder), "bagnets": ["bagnet_tiny"],
                                                    "experiments": {"gradcam": {}}}))
     (tmp_path / "broken.json").write_text("{")
-    argv = [a.format(folder=folder, bad_config=tmp_path / "bad.json", bad_json=tmp_path / "broken.json")
+    (tmp_path / "ignored.json").write_text(json.dumps({
+        "data": str(folder), "bagnets": ["bagnet_tiny@random"], "references": ["resnet18@random"],
+        "experiments": {"spatial-sensitivity": {"methods": "saliency,lrp", "gradcam_layer": "layer4"}}}))
+    argv = [a.format(folder=folder, bad_config=tmp_path / "bad.json", bad_json=tmp_path / "broken.json",
+                     ignored_option=tmp_path / "ignored.json")
             for a in argv]
     assert main([*argv, "--out", str(tmp_path / "o")] if argv[1] != "all" else argv) == 1
     err = capsys.readouterr().err

@@ -208,11 +208,32 @@ class Experiment:
     # (saved JSON content, out dir, bootstrap) -> result with new intervals, or None when
     # the saved per-image results do not allow it; None: the step is run again instead.
     refresh: Callable[..., Any] | None = None
+    # option -> (the value of another option under which it acts, as a predicate; what that
+    # is, for the message): given while it does not act, an option would be silently ignored.
+    requires: dict[str, tuple[Callable[[dict[str, Any]], bool], str]] = field(default_factory=dict)
 
     def check_options(self, options: dict[str, Any]) -> None:
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             raise ValueError(f"{self.name}: unknown option(s) {unknown}; known: {sorted(self.options)}")
+        for option, (acts, condition) in self.requires.items():
+            if options.get(option) is not None and not acts(options):
+                raise ValueError(f"{self.name}: {option} would be ignored: it only acts {condition}")
+
+
+def _method_given(method: str) -> tuple[Callable[[dict[str, Any]], bool], str]:
+    """Spatial sensitivity: an option of ``method`` acts when ``methods`` is left at its
+    default (every method) or names it."""
+
+    def acts(options: dict[str, Any]) -> bool:
+        methods = options.get("methods")
+        if methods is None:
+            return True
+        if isinstance(methods, str):
+            methods = [m.strip() for m in methods.split(",")]
+        return method in methods
+
+    return acts, f"when methods include {method} (add {method} to methods, or drop the option)"
 
 
 def _accuracy(s: Session, max_images=None):
@@ -356,7 +377,11 @@ EXPERIMENTS: dict[str, Experiment] = {
                     "ig_steps": 25, "lrp_epsilon": 1e-2, "test_bagnets": True, "heatmap_dtype": "float32",
                     "occlusion_window": None, "occlusion_stride": None, "gradcam_layer": None},
                    "spatial_sensitivity.json", "masking cells ranked by heatmaps vs attributions vs random",
-                   refresh=_refresh_spatial),
+                   refresh=_refresh_spatial,
+                   requires={"ig_steps": _method_given("integrated_gradients"), "lrp_epsilon": _method_given("lrp"),
+                             "occlusion_window": _method_given("occlusion"),
+                             "occlusion_stride": _method_given("occlusion"),
+                             "gradcam_layer": _method_given("gradcam")}),
         Experiment("class-patches", _class_patches, _writer("figures", "write_class_patches"),
                    {"classes": None, "top": 8, "heatmap_stride": "native", "heatmap_dtype": "float32"},
                    "class_patches.json", "most class-typical patches of each BagNet over the data"),
