@@ -51,3 +51,31 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
         f.flush()
         os.fsync(f.fileno())
     return Path(path)
+
+
+def check_writable(path: str | os.PathLike, what: str, *, folder: bool = False) -> None:
+    """Refuse, before any work is done, an output path that cannot be written.
+
+    ``path`` is a file to write (``folder=False``) or a folder to write into (``folder=True``,
+    made if missing). Refused: a file path that is an existing folder, a folder path that is an
+    existing file, a path below a file, and a nearest existing folder that is not writable.
+
+    Args:
+        what: how the user gave the path, for the message (an option such as ``--json``).
+
+    Raises:
+        ValueError: the path cannot be written, said with ``what``.
+    """
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        raise ValueError(f"{what} {path} is a file; it must be a folder (or a path where one can be made)")
+    if not folder and p.is_dir():
+        raise ValueError(f"{what} {path} is a folder; give the name of a file to write")
+    ancestor = p if folder else p.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{what} {path}: {ancestor} is a file, so no folder can be made below it")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path}: no permission to write in {ancestor}")
+

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .._device import resolve_device
+from .._io import check_writable
 from ..data.transforms import DEFAULT_IMG_SIZE
 from ._classifier import Classifier, build_model, make_classifier
 from ._data import EvalData, load_data
@@ -89,6 +90,7 @@ class Session:
         folder = root if split in (".", "") else root / split
         if not folder.is_dir():
             raise FileNotFoundError(f"image folder {folder} does not exist")
+        check_writable(out_dir, "output folder", folder=True)
         self.out_dir = Path(out_dir)
         self.max_images = max_images
         self.batch_size = batch_size

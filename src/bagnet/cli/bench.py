@@ -61,8 +61,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from .._io import check_writable
     from ._common import resolve_device
 
+    if args.json:
+        check_writable(args.json, "--json")
     names = _split(args.models, "--models")
     modes = _split(args.mode, "--mode")
     if args.batch_size < 1 or args.img_size < 1:

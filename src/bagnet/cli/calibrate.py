@@ -133,6 +133,7 @@ def _halves(n: int, seed: int):
 
 def run(args: argparse.Namespace) -> int:
 
+    from .._io import check_writable
     from ..data.transforms import Preprocessing
     from ..explain import UNKNOWN_METHODS, calibrate_unknown, familiarity
     from ..models import save_model_file
@@ -147,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".pt":
         raise ValueError(f"--out {out} should be a .pt model file")
+    check_writable(out, "--out")
+    if args.json:
+        check_writable(args.json, "--json")
     if (args.test_data is None) != (args.test_unknown is None):
         raise ValueError("--test-data and --test-unknown go together: both test sets, or neither (halves)")
     known_paths = _subset(_image_paths(Path(args.data), "--data"), args.max_images, args.seed)

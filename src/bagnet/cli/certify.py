@@ -185,6 +185,7 @@ def evaluate(args: argparse.Namespace, defenses: list[str], defense_options: dic
     import torch
     from torch.utils.data import DataLoader, Subset
 
+    from .._io import check_writable
     from ..data.classes import class_mapping, scoring_note
     from ..data.folder import ImageFolder, subset_indices
     from ..data.transforms import Preprocessing
@@ -195,6 +196,7 @@ def evaluate(args: argparse.Namespace, defenses: list[str], defense_options: dic
 
     patches = parse_list(args.patch, "--patch")
     check_data_args(args)
+    check_writable(args.out, "--out", folder=True)
     folder = data_folder(args)
     cleanser = cleanser if cleanser is not None else {"masks": 6, "fill": "mean"}
     needs_bagnet = any(d in ("mask", "clip") for d in defenses)

@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.data import DataLoader
 
+    from .._io import check_writable
     from ..data.classes import class_mapping
     from ..data.folder import ImageFolder, collate_skip, subset_indices
     from ..data.transforms import Preprocessing
@@ -90,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
     from ._common import check_data_args, data_folder, resolve_device, resolve_model
 
     check_data_args(args)
+    for option, path in (("--json", args.json), ("--predictions", args.predictions)):
+        if path:
+            check_writable(path, option)
     if args.fast is not None:
         from ..models import INFERENCE_MODES
 

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from .._io import atomic_path, write_text
+from .._io import atomic_path, check_writable, write_text
 from .._text import plural
 from ._common import (
     add_device_args,
@@ -141,6 +141,7 @@ def _parse_stride(value: str) -> int | str:
 def run(args: argparse.Namespace) -> int:
     from ..explain import EvidenceMapper, MapCostError, explain
 
+    check_writable(args.out, "--out", folder=True)
     stride = _parse_stride(args.stride)
     vmax = parse_scale(args.scale)
     if args.k < 1:

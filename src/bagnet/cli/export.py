@@ -31,9 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._io import check_writable
     from ..export import OPSET, export_onnx, save_exported_program
     from ..models import BagNet, FusedBagNet
 
+    check_writable(args.out, "--out")
     if args.opset is not None and args.format != "onnx":
         raise ValueError(f"--opset is the ONNX opset; --format {args.format} has none")
     model = resolve_model(args)

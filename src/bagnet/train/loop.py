@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, RandomSampler, Subset
 
 from .._device import resolve_amp, resolve_device
+from .._io import check_writable
 from .._text import plural
 from ..data.folder import (
     ImageFolder,
@@ -266,6 +267,8 @@ def _loaders(cfg: TrainConfig, data: _Data, info: DistInfo, device: torch.device
 
 def _resume_state(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, dict | None]:
     out = Path(cfg.out)
+    if cfg.out:
+        check_writable(out, "--out", folder=True)
     given = set_options(cfg, explicit)
     if not cfg.resume:
         if (out / "last.pt").exists():
