@@ -78,4 +78,3 @@ def check_writable(path: str | os.PathLike, what: str, *, folder: bool = False) 
         raise ValueError(f"{what} {path}: {ancestor} is a file, so no folder can be made below it")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ValueError(f"{what} {path}: no permission to write in {ancestor}")
-

@@ -142,6 +142,9 @@ def run(args: argparse.Namespace) -> int:
     from ..explain import EvidenceMapper, MapCostError, explain
 
     check_writable(args.out, "--out", folder=True)
+    if args.certify_defense is not None and args.certify_patch is None:
+        raise ValueError("--certify-defense chooses the defence of --certify-patch SIZE; add --certify-patch")
+    args.certify_defense = args.certify_defense or "mask"
     stride = _parse_stride(args.stride)
     vmax = parse_scale(args.scale)
     if args.k < 1:
@@ -154,9 +157,6 @@ def run(args: argparse.Namespace) -> int:
     q = model.receptive_field
     if args.img_size is not None and args.img_size < q:
         raise ValueError(f"--img-size {args.img_size} is smaller than the model's {q}x{q} px patches")
-    if args.certify_defense is not None and args.certify_patch is None:
-        raise ValueError("--certify-defense chooses the defence of --certify-patch SIZE; add --certify-patch")
-    args.certify_defense = args.certify_defense or "mask"
     if args.certify_patch is not None and not callable(getattr(model, "patch_logits", None)):
         raise ValueError("--certify-patch needs a BagNet")
     if args.certify_patch is not None:  # an unreadable size fails once, not once per image
