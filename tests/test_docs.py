@@ -121,19 +121,26 @@ def _check_interop(after: list[dict], tmp_path: Path) -> None:
     import torch
 
     import bagnet
+    from bagnet.data.transforms import Preprocessing
 
-    timm_, folder, onnx_, captum_ = after
+    timm_, whole, folder, onnx_, captum_ = after
     reference = bagnet.create_model("bagnet17_slim", pretrained="imagenette").eval()
     assert timm_["config"]["input_size"] == (3, 112, 112)
     with torch.no_grad():
         torch.testing.assert_close(timm_["logits"], reference(timm_["pixels"]))
+    # bagnet's preprocessing on timm's model: the whole 600 x 400 coffee photo, as bagnet eval feeds it
+    from skimage import data
+
+    assert whole["pre"] == Preprocessing.from_cfg(reference.pretrained_cfg)
+    pixels = Preprocessing(112, None, reference.pretrained_cfg["mean"], reference.pretrained_cfg["std"])(data.coffee())
+    assert pixels.shape == (3, 112, 168)
+    with torch.no_grad():
+        torch.testing.assert_close(whole["logits"], reference(pixels[None]))
     assert (tmp_path / "bagnet17-imagenette" / "model.safetensors").is_file()
     for k, v in reference.state_dict().items():
         assert torch.equal(folder["same"].state_dict()[k], v), k
     assert folder["same"].pretrained_cfg["classes"] == reference.pretrained_cfg["classes"]
     # the file's metadata rebuilds the model's own preprocessing, and ONNX Runtime computes bagnet's logits
-    from bagnet.data.transforms import Preprocessing
-
     assert onnx_["pre"] == Preprocessing.from_cfg(reference.pretrained_cfg)
     x = Preprocessing.from_cfg(reference.pretrained_cfg)(onnx_["photo"])[None]
     assert x.shape == (1, 3, 112, 149)  # the whole 400 x 300 photo, short side 112 px

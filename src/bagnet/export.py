@@ -88,7 +88,7 @@ def export_metadata(model: nn.Module, patch_logits: bool) -> dict[str, Any]:
         "mean": [float(v) for v in cfg.get("mean", ())],
         "std": [float(v) for v in cfg.get("std", ())],
         "img_size": cfg.get("img_size"),
-        "crop_pct": cfg.get("crop_pct"),
+        "crop_pct": Preprocessing.from_cfg(cfg).crop_pct,
         # how to prepare an image: bagnet.data.transforms.Preprocessing(img_size, crop_pct, mean, std)
         "preprocessing": Preprocessing.from_cfg(cfg).describe(),
         "classes": list(cfg["classes"]) if cfg.get("classes") else None,

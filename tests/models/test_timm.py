@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -82,6 +83,30 @@ def test_pretrained_through_timm_is_the_shipped_model_with_its_data_config():
             assert (t_theirs - t_ours).abs().mean() < 0.05
         else:  # timm has no whole-image mode: it keeps the central square (documented in timm_data_config)
             assert t_theirs.shape == (3, 112, 112) and t_ours.shape == (3, 129, 112)
+
+
+def test_a_timm_made_model_keeps_bagnets_whole_image_on_bagnets_paths(tmp_path):
+    """timm's pretrained_cfg says crop_pct 1.0 (a square centre crop, timm's nearest
+    spelling); bagnet's own paths (explain, export metadata, analyses) must still take the
+    whole image, as the model card's accuracy was measured."""
+    from PIL import Image
+
+    import bagnet.explain
+    from bagnet.data.transforms import Preprocessing
+    from bagnet.export import export_metadata
+
+    theirs = timm.create_model("bagnet17_slim.imagenette", pretrained=True).eval()
+    assert timm_data.resolve_data_config(model=theirs)["crop_pct"] == 1.0  # what timm's transforms need
+    pre = Preprocessing.from_cfg(theirs.pretrained_cfg)
+    assert pre.crop_pct is None and pre.img_size == 112
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (150, 200, 3), np.uint8))
+    assert pre(img).shape == (3, 112, 149)  # short side 112, aspect kept: 200 * 112 / 150 = 149.3
+    result = bagnet.explain.explain(theirs, img, stride="native")
+    assert tuple(result.image.shape[-2:]) == (112, 149)
+    assert export_metadata(theirs, patch_logits=False)["crop_pct"] is None
+    # saved and loaded back by bagnet: still the whole image
+    theirs.save_pretrained(tmp_path / "m")
+    assert Preprocessing.from_cfg(bagnet.create_model(str(tmp_path / "m")).pretrained_cfg).crop_pct is None
 
 
 def test_untrained_model_with_a_tag_gets_the_tags_data_config():

@@ -13,7 +13,7 @@ from typing import Any
 
 from .._device import resolve_device
 from .._io import check_writable
-from ..data.transforms import DEFAULT_IMG_SIZE
+from ..data.transforms import DEFAULT_IMG_SIZE, Preprocessing
 from ._classifier import Classifier, build_model, make_classifier
 from ._data import EvalData, load_data
 from ._predictions import LogitCache
@@ -106,7 +106,7 @@ class Session:
         if img_size is None:
             sizes = [m.pretrained_cfg.get("img_size") for m in models.values()]
             img_size = next((int(s) for s in sizes if s), DEFAULT_IMG_SIZE)
-        self.data.set_img_size(img_size, first.get("crop_pct"))
+        self.data.set_img_size(img_size, Preprocessing.from_cfg(first).crop_pct)
         logger.info("preprocessing: %s", self.data.preprocessing.describe())
 
         def clf(spec: ModelSpec) -> Classifier:

@@ -209,7 +209,9 @@ class Preprocessing:
         ``crop_pct``, ``mean``, ``std``); ``img_size`` overrides the model's size, and a
         model that names none is given :data:`DEFAULT_IMG_SIZE`."""
         size = img_size if img_size is not None else (cfg.get("img_size") or DEFAULT_IMG_SIZE)
-        crop = cfg.get("crop_pct")
+        # A model made by timm.create_model carries timm's crop_pct (1.0, a square centre
+        # crop: timm cannot spell "the whole image") and bagnet's own as bagnet_crop_pct.
+        crop = cfg["bagnet_crop_pct"] if "bagnet_crop_pct" in cfg else cfg.get("crop_pct")
         return cls(
             img_size=int(size) if size else None,
             crop_pct=float(crop) if crop is not None and size else None,

@@ -59,7 +59,7 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # restatement of the others; they are not metadata of the weights
 _NOT_META = {"source", "tag", "architecture", "input_size", "min_input_size", "fixed_input_size", "interpolation",
              "crop_pct", "crop_mode", "num_classes", "label_names", "label_descriptions", "pool_size", "first_conv",
-             "classifier", "paper_name", "paper_ids", "origin_url"}
+             "classifier", "paper_name", "paper_ids", "origin_url", "bagnet_crop_pct"}
 
 
 def timm_data_config(model: nn.Module, meta: dict | None = None) -> dict[str, Any]:
@@ -93,6 +93,8 @@ def timm_data_config(model: nn.Module, meta: dict | None = None) -> dict[str, An
         "interpolation": "bilinear",
         "crop_pct": pre.crop_pct if pre.crop_pct is not None else 1.0,
         "crop_mode": "center",
+        # bagnet's own crop (None: the whole image), which Preprocessing.from_cfg reads first
+        "bagnet_crop_pct": pre.crop_pct,
         "mean": pre.mean,
         "std": pre.std,
         "num_classes": int(model.num_classes),
@@ -165,6 +167,7 @@ def _config(model: nn.Module, meta: dict | None) -> dict[str, Any]:
     label_names = timm_cfg.pop("label_names", None)
     label_descriptions = timm_cfg.pop("label_descriptions", None)
     timm_cfg.pop("architecture", None)
+    timm_cfg.pop("bagnet_crop_pct", None)  # not a timm key; bagnet's crop is in the metadata
     config: dict[str, Any] = {
         "architecture": model.model_name,
         "num_classes": int(getattr(model, "num_classes", 0)),
