@@ -126,3 +126,17 @@ def test_cli_export_errors_are_one_line(tmp_path, capsys):
         export_program(torch.nn.Conv2d(3, 3, 1))
     with pytest.raises(ValueError, match="no classifier"):
         export_program(bagnet.create_model("bagnet_tiny", num_classes=0))
+
+
+def test_metadata_rebuilds_the_preprocessing_bagnet_gives_a_model_without_a_size():
+    """A model that names no size is served at 224 px by every bagnet path; the exported
+    metadata must say so (it said img_size None, which Preprocessing reads as 'keep the size')."""
+    from bagnet.data.transforms import DEFAULT_IMG_SIZE, Preprocessing
+    from bagnet.export import export_metadata
+
+    model = bagnet.create_model("bagnet_tiny", num_classes=3)
+    assert not model.pretrained_cfg.get("img_size")
+    meta = export_metadata(model, patch_logits=False)
+    assert meta["img_size"] == DEFAULT_IMG_SIZE == 224
+    rebuilt = Preprocessing(meta["img_size"], meta["crop_pct"], meta["mean"], meta["std"])
+    assert rebuilt == Preprocessing.from_cfg(model.pretrained_cfg)

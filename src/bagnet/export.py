@@ -78,6 +78,7 @@ def export_metadata(model: nn.Module, patch_logits: bool) -> dict[str, Any]:
     """What a deployment needs to prepare inputs and read outputs, JSON-serializable."""
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     names = cfg.get("class_names") or cfg.get("classes")
+    pre = Preprocessing.from_cfg(cfg)  # the one preprocessing every bagnet path gives this model
     return {
         "format": "bagnet-export/1",
         "model": getattr(model, "model_name", None),
@@ -85,12 +86,12 @@ def export_metadata(model: nn.Module, patch_logits: bool) -> dict[str, Any]:
         "receptive_field": int(model.receptive_field),
         "patch_stride": int(model.patch_stride),
         "num_classes": int(model.num_classes),
-        "mean": [float(v) for v in cfg.get("mean", ())],
-        "std": [float(v) for v in cfg.get("std", ())],
-        "img_size": cfg.get("img_size"),
-        "crop_pct": Preprocessing.from_cfg(cfg).crop_pct,
+        "mean": list(pre.mean),
+        "std": list(pre.std),
+        "img_size": pre.img_size,
+        "crop_pct": pre.crop_pct,
         # how to prepare an image: bagnet.data.transforms.Preprocessing(img_size, crop_pct, mean, std)
-        "preprocessing": Preprocessing.from_cfg(cfg).describe(),
+        "preprocessing": pre.describe(),
         "classes": list(cfg["classes"]) if cfg.get("classes") else None,
         "class_names": [str(n) for n in names] if names else None,
         "inputs": {"image": "normalized images [batch, channels, height, width], float32"},
