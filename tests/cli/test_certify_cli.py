@@ -130,6 +130,7 @@ def test_attack_runs_on_a_torchvision_model(folder_and_model, tmp_path, capsys):
     (["--defense", "clip", "--clip-range", "1"], "must be LOW,HIGH"),
     (["--defense", "clip", "--clip-range", "2,1"], "low < high"),
     (["--max-images", "0"], "--max-images must be at least 1"),
+    (["--img-size", "4"], "--img-size 4 is smaller than the model's"),
     # 48 px on 48 px images: the window is the whole 5 x 5 map, masking would leave nothing
     (["--patch", "2%,48"], "a 48 px patch covers the whole 5x5 evidence map"),
     (["--defense", "clip", "--clip-range=0,3", "--tanh-shift", "-2"], "--clip-range replaces the tanh squashing"),

@@ -141,6 +141,7 @@ def test_eval_refusals_are_one_line(fake_imagenet, tmp_path, capsys):
         (base, "1000 outputs and no class names"),  # an ImageNet model needs --class-map
         ([*base, "--split", "test"], "test does not exist"),
         ([*base, "--class-map", str(tmp_path / "none.tsv")], "none.tsv does not exist"),
+        ([*base, "--img-size", "4"], "--img-size 4 is smaller than the model's"),
     ]
     bad = tmp_path / "bad.tsv"
     bad.write_text("n01440764\t0\nn02102040\t2000\n")

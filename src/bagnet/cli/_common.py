@@ -162,6 +162,13 @@ def resolve_model(args: argparse.Namespace, **kwargs: Any) -> nn.Module:
     return load_spec(spec, file=file, **kwargs)
 
 
+def check_img_size(model: nn.Module, img_size: int | None) -> None:
+    """Refuse an ``--img-size`` below a BagNet's patch size: no patch would fit in the image."""
+    q = getattr(model, "receptive_field", None)
+    if img_size is not None and q and img_size < q:
+        raise ValueError(f"--img-size {img_size} is smaller than the model's {q}x{q} px patches")
+
+
 def add_scale_arg(p: argparse._ActionsContainer) -> None:
     """``--scale image|V``: the colour scale of evidence figures (``explain``, ``demo``)."""
     p.add_argument(

@@ -192,7 +192,7 @@ def evaluate(args: argparse.Namespace, defenses: list[str], defense_options: dic
     from ..models._factory import _torchvision_name
     from ..robust import RobustBagNet, mask_set, patch_pixels, robustness_records
     from ..train.distributed import ShardSampler, cleanup_distributed, init_distributed
-    from ._common import check_data_args, data_folder, resolve_device, resolve_model
+    from ._common import check_data_args, check_img_size, data_folder, resolve_device, resolve_model
 
     patches = parse_list(args.patch, "--patch")
     check_data_args(args)
@@ -214,6 +214,7 @@ def evaluate(args: argparse.Namespace, defenses: list[str], defense_options: dic
         if needs_bagnet and not callable(getattr(model, "patch_logits", None)):
             raise ValueError(f"{type(model).__name__} is not a BagNet: the mask/clip defences need patch logits "
                              f"({advice})")
+        check_img_size(model, args.img_size)
         cfg = getattr(model, "pretrained_cfg", None) or {}
         pre = Preprocessing.from_cfg(cfg, args.img_size)
         img_size = pre.img_size

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.transforms import Preprocessing
     from ..train.metrics import classification_report
     from ..train.split import eval_selection
-    from ._common import check_data_args, data_folder, resolve_device, resolve_model
+    from ._common import check_data_args, check_img_size, data_folder, resolve_device, resolve_model
 
     check_data_args(args)
     for option, path in (("--json", args.json), ("--predictions", args.predictions)):
@@ -103,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     folder = data_folder(args)
     device = resolve_device(args.device)
     model = resolve_model(args).to(device)
+    check_img_size(model, args.img_size)
     cfg = model.pretrained_cfg
     pre = Preprocessing.from_cfg(cfg, args.img_size)
     dataset = ImageFolder(folder, transform=pre)

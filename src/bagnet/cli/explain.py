@@ -28,6 +28,7 @@ from ._common import (
     add_dtype_arg,
     add_model_args,
     add_scale_arg,
+    check_img_size,
     map_dtype,
     parse_scale,
     resolve_device,
@@ -154,9 +155,7 @@ def run(args: argparse.Namespace) -> int:
     dtype = map_dtype(args.dtype, device, "explain")
     model = resolve_model(args).to(device)
     classes = _parse_classes(args.classes, model)
-    q = model.receptive_field
-    if args.img_size is not None and args.img_size < q:
-        raise ValueError(f"--img-size {args.img_size} is smaller than the model's {q}x{q} px patches")
+    check_img_size(model, args.img_size)
     if args.certify_patch is not None and not callable(getattr(model, "patch_logits", None)):
         raise ValueError("--certify-patch needs a BagNet")
     if args.certify_patch is not None:  # an unreadable size fails once, not once per image
