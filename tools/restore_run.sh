@@ -6,13 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for run in "$@"; do
-    snap=benchmarks/training/$(basename "$run")
+    snap=$(realpath -m "${TRAINING:-benchmarks/training}/$(basename "$run")")   # TRAINING: as in snapshot_run.sh
     [ -f "$run/last.pt" ] && continue
     if [ -f "$snap/last.pt" ]; then
         mkdir -p "$run" && cp "$snap/last.pt" "$run/last.pt"
     elif [ -f "$snap/last.pt.sha256" ]; then
         mkdir -p "$run" && cat "$snap"/last.pt.part-* > "$run/last.pt"
-        if ! (cd "$run" && sha256sum --quiet -c "../../$snap/last.pt.sha256"); then
+        if ! (cd "$run" && sha256sum --quiet -c "$snap/last.pt.sha256"); then
             rm -f "$run/last.pt"; echo "error: the parts in $snap do not join to the recorded last.pt" >&2; exit 1
         fi
     else

@@ -10,14 +10,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:?usage: tools/snapshot_run.sh runs/NAME}
 NAME=$(basename "$RUN")
-DEST=benchmarks/training/$NAME
+DEST=${TRAINING:-benchmarks/training}/$NAME   # TRAINING: another snapshot folder (the tests use one)
 mkdir -p "$DEST"
-cp "$RUN/config.json" "$RUN/log.jsonl" "$DEST/"
-epochs=$(wc -l < "$RUN/log.jsonl")
-[ -f "$RUN/last.pt" ] || { echo "$DEST: config and log (epoch $epochs); no last.pt yet"; exit 0; }
-# Copy first: the training may rewrite last.pt while it is being split.
+if [ ! -f "$RUN/last.pt" ]; then
+    cp "$RUN/config.json" "$RUN/log.jsonl" "$DEST/"
+    echo "$DEST: config and log (epoch $(wc -l < "$RUN/log.jsonl")); no last.pt yet"; exit 0
+fi
+# Copy first: the training may rewrite last.pt while it is being split. The log is cut to
+# the epochs that copy holds, so that a resumed run does not log an epoch twice (or skip one)
+# when an epoch ended between the two copies.
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 cp "$RUN/last.pt" "$tmp/last.pt"
+cp "$RUN/config.json" "$DEST/"
+epochs=$(${PYTHON:-.venv/bin/python} - "$tmp/last.pt" "$RUN/log.jsonl" "$DEST/log.jsonl" <<'PY'
+import json, sys, torch
+epoch = int(torch.load(sys.argv[1], map_location="cpu", weights_only=False)["epoch"])
+rows = [line for line in open(sys.argv[2]) if line.strip() and json.loads(line)["epoch"] <= epoch]
+open(sys.argv[3], "w").writelines(rows)
+print(epoch)
+PY
+)
 rm -f "$DEST/last.pt" "$DEST"/last.pt.part-* "$DEST/last.pt.sha256"
 if [ "$(stat -c %s "$tmp/last.pt")" -le $((20 * 1024 * 1024)) ]; then
     cp "$tmp/last.pt" "$DEST/last.pt"
