@@ -221,17 +221,20 @@ class Experiment:
                 raise ValueError(f"{self.name}: {option} would be ignored: it only acts {condition}")
 
 
+def _method_names(methods: str | Sequence[str] | None) -> list[str] | None:
+    """spatial-sensitivity's ``methods`` option as a list (a config may write "a,b"); None: all."""
+    if isinstance(methods, str):
+        return [m.strip() for m in methods.split(",") if m.strip()]
+    return None if methods is None else list(methods)
+
+
 def _method_given(method: str) -> tuple[Callable[[dict[str, Any]], bool], str]:
     """Spatial sensitivity: an option of ``method`` acts when ``methods`` is left at its
     default (every method) or names it."""
 
     def acts(options: dict[str, Any]) -> bool:
-        methods = options.get("methods")
-        if methods is None:
-            return True
-        if isinstance(methods, str):
-            methods = [m.strip() for m in methods.split(",")]
-        return method in methods
+        methods = _method_names(options.get("methods"))
+        return methods is None or method in methods
 
     return acts, f"when methods include {method} (add {method} to methods, or drop the option)"
 
@@ -307,8 +310,7 @@ def _spatial(s: Session, max_images=None, methods=None, max_k=30, k_step=2, cell
     tested = [*s.references, *(s.bagnets if test_bagnets else [])]
     if not tested:
         raise ValueError("spatial-sensitivity tests reference networks: add at least one (or set test_bagnets)")
-    if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    methods = _method_names(methods)
     ks = sorted({0, *range(int(k_step), int(max_k) + 1, int(k_step)), int(max_k)}) if int(k_step) > 0 else [0, int(max_k)]
     return spatial_sensitivity(
         s.bagnets, tested, s.data, methods=METHODS if methods is None else methods, ks=ks, cell=int(cell),

@@ -169,8 +169,8 @@ def set_options(cfg: TrainConfig, explicit: set[str] | frozenset[str]) -> set[st
     a configuration built in Python (nothing typed), the fields that differ from their default."""
     if explicit:
         return set(explicit)
-    defaults = TrainConfig(data="", out="", model="").to_dict()
-    return {k for k, v in cfg.to_dict().items() if k in DEPENDENT_OPTIONS and v != defaults[k]}
+    fields = TrainConfig.__dataclass_fields__
+    return {k for k in DEPENDENT_OPTIONS if getattr(cfg, k) != fields[k].default}
 
 
 def check_dependent_options(cfg: TrainConfig, given: set[str]) -> None:
