@@ -423,7 +423,6 @@ class _Handler(BoundedHandler):
         self._send(200, body, "application/json", {"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
-# (method, path, handler, whether the request has a body to receive first)
 @contextlib.contextmanager
 def _cleanser_errors():
     """A PatchCleanser request's errors as HTTP answers: no reference model is 404; an
@@ -436,6 +435,7 @@ def _cleanser_errors():
         raise HTTPError(400, str(e)) from None
 
 
+# (method, path, handler, whether the request has a body to receive first)
 _ROUTES = (
     ("GET", r"/", _Handler._static, False),
     ("GET", r"/static/([A-Za-z0-9_.-]+)", _Handler._static, False),

@@ -157,7 +157,9 @@ def cleanser_options(args: argparse.Namespace, defenses: list[str]) -> dict:
             fill = float(fill)
         except ValueError:
             raise ValueError(f"--cleanser-fill {fill!r} must be mean, black or a number") from None
-    return {"masks": 6 if masks is None else masks, "fill": "mean" if fill is None else fill}
+    from ..robust._cleanser import DEFAULT_MASKS
+
+    return {"masks": DEFAULT_MASKS if masks is None else masks, "fill": "mean" if fill is None else fill}
 
 
 def parse_defenses(text: str) -> list[str]:
@@ -180,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace, defenses: list[str], defense_options: dict, *, certify: bool,
-             attack: dict | None, cleanser: dict | None = None) -> int:
+             attack: dict | None, cleanser: dict) -> int:
     """The shared body of ``certify`` and ``attack``: load, shard, evaluate, gather, report."""
     import torch
     from torch.utils.data import DataLoader, Subset
@@ -198,7 +200,6 @@ def evaluate(args: argparse.Namespace, defenses: list[str], defense_options: dic
     check_data_args(args)
     check_writable(args.out, "--out", folder=True)
     folder = data_folder(args)
-    cleanser = cleanser if cleanser is not None else {"masks": 6, "fill": "mean"}
     needs_bagnet = any(d in ("mask", "clip") for d in defenses)
     advice = "--defense cleanser defends and certifies any classifier, --defense none attacks it undefended"
     if needs_bagnet and getattr(args, "model", None) and not args.weights and _torchvision_name(args.model):

@@ -70,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--cache-mb must lie in [0, 1048576], got {args.cache_mb}")
     if args.cleanser_masks is not None and args.cleanser_model is None:
         raise ValueError("--cleanser-masks sets the masks of --cleanser-model's PatchCleanser; add --cleanser-model SPEC")
-    args.cleanser_masks = 6 if args.cleanser_masks is None else args.cleanser_masks
+    from ..robust._cleanser import DEFAULT_MASKS
+
+    args.cleanser_masks = DEFAULT_MASKS if args.cleanser_masks is None else args.cleanser_masks
     if not 1 <= args.cleanser_masks <= 32:
         raise ValueError(f"--cleanser-masks must lie in 1..32, got {args.cleanser_masks}")
     device = resolve_device(args.device)
